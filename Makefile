@@ -1,0 +1,39 @@
+# Ensign: `make run` starts a dev daemon, `make test` runs every check. Both bootstrap themselves.
+VENV    := .venv
+BIN     := $(VENV)/bin
+# the strict editable install links files, so a new or removed module means re-running it
+FILES   := $(shell find daemon attestors proto -name '*.py' -o -name '*.pyi' 2>/dev/null | sort | md5sum | cut -c1-10)
+
+.PHONY: run test lint typecheck proto proto-check unit bench bench-quick clean
+
+STAMP   := $(VENV)/.installed-$(FILES)
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	@rm -f $(VENV)/.installed-*
+	@scripts/bootstrap.sh
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/ensign daemon --dev
+
+test: lint proto-check
+	$(BIN)/pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon attestors tests bench scripts
+	$(BIN)/mypy --strict -p ensign.daemon -p ensign.attestors
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+proto-check: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py --check
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) build .ensign .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,179 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Agent(_message.Message):
+    __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    X509_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JWT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    kind: str
+    spiffe_id: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    x509_ttl_seconds: int
+    jwt_ttl_seconds: int
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    hint: str
+    created_at: int
+    updated_at: int
+    revision: int
+    owner: str
+    purpose: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.ScalarMap[str, str]
+    state: str
+    expires_at: int
+    created_by: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., expires_at: _Optional[int] = ..., created_by: _Optional[int] = ...) -> None: ...
+
+class AgentSpec(_message.Message):
+    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    X509_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JWT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    spiffe_id: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    x509_ttl_seconds: int
+    jwt_ttl_seconds: int
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    hint: str
+    owner: str
+    purpose: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.ScalarMap[str, str]
+    expires_at: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class RegisterAgentRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: AgentSpec
+    def __init__(self, spec: _Optional[_Union[AgentSpec, _Mapping]] = ...) -> None: ...
+
+class ListAgentsRequest(_message.Message):
+    __slots__ = ("state", "owner", "capability", "role", "kind", "selector", "name_prefix")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    NAME_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    owner: str
+    capability: str
+    role: str
+    kind: str
+    selector: str
+    name_prefix: str
+    def __init__(self, state: _Optional[str] = ..., owner: _Optional[str] = ..., capability: _Optional[str] = ..., role: _Optional[str] = ..., kind: _Optional[str] = ..., selector: _Optional[str] = ..., name_prefix: _Optional[str] = ...) -> None: ...
+
+class ListAgentsResponse(_message.Message):
+    __slots__ = ("agents",)
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[Agent]
+    def __init__(self, agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ...) -> None: ...
+
+class GetAgentRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateAgentRequest(_message.Message):
+    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    X509_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JWT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    spiffe_id: str
+    selectors: StringList
+    x509_ttl_seconds: int
+    jwt_ttl_seconds: int
+    dns_names: StringList
+    hint: str
+    owner: str
+    purpose: str
+    capabilities: StringList
+    roles: StringList
+    expires_at: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class DeleteAgentRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteAgentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
