@@ -1,0 +1,138 @@
+"""The unix attestor: who the caller is (uids, groups) and what it runs (exe path, sha256).
+
+uid and gid come from the connection's kernel credentials (SO_PEERCRED), never from anything
+the caller can write. The executable is read through /proc/PID/exe, which names the image the
+process actually runs even if the file on disk was replaced since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import hashlib
+import logging
+import os
+import pwd
+from collections import OrderedDict
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from ensign.daemon.config_types import Size, StrictModel
+from ensign.daemon.models import Attestation, Caller
+
+from . import _procfs
+from .base import AttestorError, value
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+HASH_CACHE_SIZE = 4096
+DELETED_SUFFIX = " (deleted)"
+
+_FileKey = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+class UnixConfig(StrictModel):
+    enabled: bool = True
+    hash_executables: bool = True
+    max_hash_bytes: Size = Field(default=1 << 30, ge=0)
+
+
+def _file_key(st: os.stat_result) -> _FileKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    while chunk := os.read(fd, HASH_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+class UnixAttestor:
+    name: ClassVar[str] = "unix"
+
+    def __init__(self, config: UnixConfig, *, proc_root: Path = Path("/proc")) -> None:
+        self._config = config
+        self._proc = proc_root
+        # Hashes keyed by device, inode, size, mtime and ctime: a rewritten file changes at
+        # least its ctime, so a stale hash is never served.
+        self._hashes: OrderedDict[_FileKey, str] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def attest(self, caller: Caller) -> Attestation:
+        selectors = [value("uid", caller.uid), value("gid", caller.gid)]
+        evidence: dict[str, str] = {}
+        with contextlib.suppress(KeyError):
+            selectors.append(value("user", pwd.getpwuid(caller.uid).pw_name))
+        with contextlib.suppress(KeyError):
+            selectors.append(value("group", grp.getgrgid(caller.gid).gr_name))
+        try:
+            status = _procfs.read_status(caller.pid, self._proc)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise AttestorError(f"cannot read /proc/{caller.pid}/status: {e}") from None
+        for gid in status.groups:
+            selectors.append(value("supplementary_gid", gid))
+            with contextlib.suppress(KeyError):
+                selectors.append(value("supplementary_group", grp.getgrgid(gid).gr_name))
+        selectors.extend(await self._exe_selectors(caller, evidence))
+        return Attestation(selectors=tuple(dict.fromkeys(selectors)), evidence=evidence)
+
+    async def _exe_selectors(self, caller: Caller, evidence: dict[str, str]) -> list[str]:
+        exe_link = self._proc / str(caller.pid) / "exe"
+        out: list[str] = []
+        try:
+            target = os.readlink(exe_link)
+        except OSError as e:
+            # Not fatal: a daemon without CAP_SYS_PTRACE cannot see other users' executables.
+            evidence["exe_error"] = f"cannot read executable path: {e.strerror}"
+            return out
+        if target.endswith(DELETED_SUFFIX):
+            # The file this process runs was removed or replaced: the path names other code now.
+            evidence["exe_deleted"] = "true"
+        else:
+            out.append(value("path", target))
+        evidence["exe_path"] = target
+        if not self._config.hash_executables:
+            return out
+        digest = await self._hash(exe_link, evidence)
+        if digest:
+            evidence["exe_sha256"] = digest
+            out.append(value("sha256", digest))
+        return out
+
+    async def _hash(self, exe_link: Path, evidence: dict[str, str]) -> str | None:
+        try:
+            fd = os.open(exe_link, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            evidence["exe_error"] = f"cannot open executable: {e.strerror}"
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_size > self._config.max_hash_bytes:
+                evidence["exe_error"] = (
+                    f"executable is {st.st_size} bytes, over max_hash_bytes "
+                    f"({self._config.max_hash_bytes}); not hashed"
+                )
+                return None
+            key = _file_key(st)
+            cached = self._hashes.get(key)
+            if cached is not None:
+                self._hashes.move_to_end(key)
+                return cached
+            async with self._lock:  # one big hash at a time keeps a hashing storm bounded
+                cached = self._hashes.get(key)
+                if cached is None:
+                    cached = await asyncio.to_thread(_hash_fd, fd)
+                    self._hashes[key] = cached
+                    if len(self._hashes) > HASH_CACHE_SIZE:
+                        self._hashes.popitem(last=False)
+            return cached
+        finally:
+            os.close(fd)
+
+    async def aclose(self) -> None:
+        self._hashes.clear()

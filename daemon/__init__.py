@@ -1,0 +1,1 @@
+"""Ensign's daemon: config, CA, SVIDs, registry, peer tracking, attestation, gRPC services."""

@@ -1,0 +1,148 @@
+"""The daemon's lifecycle: open the store, CA and attestors, serve, rotate, drain, close.
+
+Signals are handled in two stages: the first SIGTERM/SIGINT stops accepting and drains, a
+second one exits at once with 128+signum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+from collections.abc import Callable
+from datetime import datetime
+
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+
+from ensign.attestors.unix import UnixAttestor
+
+from .admin_api import AdminApi
+from .attestation import AttestationPipeline
+from .ca import CertificateAuthority, utcnow
+from .cache import Broadcast, SvidCache
+from .config import Config
+from .peercred import PeerTracker
+from .registry import Registry
+from .server import ADMIN_SOCKET_MODE, WORKLOAD_SOCKET_MODE, UnixServer
+from .workload_api import WorkloadApi
+
+log = logging.getLogger(__name__)
+
+MAX_TICK = 1.0  # seconds between maintenance passes at most
+
+
+def _raise_fd_limit() -> None:
+    # Every open connection holds a socket and a pidfd: allow as many as the hard limit permits.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Daemon:
+    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self._clock = clock
+        data = config.data_dir
+        self.registry = Registry(data / "registry.db", config.trust_domain)
+        self.ca = CertificateAuthority(config.ca, config.trust_domain, data, clock)
+        self.broadcast = Broadcast()
+        self.cache = SvidCache(self.ca, config.svid, clock)
+        self.tracker = PeerTracker()
+        attestors = []
+        if config.attestors.unix.enabled:
+            attestors.append(UnixAttestor(config.attestors.unix))
+        self.pipeline = AttestationPipeline(attestors)
+        self.health_status = ServiceStatus()
+        workload = WorkloadApi(
+            config=config, tracker=self.tracker, pipeline=self.pipeline,
+            registry=self.registry, cache=self.cache, ca=self.ca, broadcast=self.broadcast,
+            clock=clock,
+        )
+        self._workload_server = UnixServer(
+            config.socket_path, WORKLOAD_SOCKET_MODE,
+            [workload, Health({workload: [self.health_status]})], self.tracker,
+        )
+        self._admin_server = UnixServer(
+            config.admin_socket_path, ADMIN_SOCKET_MODE,
+            [AdminApi(tracker=self.tracker, registry=self.registry)], self.tracker,
+        )
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    async def run(self, ready: Callable[[], None] = lambda: None) -> int:
+        _raise_fd_limit()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.config.data_dir, 0o700)
+        self.registry.open()
+        self.ca.load_or_create()
+        self.registry.subscribe(self._on_registry_change)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._workload_server.start()
+            await self._admin_server.start()
+            self.health_status.set(True)
+            log.info("serving", extra={
+                "socket": str(self.config.socket_path),
+                "admin_socket": str(self.config.admin_socket_path),
+                "trust_domain": self.config.trust_domain,
+                "attestors": self.pipeline.names,
+            })
+            ready()
+            await self._maintain_until_stopped()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            os._exit(128 + sig)
+        log.info("stopping", extra={"signal": sig.name})
+        self._stop.set()
+        self._wake.set()
+
+    def _on_registry_change(self) -> None:
+        self.cache.prune({e.id for e in self.registry.entries()})
+        self.broadcast.publish()
+
+    async def _maintain_until_stopped(self) -> None:
+        """Rotate the CA and SVIDs when due and wake the streams that must see it."""
+        while not self._stop.is_set():
+            changed = False
+            if self.ca.maintain():
+                self.cache.forget_all()
+                changed = True
+                log.info("CA authorities changed")
+            if self.cache.expire_due():
+                changed = True
+            if changed:
+                self.broadcast.publish()
+            now = self._clock()
+            due = [self.ca.next_event_at()]
+            nxt = self.cache.next_refresh_at()
+            if nxt is not None:
+                due.append(nxt)
+            delay = max(0.01, min(MAX_TICK, min((d - now).total_seconds() for d in due)))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _shutdown(self) -> None:
+        self.health_status.set(False)
+        for server in (self._workload_server, self._admin_server):
+            server.close()
+        for server in (self._workload_server, self._admin_server):
+            await server.wait_closed()
+        await self.pipeline.aclose()
+        self.tracker.close_all()
+        self.registry.close()
+        log.info("stopped")

@@ -1,0 +1,103 @@
+"""Runs the enabled attestors for a caller and turns their findings into selectors.
+
+Attestors run concurrently, each under a timeout. One failing attestor is logged and dropped
+(its selectors are missing, so entries that need them do not match: fail closed); if all fail,
+attestation fails. Afterwards the caller's process is re-checked, so evidence gathered about a
+pid that changed hands is never used. Results are cached per process and executable image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from ensign.attestors.base import Attestor, AttestorError
+
+from .errors import AttestationError
+from .models import Attestation, AttestedCaller, Caller
+from .peercred import check_alive
+
+log = logging.getLogger(__name__)
+
+ATTESTOR_TIMEOUT = 10.0
+CACHE_SIZE = 4096
+CACHE_TTL = 5.0  # seconds: supplementary groups and units can change within a process's life
+
+_CacheKey = tuple[int, int, int, int, int, int]
+
+
+class AttestationPipeline:
+    def __init__(
+        self,
+        attestors: Sequence[Attestor],
+        *,
+        proc_root: Path = Path("/proc"),
+        timeout: float = ATTESTOR_TIMEOUT,
+    ) -> None:
+        self._attestors = list(attestors)
+        self._proc = proc_root
+        self._timeout = timeout
+        self._cache: OrderedDict[_CacheKey, tuple[float, AttestedCaller]] = OrderedDict()
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self._attestors]
+
+    async def attest(self, caller: Caller) -> AttestedCaller:
+        key = self._cache_key(caller)
+        now = time.monotonic()
+        if key is not None:
+            hit = self._cache.get(key)
+            if hit is not None and now - hit[0] < CACHE_TTL:
+                check_alive(caller, self._proc)
+                return hit[1]
+        results = await asyncio.gather(
+            *(self._run(a, caller) for a in self._attestors), return_exceptions=True
+        )
+        selectors: set[str] = set()
+        evidence: dict[str, str] = {}
+        failures: list[str] = []
+        for attestor, result in zip(self._attestors, results, strict=True):
+            if isinstance(result, BaseException):
+                failures.append(f"{attestor.name}: {result}")
+                log.warning("attestor failed", extra={
+                    "attestor": attestor.name, "pid": caller.pid, "error": str(result)})
+                continue
+            selectors.update(f"{attestor.name}:{v}" for v in result.selectors)
+            evidence.update({f"{attestor.name}.{k}": v for k, v in result.evidence.items()})
+        # (4) Same process as at connect time? Otherwise the evidence is about someone else.
+        check_alive(caller, self._proc)
+        if failures and len(failures) == len(self._attestors):
+            raise AttestationError("all attestors failed: " + "; ".join(failures))
+        attested = AttestedCaller(caller=caller, selectors=frozenset(selectors), evidence=evidence)
+        if key is not None and not failures:
+            self._cache[key] = (now, attested)
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return attested
+
+    async def _run(self, attestor: Attestor, caller: Caller) -> Attestation:
+        try:
+            return await asyncio.wait_for(attestor.attest(caller), self._timeout)
+        except TimeoutError:
+            raise AttestorError(f"timed out after {self._timeout:g}s") from None
+
+    def _cache_key(self, caller: Caller) -> _CacheKey | None:
+        # execve keeps the pid and start time, so the executable's identity is part of the key.
+        try:
+            st = os.stat(self._proc / str(caller.pid) / "exe")
+        except OSError:
+            return None
+        return (caller.pid, caller.start_ticks, caller.uid, st.st_dev, st.st_ino, st.st_ctime_ns)
+
+    async def aclose(self) -> None:
+        for a in self._attestors:
+            try:
+                await a.aclose()
+            except Exception:
+                log.exception("attestor close failed", extra={"attestor": a.name})

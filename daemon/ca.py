@@ -1,0 +1,246 @@
+"""The node's certificate authority for one trust domain: keys, rotation, bundle and JWKS.
+
+State is a list of authorities (CA generations), persisted as one JSON file under
+`data_dir/ca/` (0600 in a 0700 directory). The next authority is prepared at 40% of the current
+one's lifetime and published in the bundles at once, then signs from half-life on; older
+authorities stay in the bundles until they expire, so SVIDs they signed keep verifying.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from . import keys
+from .config import CaConfig
+from .errors import SigningError
+from .files import ensure_private_dir, write_private
+from .spiffe_id import SpiffeId
+from .svid import SigningAuthority, jwks
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+PREPARE_AT = 0.4  # of the lifetime: publish the next authority before it signs anything
+ACTIVATE_AT = 0.5  # of the lifetime: rotation at half life
+BACKDATE = timedelta(seconds=60)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    cert: x509.Certificate
+    key: keys.PrivateKey
+    jwt_key: keys.PrivateKey
+    jwt_kid: str
+    active_from: datetime
+
+    @property
+    def not_after(self) -> datetime:
+        return self.cert.not_valid_after_utc
+
+    @property
+    def not_before(self) -> datetime:
+        return self.cert.not_valid_before_utc
+
+    def signing(self) -> SigningAuthority:
+        return SigningAuthority(
+            cert=self.cert, key=self.key, chain=(), jwt_key=self.jwt_key, jwt_kid=self.jwt_kid
+        )
+
+
+def new_authority(
+    trust_domain: str, key_type: keys.KeyType, ttl: timedelta, now: datetime,
+    active_from: datetime | None = None,
+) -> Authority:
+    key = keys.generate(key_type)
+    public = key.public_key()
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ensign"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"Ensign CA {trust_domain}"),
+        x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
+    ])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + ttl)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(str(SpiffeId.for_trust_domain(trust_domain)))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, keys.signature_hash(key))
+    )
+    return Authority(
+        cert=cert,
+        key=key,
+        jwt_key=keys.generate(key_type),
+        jwt_kid=base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("="),
+        active_from=active_from or now,
+    )
+
+
+def _encode(authorities: list[Authority]) -> bytes:
+    return json.dumps({
+        "version": STATE_VERSION,
+        "authorities": [
+            {
+                "cert": a.cert.public_bytes(Encoding.PEM).decode(),
+                "key": keys.to_pem(a.key).decode(),
+                "jwt_key": keys.to_pem(a.jwt_key).decode(),
+                "jwt_kid": a.jwt_kid,
+                "active_from": a.active_from.isoformat(),
+            }
+            for a in authorities
+        ],
+    }, indent=1).encode()
+
+
+def _decode(data: bytes) -> list[Authority]:
+    doc = json.loads(data)
+    if doc.get("version") != STATE_VERSION:
+        raise ValueError(f"unknown CA state version {doc.get('version')!r}")
+    return [
+        Authority(
+            cert=x509.load_pem_x509_certificate(a["cert"].encode()),
+            key=keys.from_pem(a["key"].encode()),
+            jwt_key=keys.from_pem(a["jwt_key"].encode()),
+            jwt_kid=a["jwt_kid"],
+            active_from=datetime.fromisoformat(a["active_from"]),
+        )
+        for a in doc["authorities"]
+    ]
+
+
+class CertificateAuthority:
+    """Owns the authorities of one trust domain. Not thread-safe: used from the event loop."""
+
+    def __init__(
+        self, config: CaConfig, trust_domain: str, data_dir: Path, clock: Clock = utcnow
+    ) -> None:
+        self._config = config
+        self._td = trust_domain
+        self._dir = data_dir / "ca"
+        self._path = self._dir / "state.json"
+        self._clock = clock
+        self._authorities: list[Authority] = []
+        self._signing_kid: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load_or_create(self) -> None:
+        if self._config.upstream_cert is not None:
+            raise SigningError("ca.upstream_cert is not supported yet; remove it to run")
+        ensure_private_dir(self._dir)
+        if self._path.exists():
+            try:
+                self._authorities = _decode(self._path.read_bytes())
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise SigningError(f"cannot load CA state {self._path}: {e}") from None
+            log.info("loaded CA state", extra={"authorities": len(self._authorities)})
+        self.maintain()
+
+    def maintain(self) -> bool:
+        """Prune expired authorities, prepare and activate the next. Return True if changed."""
+        now = self._clock()
+        before = [a.jwt_kid for a in self._authorities]
+        live = [a for a in self._authorities if a.not_after > now]
+        if not live or self._current(live, now) is None:
+            live.append(new_authority(self._td, self._config.key_type, self._config.ttl, now))
+            log.info("created CA authority")
+        current = self._current(live, now)
+        assert current is not None
+        newest = live[-1]
+        lifetime = current.not_after - current.not_before
+        if newest is current and now >= current.not_before + lifetime * PREPARE_AT:
+            activate = max(now, current.not_before + lifetime * ACTIVATE_AT)
+            live.append(new_authority(
+                self._td, self._config.key_type, self._config.ttl, now, active_from=activate
+            ))
+            log.info("prepared next CA authority", extra={"active_from": activate.isoformat()})
+        changed = [a.jwt_kid for a in live] != before
+        if changed:
+            self._authorities = live
+            write_private(self._path, _encode(live))
+        return changed or self._activation_passed(now)
+
+    def _activation_passed(self, now: datetime) -> bool:
+        # A prepared authority becoming current changes which key signs: callers re-mint.
+        current = self._current(self._authorities, now)
+        kid = current.jwt_kid if current is not None else None
+        changed, self._signing_kid = kid != self._signing_kid, kid
+        return changed
+
+    @staticmethod
+    def _current(authorities: list[Authority], now: datetime) -> Authority | None:
+        active = [a for a in authorities if a.active_from <= now < a.not_after]
+        return max(active, key=lambda a: a.active_from) if active else None
+
+    def next_event_at(self) -> datetime:
+        """When maintain() next has work: preparing, activating or pruning an authority."""
+        now = self._clock()
+        current = self.current()
+        lifetime = current.not_after - current.not_before
+        times = [a.not_after for a in self._authorities]
+        times += [a.active_from for a in self._authorities if a.active_from > now]
+        if self._authorities[-1] is current:
+            times.append(current.not_before + lifetime * PREPARE_AT)
+        return min(t for t in times if t > now) if any(t > now for t in times) else now
+
+    # -- views -----------------------------------------------------------------------------
+
+    def current(self) -> Authority:
+        current = self._current(self._authorities, self._clock())
+        if current is None:
+            raise SigningError("no valid CA authority")
+        return current
+
+    def authorities(self) -> list[Authority]:
+        now = self._clock()
+        return [a for a in self._authorities if a.not_after > now]
+
+    def x509_bundle_der(self) -> bytes:
+        return b"".join(a.cert.public_bytes(Encoding.DER) for a in self.authorities())
+
+    def x509_bundle_pem(self) -> bytes:
+        return b"".join(a.cert.public_bytes(Encoding.PEM) for a in self.authorities())
+
+    def jwt_keys(self) -> dict[str, keys.PublicKey]:
+        return {a.jwt_kid: a.jwt_key.public_key() for a in self.authorities()}
+
+    def jwks(self) -> bytes:
+        return jwks(self.jwt_keys())
+
+    @property
+    def trust_domain(self) -> str:
+        return self._td

@@ -1,0 +1,192 @@
+"""Registry commands on the admin socket: `ensign agent register|list|show|update|delete`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from ensign.proto import admin_pb2 as pb
+from ensign.proto.admin_grpc import AdminStub
+
+from .. import config as config_mod
+from ..errors import ConfigError
+from .common import (
+    DEFAULT_ADMIN_SOCKET,
+    TIMEOUT,
+    add_output,
+    channel,
+    duration_seconds,
+    iso,
+    print_json,
+    socket_path,
+    timestamp,
+)
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="manage the agent registry (admin socket)")
+    asub = agent.add_subparsers(dest="agent_command", required=True, metavar="SUBCOMMAND",
+                                parser_class=type(agent))
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--admin-socket", help="admin socket (default $ENSIGN_ADMIN_SOCKET, "
+                       "then the config's admin_socket_path)")
+        p.add_argument("--config", type=Path, help="config file to find the admin socket in")
+        add_output(p)
+        return p
+
+    def spec_flags(p: argparse.ArgumentParser, *, creating: bool) -> None:
+        p.add_argument("--name", required=creating)
+        if creating:
+            p.add_argument("--kind", choices=["agent", "service"], default="agent")
+        p.add_argument("--spiffe-id")
+        p.add_argument("--selector", action="append", required=creating, metavar="TYPE:KEY:VALUE",
+                       help="all must match the caller (repeatable)")
+        p.add_argument("--owner")
+        p.add_argument("--purpose")
+        p.add_argument("--capability", action="append")
+        p.add_argument("--role", action="append")
+        p.add_argument("--x509-ttl", type=duration_seconds, metavar="DURATION")
+        p.add_argument("--jwt-ttl", type=duration_seconds, metavar="DURATION")
+        p.add_argument("--expires-at", type=timestamp, metavar="TIME")
+        p.add_argument("--dns-name", action="append")
+        p.add_argument("--hint")
+
+    reg = common(asub.add_parser("register", help="create an entry; prints its id"))
+    spec_flags(reg, creating=True)
+    reg.set_defaults(func=agent_register)
+
+    ls = common(asub.add_parser("list", help="list entries"))
+    for flag in ("state", "owner", "capability", "role", "kind", "selector", "name-prefix"):
+        ls.add_argument(f"--{flag}", default="")
+    ls.set_defaults(func=agent_list)
+
+    show = common(asub.add_parser("show", help="show one entry"))
+    show.add_argument("id")
+    show.set_defaults(func=agent_show)
+
+    upd = common(asub.add_parser("update", help="change fields of an entry"))
+    upd.add_argument("id")
+    spec_flags(upd, creating=False)
+    upd.set_defaults(func=agent_update)
+
+    rm = common(asub.add_parser("delete", help="delete an entry; its id is never reused"))
+    rm.add_argument("id")
+    rm.set_defaults(func=agent_delete)
+
+
+def _admin_socket(args: argparse.Namespace) -> str:
+    default = DEFAULT_ADMIN_SOCKET
+    if not args.admin_socket and not os.environ.get("ENSIGN_ADMIN_SOCKET"):
+        path = args.config or (Path(os.environ["ENSIGN_CONFIG"])
+                               if os.environ.get("ENSIGN_CONFIG") else None)
+        if path is not None or config_mod.DEFAULT_CONFIG_PATH.exists():
+            try:
+                default = str(config_mod.load(path).admin_socket_path)
+            except ConfigError:
+                if path is not None:
+                    raise
+    return socket_path(args.admin_socket, "ENSIGN_ADMIN_SOCKET", default)
+
+
+def _agent_dict(a: pb.Agent) -> dict[str, Any]:
+    return MessageToDict(
+        a, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _print_agent(a: pb.Agent) -> None:
+    rows = [
+        ("id", a.id), ("name", a.name), ("kind", a.kind), ("spiffe_id", a.spiffe_id),
+        ("state", a.state), ("selectors", ", ".join(a.selectors)),
+        ("owner", a.owner or "-"), ("purpose", a.purpose or "-"),
+        ("capabilities", ", ".join(a.capabilities) or "-"), ("roles", ", ".join(a.roles) or "-"),
+        ("x509_ttl", f"{a.x509_ttl_seconds}s" if a.x509_ttl_seconds else "default"),
+        ("jwt_ttl", f"{a.jwt_ttl_seconds}s" if a.jwt_ttl_seconds else "default"),
+        ("dns_names", ", ".join(a.dns_names) or "-"), ("hint", a.hint or "-"),
+        ("expires_at", iso(a.expires_at)), ("created", iso(a.created_at)),
+        ("updated", iso(a.updated_at)), ("revision", str(a.revision)),
+    ]
+    for k, v in rows:
+        print(f"{k:13} {v}")
+
+
+async def agent_register(args: argparse.Namespace) -> int:
+    spec = pb.AgentSpec(
+        name=args.name, kind=args.kind, spiffe_id=args.spiffe_id or "",
+        selectors=args.selector, owner=args.owner or "", purpose=args.purpose or "",
+        capabilities=args.capability or [], roles=args.role or [],
+        x509_ttl_seconds=args.x509_ttl or 0, jwt_ttl_seconds=args.jwt_ttl or 0,
+        expires_at=args.expires_at or 0, dns_names=args.dns_name or [], hint=args.hint or "",
+    )
+    async with channel(_admin_socket(args)) as ch:
+        agent = await AdminStub(ch).RegisterAgent(pb.RegisterAgentRequest(spec=spec),
+                                                  timeout=TIMEOUT)
+    if args.output == "json":
+        print_json(_agent_dict(agent))
+    else:
+        print(agent.id)
+    return 0
+
+
+async def agent_list(args: argparse.Namespace) -> int:
+    req = pb.ListAgentsRequest(
+        state=args.state, owner=args.owner, capability=args.capability, role=args.role,
+        kind=args.kind, selector=args.selector, name_prefix=args.name_prefix,
+    )
+    async with channel(_admin_socket(args)) as ch:
+        resp = await AdminStub(ch).ListAgents(req, timeout=TIMEOUT)
+    if args.output == "json":
+        print_json([_agent_dict(a) for a in resp.agents])
+    else:
+        print(f"{'ID':32} {'NAME':20} {'STATE':10} SPIFFE ID")
+        for a in resp.agents:
+            print(f"{a.id:32} {a.name:20} {a.state:10} {a.spiffe_id}")
+    return 0
+
+
+async def agent_show(args: argparse.Namespace) -> int:
+    async with channel(_admin_socket(args)) as ch:
+        agent = await AdminStub(ch).GetAgent(pb.GetAgentRequest(id=args.id), timeout=TIMEOUT)
+    if args.output == "json":
+        print_json(_agent_dict(agent))
+    else:
+        _print_agent(agent)
+    return 0
+
+
+async def agent_update(args: argparse.Namespace) -> int:
+    req = pb.UpdateAgentRequest(id=args.id)
+    for flag, field in (("name", "name"), ("spiffe_id", "spiffe_id"), ("owner", "owner"),
+                        ("purpose", "purpose"), ("hint", "hint"),
+                        ("x509_ttl", "x509_ttl_seconds"), ("jwt_ttl", "jwt_ttl_seconds"),
+                        ("expires_at", "expires_at")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(req, field, value)
+    for flag, field in (("selector", "selectors"), ("dns_name", "dns_names"),
+                        ("capability", "capabilities"), ("role", "roles")):
+        values = getattr(args, flag)
+        if values is not None:
+            getattr(req, field).values.extend(values)
+    async with channel(_admin_socket(args)) as ch:
+        agent = await AdminStub(ch).UpdateAgent(req, timeout=TIMEOUT)
+    if args.output == "json":
+        print_json(_agent_dict(agent))
+    else:
+        print(f"{agent.id} revision {agent.revision}")
+    return 0
+
+
+async def agent_delete(args: argparse.Namespace) -> int:
+    async with channel(_admin_socket(args)) as ch:
+        await AdminStub(ch).DeleteAgent(pb.DeleteAgentRequest(id=args.id), timeout=TIMEOUT)
+    if args.output == "json":
+        print_json({"deleted": args.id})
+    else:
+        print(f"deleted {args.id}")
+    return 0

@@ -1,0 +1,112 @@
+"""Helpers shared by the CLI modules: argument parsing, socket lookup, output."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from grpclib.client import Channel
+from grpclib.const import Status
+
+from ..errors import UsageError
+from ..units import parse_duration
+
+DEFAULT_SOCKET = "/run/ensign/agent.sock"
+DEFAULT_ADMIN_SOCKET = "/run/ensign/admin.sock"
+TIMEOUT = 10.0
+
+EXIT_FOR_STATUS = {
+    Status.INVALID_ARGUMENT: 64,
+    Status.NOT_FOUND: 66,
+    Status.ALREADY_EXISTS: 65,
+    Status.PERMISSION_DENIED: 77,
+    Status.UNAUTHENTICATED: 77,
+    Status.UNAVAILABLE: 69,
+    Status.UNIMPLEMENTED: 69,
+    Status.DEADLINE_EXCEEDED: 75,
+}
+
+
+class Unreachable(Exception):
+    """The daemon's socket cannot be reached."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 64."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(64)
+
+
+def socket_path(arg: str | None, env: str, default: str) -> str:
+    value = arg or os.environ.get(env) or default
+    if value.startswith("unix://"):
+        rest = value[len("unix://"):]
+        if not rest.startswith("/"):
+            raise UsageError(f"{value!r}: a unix socket URI has no authority: unix:///path")
+        value = rest
+    elif value.startswith("unix:"):
+        value = value[len("unix:"):]
+    elif "://" in value:
+        raise UsageError(f"{value!r}: only unix:// sockets are supported")
+    if not value.startswith("/"):
+        raise UsageError(f"{value!r}: socket path must be absolute")
+    return value
+
+
+@contextlib.asynccontextmanager
+async def channel(path: str) -> AsyncIterator[Channel]:
+    if not os.path.exists(path):  # noqa: ASYNC240 (one stat, before any I/O)
+        raise Unreachable(f"no daemon socket at {path} (is the daemon running? set --socket)")
+    ch = Channel(path=path)
+    try:
+        yield ch
+    except OSError as e:
+        raise Unreachable(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
+    finally:
+        ch.close()
+
+
+def duration_seconds(text: str) -> int:
+    try:
+        return int(parse_duration(text).total_seconds())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def timestamp(text: str) -> int:
+    """Accept RFC 3339 / ISO 8601 times, or a duration from now (e.g. 30d)."""
+    try:
+        return int(datetime.now(UTC).timestamp()) + int(parse_duration(text).total_seconds())
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: use 2026-12-31T00:00:00Z or a duration such as 30d"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp())
+
+
+def add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                        help="output format")
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def iso(ts: int | float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else "-"

@@ -1,0 +1,78 @@
+"""`ensign daemon` and `ensign config ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+from .. import logs
+from ..app import Daemon
+from ..sdnotify import notify
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("daemon", help="run the daemon in the foreground")
+    p.add_argument("--config", type=Path, help="config file (default $ENSIGN_CONFIG or "
+                   "/etc/ensign/ensign.toml)")
+    p.add_argument("--dev", action="store_true",
+                   help="run on an embedded default config with everything under --state-dir")
+    p.add_argument("--state-dir", type=Path, default=Path(".ensign"),
+                   help="state directory for --dev (default ./.ensign)")
+    p.set_defaults(func=run_daemon)
+
+    c = sub.add_parser("config", help="validate or print configuration")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND",
+                            parser_class=type(c))
+    check = csub.add_parser("check", help="validate a config file")
+    check.add_argument("--config", type=Path)
+    check.set_defaults(func=config_check)
+    defaults = csub.add_parser("defaults", help="print every key with its default value")
+    defaults.set_defaults(func=config_defaults)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    if args.dev and args.config:
+        print("ensign: error: --dev and --config exclude each other", file=sys.stderr)
+        return 64
+    cfg = config_mod.dev_config(args.state_dir) if args.dev else config_mod.load(args.config)
+    logs.setup(cfg.log_level)
+    if args.dev:
+        _print_dev_env(cfg, args.state_dir)
+
+    def ready() -> None:
+        notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
+
+    async def serve() -> int:
+        # Built inside the running loop: grpclib binds its server to the loop it sees.
+        return await Daemon(cfg).run(ready)
+
+    try:
+        return asyncio.run(serve())
+    finally:
+        notify("STOPPING=1")
+
+
+def _print_dev_env(cfg: config_mod.Config, state_dir: Path) -> None:
+    lines = [
+        f"export SPIFFE_ENDPOINT_SOCKET=unix://{cfg.socket_path}",
+        f"export ENSIGN_ADMIN_SOCKET=unix://{cfg.admin_socket_path}",
+    ]
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (state_dir / "env").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    print(f"# (also in {state_dir.resolve() / 'env'}: `. {state_dir / 'env'}`)", flush=True)
+
+
+def config_check(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    print(f"config ok: trust domain {cfg.trust_domain}, socket {cfg.socket_path}")
+    return 0
+
+
+def config_defaults(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_mod.to_toml(config_mod.Config()))
+    return 0

@@ -1,0 +1,258 @@
+"""The daemon's configuration: frozen pydantic models holding every default, and `load()`.
+
+`load()` is the only code that reads the config file or the environment. Every other module
+receives a typed section in its constructor.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..attestors.unix import UnixConfig
+from .config_types import Duration, StrictModel
+from .errors import ConfigError, InvalidRequest
+from .spiffe_id import validate_trust_domain
+
+DEFAULT_CONFIG_PATH = Path("/etc/ensign/ensign.toml")
+KeyType = Literal["ec-p256", "ec-p384", "rsa-2048"]
+
+
+class CaConfig(StrictModel):
+    key_type: KeyType = "ec-p256"
+    ttl: Duration = timedelta(hours=24)
+    upstream_cert: Path | None = None
+    upstream_key: Path | None = None
+    seal_with_tpm: bool = False
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl_bounds(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= v <= timedelta(days=3650):
+            raise ValueError("must be between 10s and 3650d")
+        return v
+
+    @model_validator(mode="after")
+    def _upstream_pair(self) -> CaConfig:
+        if (self.upstream_cert is None) != (self.upstream_key is None):
+            raise ValueError("upstream_cert and upstream_key must be set together")
+        return self
+
+
+class SvidConfig(StrictModel):
+    x509_ttl: Duration = timedelta(hours=1)
+    jwt_ttl: Duration = timedelta(minutes=5)
+    key_type: KeyType = "ec-p256"
+    jwt_issuer: str | None = None
+
+    @field_validator("x509_ttl", "jwt_ttl")
+    @classmethod
+    def _ttl_bounds(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(days=30):
+            raise ValueError("must be between 1s and 30d")
+        return v
+
+
+class PolicyConfig(StrictModel):
+    # Until roles exist, an agent without roles may get JWT-SVIDs for any audience.
+    default_allow_audiences: bool = True
+
+
+class SystemdConfig(StrictModel):
+    enabled: bool = True
+
+
+class SigstoreConfig(StrictModel):
+    enabled: bool = False
+    trusted_root: Path = Path("/etc/ensign/sigstore/trusted_root.json")
+    bundle_dirs: list[Path] = Field(default_factory=lambda: [Path("/etc/ensign/sigstore/bundles")])
+
+
+class TpmConfig(StrictModel):
+    enabled: bool = False
+    tcti: str = "device:/dev/tpmrm0"
+    emulator: bool = False
+    pcrs: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7])
+    measure_pcr: int = 23
+    policy: Path | None = None
+
+    @field_validator("pcrs")
+    @classmethod
+    def _pcr_range(cls, v: list[int]) -> list[int]:
+        bad = [p for p in v if not 0 <= p <= 23]
+        if bad:
+            raise ValueError(f"PCR indexes must be 0..23, got {bad}")
+        return v
+
+
+class AttestorsConfig(StrictModel):
+    unix: UnixConfig = Field(default_factory=UnixConfig)
+    systemd: SystemdConfig = Field(default_factory=SystemdConfig)
+    sigstore: SigstoreConfig = Field(default_factory=SigstoreConfig)
+    tpm: TpmConfig = Field(default_factory=TpmConfig)
+
+
+class DelegationIssuer(StrictModel):
+    issuer: str
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    audience: str = "ensign"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DelegationIssuer:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("set exactly one of jwks_file and jwks_url")
+        return self
+
+
+class DelegationConfig(StrictModel):
+    enabled: bool = False
+    max_chain_depth: int = Field(default=3, ge=1, le=16)
+    issuers: list[DelegationIssuer] = Field(default_factory=list)
+
+
+class AuditConfig(StrictModel):
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval: Duration = timedelta(seconds=60)
+
+
+class AnomalyConfig(StrictModel):
+    enabled: bool = True
+    action: Literal["alert", "suspend"] = "alert"
+
+
+class MetricsConfig(StrictModel):
+    listen: str = ""
+
+
+class Config(StrictModel):
+    trust_domain: str = "example.org"
+    socket_path: Path = Path("/run/ensign/agent.sock")
+    admin_socket_path: Path = Path("/run/ensign/admin.sock")
+    data_dir: Path = Path("/var/lib/ensign")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ca: CaConfig = Field(default_factory=CaConfig)
+    svid: SvidConfig = Field(default_factory=SvidConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    attestors: AttestorsConfig = Field(default_factory=AttestorsConfig)
+    delegation: DelegationConfig = Field(default_factory=DelegationConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, v: str) -> str:
+        try:
+            return validate_trust_domain(v)
+        except InvalidRequest as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("socket_path", "admin_socket_path", "data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(v)!r}")
+        return v
+
+    @field_validator("socket_path", "admin_socket_path")
+    @classmethod
+    def _sun_path_limit(cls, v: Path) -> Path:
+        if len(os.fsencode(v)) > 107:
+            raise ValueError("a Unix socket path must be at most 107 bytes")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_sockets(self) -> Config:
+        if self.socket_path == self.admin_socket_path:
+            raise ValueError("socket_path and admin_socket_path must differ")
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a parsed TOML document. Raises ConfigError naming each bad key and why."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the config from `path`, else $ENSIGN_CONFIG, else /etc/ensign/ensign.toml."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        path = Path(env["ENSIGN_CONFIG"]) if env.get("ENSIGN_CONFIG") else DEFAULT_CONFIG_PATH
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, str(path))
+
+
+def dev_config(state_dir: Path) -> Config:
+    """The embedded default for `ensign daemon --dev`: everything under one state directory."""
+    state_dir = state_dir.resolve()
+    return parse(
+        {
+            "trust_domain": "example.org",
+            "socket_path": str(state_dir / "agent.sock"),
+            "admin_socket_path": str(state_dir / "admin.sock"),
+            "data_dir": str(state_dir / "data"),
+        },
+        "embedded dev config",
+    )
+
+
+def to_toml(cfg: Config) -> str:
+    """Render a config as TOML (for `ensign config defaults`); our shapes are simple."""
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        subs = {k: v for k, v in d.items() if isinstance(v, dict)}
+        arrays = {
+            k: v for k, v in d.items() if isinstance(v, list) and v and isinstance(v[0], dict)
+        }
+        for k, v in d.items():
+            if k not in subs and k not in arrays:
+                lines.append(f"{k} = {scalar(v)}")
+        for k, v in subs.items():
+            lines.append("")
+            lines.append(f"[{prefix}{k}]")
+            table(f"{prefix}{k}.", v)
+        for k, items in arrays.items():
+            for item in items:
+                lines.append("")
+                lines.append(f"[[{prefix}{k}]]")
+                table(f"{prefix}{k}.", item)
+
+    table("", data)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,166 @@
+"""The one module that reaches into the transport: who is on the other end of a connection.
+
+grpclib does not expose the socket of a connection, so the server's protocol factory is wrapped
+to read SO_PEERCRED and open a pidfd the moment a connection is accepted. Handlers then look
+the caller up by their stream's transport. The kernel fixes SO_PEERCRED at connect(); the pidfd
+and the process start time pin that process, so a later process reusing the pid is caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpclib.protocol import H2Protocol
+from grpclib.server import Server, Stream
+
+from ensign.attestors import _procfs
+
+from .errors import CallerGone
+from .models import Caller
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(slots=True)
+class Connection:
+    """What we learned about one accepted connection."""
+
+    caller: Caller | None
+    problem: str | None  # why no caller could be pinned (the process was already gone, ...)
+
+
+def _boot_seconds() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def identify(sock: socket.socket, proc_root: Path = Path("/proc")) -> Connection:
+    """Read the peer's credentials and pin its process. Never raises: problems are recorded."""
+    accepted_at = _boot_seconds()
+    try:
+        pid, uid, gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except OSError as e:
+        return Connection(None, f"cannot read peer credentials: {e.strerror}")
+    if pid <= 0:
+        return Connection(None, "peer has no pid (another pid namespace?)")
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return Connection(None, f"caller pid {pid} exited before it was pinned")
+    except OSError:
+        pidfd = None  # kernels before 5.3: the start-time check still guards reuse
+    try:
+        start = _procfs.read_stat(pid, proc_root).start_ticks
+    except (OSError, ValueError, IndexError):
+        _close(pidfd)
+        return Connection(None, f"caller pid {pid} exited before it was pinned")
+    # A process that started after we accepted the connection cannot be the one that connected:
+    # the caller exited and its pid was reused already.
+    if start / _CLK_TCK > accepted_at + 2 / _CLK_TCK:
+        _close(pidfd)
+        return Connection(None, f"pid {pid} was reused before the connection was pinned")
+    return Connection(Caller(pid=pid, uid=uid, gid=gid, start_ticks=start, pidfd=pidfd), None)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def check_alive(caller: Caller, proc_root: Path = Path("/proc")) -> None:
+    """Raise CallerGone unless the pinned process still runs under the same pid."""
+    if caller.pidfd is not None:
+        poller = select.poll()
+        poller.register(caller.pidfd, select.POLLIN)
+        if poller.poll(0):
+            raise CallerGone(f"caller pid {caller.pid} exited")
+    try:
+        start = _procfs.read_stat(caller.pid, proc_root).start_ticks
+    except (OSError, ValueError, IndexError):
+        raise CallerGone(f"caller pid {caller.pid} exited") from None
+    if start != caller.start_ticks:
+        raise CallerGone(f"pid {caller.pid} now belongs to another process")
+
+
+class PeerTracker:
+    """Maps live transports to the connection facts captured at accept time."""
+
+    def __init__(self, proc_root: Path = Path("/proc")) -> None:
+        self._proc = proc_root
+        self._connections: dict[int, Connection] = {}
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def connected(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        conn = (
+            identify(sock, self._proc)
+            if sock is not None
+            else Connection(None, "connection has no socket")
+        )
+        self._connections[id(transport)] = conn
+
+    def disconnected(self, transport: asyncio.BaseTransport) -> None:
+        conn = self._connections.pop(id(transport), None)
+        if conn is not None and conn.caller is not None:
+            _close(conn.caller.pidfd)
+
+    def connection_of(self, stream: Stream[Any, Any]) -> Connection:
+        # NOTE: grpclib's Peer keeps the transport private; this is the only place we read it.
+        transport = stream.peer._transport
+        return self._connections.get(
+            id(transport), Connection(None, "connection was not tracked")
+        )
+
+    def close_all(self) -> None:
+        for conn in self._connections.values():
+            if conn.caller is not None:
+                _close(conn.caller.pidfd)
+        self._connections.clear()
+
+
+class TrackingServer(Server):
+    """A grpclib Server whose connections are registered with a PeerTracker when accepted."""
+
+    def __init__(self, handlers: Any, tracker: PeerTracker, **kwargs: Any) -> None:
+        super().__init__(handlers, **kwargs)
+        self.tracker = tracker
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        made: Callable[[asyncio.BaseTransport], None] = protocol.connection_made
+        lost: Callable[[BaseException | None], None] = protocol.connection_lost
+        tracker = self.tracker
+        seen: list[asyncio.BaseTransport] = []
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            seen.append(transport)
+            tracker.connected(transport)
+            made(transport)
+
+        def connection_lost(exc: BaseException | None) -> None:
+            try:
+                lost(exc)
+            finally:
+                for transport in seen:
+                    tracker.disconnected(transport)
+
+        # NOTE: grpclib offers no connection hook; wrapping the protocol's callbacks is the
+        # narrowest reach-in that sees every connection before its first request.
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        return protocol

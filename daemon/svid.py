@@ -1,0 +1,253 @@
+"""Minting and validating SVIDs, exactly per the SPIFFE X509-SVID and JWT-SVID standards. Pure.
+
+Leaf rules that real clients check (py-spiffe rejects a leaf without them): exactly one URI SAN,
+BasicConstraints CA=false and KeyUsage digitalSignature, both critical; EKU server and client.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import keys
+from .errors import TokenInvalid
+from .spiffe_id import SpiffeId
+
+#: Backdate notBefore a little so peers with a slightly slow clock accept a fresh SVID (SPIRE: 10s).
+NOT_BEFORE_CUSHION = timedelta(seconds=10)
+#: Algorithms JWT-SVID validators must accept (JWT-SVID.md §3); everything else is refused.
+JWT_SVID_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningAuthority:
+    """What minting needs from a CA generation: its certificate, keys and JWT key id."""
+
+    cert: x509.Certificate
+    key: keys.PrivateKey
+    chain: tuple[x509.Certificate, ...]  # intermediates to send after the leaf (upstream CA)
+    jwt_key: keys.PrivateKey
+    jwt_kid: str
+
+
+@dataclass(frozen=True, slots=True)
+class X509Svid:
+    spiffe_id: str
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key: keys.PrivateKey
+
+    @property
+    def not_after(self) -> datetime:
+        return self.cert.not_valid_after_utc
+
+    @property
+    def not_before(self) -> datetime:
+        return self.cert.not_valid_before_utc
+
+    def chain_der(self) -> bytes:
+        """Leaf first, then intermediates, concatenated DER (Workload API `x509_svid`)."""
+        return b"".join(c.public_bytes(Encoding.DER) for c in (self.cert, *self.chain))
+
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(Encoding.PEM) for c in (self.cert, *self.chain))
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvid:
+    spiffe_id: str
+    token: str
+    audience: tuple[str, ...]
+    issued_at: datetime
+    expiry: datetime
+
+
+def mint_x509_svid(
+    *,
+    authority: SigningAuthority,
+    spiffe_id: SpiffeId,
+    key: keys.PrivateKey,
+    ttl: timedelta,
+    now: datetime,
+    dns_names: tuple[str, ...] = (),
+) -> X509Svid:
+    if not spiffe_id.is_workload:
+        raise ValueError("an X509-SVID needs a SPIFFE ID with a path")
+    not_after = min(now + ttl, authority.cert.not_valid_after_utc)
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ensign")]
+    if dns_names:
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0]))
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
+    sans.extend(x509.DNSName(d) for d in dns_names)
+    public_key = key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(authority.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - NOT_BEFORE_CUSHION, authority.cert.not_valid_before_utc))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=True,
+                data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
+            critical=False,
+        )
+    )
+    cert = builder.sign(authority.key, keys.signature_hash(authority.key))
+    return X509Svid(spiffe_id=str(spiffe_id), cert=cert, chain=authority.chain, key=key)
+
+
+def mint_jwt_svid(
+    *,
+    authority: SigningAuthority,
+    spiffe_id: SpiffeId,
+    audience: tuple[str, ...],
+    ttl: timedelta,
+    now: datetime,
+    issuer: str | None = None,
+) -> JwtSvid:
+    if not audience:
+        raise ValueError("a JWT-SVID needs at least one audience")
+    expiry = min(now + ttl, authority.cert.not_valid_after_utc)
+    claims: dict[str, Any] = {
+        "sub": str(spiffe_id),
+        "aud": list(audience),
+        "exp": int(expiry.timestamp()),
+        "iat": int(now.timestamp()),
+        "jti": secrets.token_urlsafe(16),
+    }
+    if issuer:
+        claims["iss"] = issuer
+    token = jwt.encode(
+        claims,
+        authority.jwt_key,
+        algorithm=keys.jws_algorithm(authority.jwt_key),
+        headers={"kid": authority.jwt_kid, "typ": "JWT"},
+    )
+    return JwtSvid(
+        spiffe_id=str(spiffe_id),
+        token=token,
+        audience=audience,
+        issued_at=now,
+        expiry=datetime.fromtimestamp(claims["exp"], tz=now.tzinfo),
+    )
+
+
+def validate_jwt_svid(
+    token: str,
+    audience: str,
+    authorities: Mapping[str, keys.PublicKey],
+    trust_domain: str,
+    now: datetime,
+) -> tuple[SpiffeId, dict[str, Any]]:
+    """Check a JWT-SVID per JWT-SVID.md; return its SPIFFE ID and claims or raise TokenInvalid."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as e:
+        raise TokenInvalid(f"malformed token: {e}") from None
+    alg = header.get("alg")
+    if alg not in JWT_SVID_ALGORITHMS:
+        raise TokenInvalid(f"unsupported token algorithm {alg!r}")
+    typ = header.get("typ")
+    if typ is not None and typ not in ("JWT", "JOSE"):
+        raise TokenInvalid(f"token type {typ!r} is not JWT or JOSE")
+    kid = header.get("kid")
+    if not kid:
+        raise TokenInvalid("token header missing key id")
+    key = authorities.get(kid)
+    if key is None:
+        raise TokenInvalid(f"key id {kid!r} not found in the trust bundle")
+    if keys.jws_algorithm(key)[:2] != alg[:2]:
+        raise TokenInvalid(f"token algorithm {alg} does not match its key")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            audience=audience,
+            options={"require": ["exp", "sub", "aud"], "verify_iat": False},
+            leeway=0,
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenInvalid("token has expired") from None
+    except jwt.InvalidAudienceError:
+        raise TokenInvalid(f"token audience does not include {audience!r}") from None
+    except jwt.PyJWTError as e:
+        raise TokenInvalid(f"token is not valid: {e}") from None
+    try:
+        sub = SpiffeId.parse(str(claims["sub"]))
+    except Exception:
+        raise TokenInvalid("token subject is not a SPIFFE ID") from None
+    if not sub.member_of(trust_domain):
+        raise TokenInvalid(f"token subject is not in trust domain {trust_domain}")
+    return sub, claims
+
+
+def split_der(data: bytes) -> list[bytes]:
+    """Split concatenated DER certificates (the Workload API's chain and bundle encoding)."""
+    out = []
+    i = 0
+    while i < len(data):
+        if data[i] != 0x30 or i + 2 > len(data):
+            raise ValueError("not a DER certificate sequence")
+        first = data[i + 1]
+        if first < 0x80:
+            header, length = 2, first
+        else:
+            n = first & 0x7F
+            if n == 0 or n > 4 or i + 2 + n > len(data):
+                raise ValueError("bad DER length")
+            header, length = 2 + n, int.from_bytes(data[i + 2 : i + 2 + n], "big")
+        end = i + header + length
+        if end > len(data):
+            raise ValueError("truncated DER certificate")
+        out.append(data[i:end])
+        i = end
+    return out
+
+
+def load_der_chain(data: bytes) -> list[x509.Certificate]:
+    return [x509.load_der_x509_certificate(d) for d in split_der(data)]
+
+
+def jwks(authorities: Mapping[str, keys.PublicKey]) -> bytes:
+    """The JWT bundle as the Workload API sends it: a standard JWKS, every key with `kid`."""
+    out = []
+    for kid, key in authorities.items():
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            text = jwt.algorithms.ECAlgorithm.to_jwk(key)
+        else:
+            text = jwt.algorithms.RSAAlgorithm.to_jwk(key)
+        jwk: dict[str, Any] = json.loads(text)
+        jwk["kid"] = kid
+        out.append(jwk)
+    return json.dumps({"keys": out}, separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,237 @@
+"""The SPIFFE Workload API servicer: check the header, attest the caller, compose, send.
+
+The rules live elsewhere (attestation, registry match, SVID cache); this module only wires
+them to the wire format. Streams send their first message at once, then the full state after
+every change, suppressing duplicates, and end with PermissionDenied when the caller's last
+identity goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from ensign.proto import workload_pb2 as pb
+from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
+
+from .attestation import AttestationPipeline
+from .ca import CertificateAuthority
+from .cache import Broadcast, SvidCache
+from .config import Config
+from .errors import CallerGone, InvalidRequest, NoIdentity
+from .grpc_errors import translate
+from .keys import to_pkcs8_der
+from .models import AttestedCaller
+from .peercred import PeerTracker
+from .registry import Entry, Registry
+from .spiffe_id import SpiffeId
+from .svid import validate_jwt_svid
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADER = "workload.spiffe.io"
+MAX_AUDIENCES = 32
+MAX_AUDIENCE_BYTES = 512
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+class WorkloadApi(SpiffeWorkloadAPIBase):
+    def __init__(
+        self,
+        *,
+        config: Config,
+        tracker: PeerTracker,
+        pipeline: AttestationPipeline,
+        registry: Registry,
+        cache: SvidCache,
+        ca: CertificateAuthority,
+        broadcast: Broadcast,
+        clock: Any,
+    ) -> None:
+        self._cfg = config
+        self._tracker = tracker
+        self._pipeline = pipeline
+        self._registry = registry
+        self._cache = cache
+        self._ca = ca
+        self._broadcast = broadcast
+        self._clock = clock
+        self._td_id = str(SpiffeId.for_trust_domain(config.trust_domain))
+
+    # -- caller ----------------------------------------------------------------------------
+
+    async def _attest(self, stream: Stream[Any, Any]) -> AttestedCaller:
+        values = stream.metadata.getall(SECURITY_HEADER, []) if stream.metadata else []
+        if values != ["true"]:
+            raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        conn = self._tracker.connection_of(stream)
+        if conn.caller is None:
+            raise CallerGone(conn.problem or "caller unknown")
+        return await self._pipeline.attest(conn.caller)
+
+    def _identities(self, attested: AttestedCaller) -> list[Entry]:
+        entries = self._registry.match(attested.selectors)
+        if not entries:
+            raise NoIdentity(f"no entry matches pid {attested.caller.pid} "
+                             f"selectors {sorted(attested.selectors)}")
+        return entries
+
+    # -- X.509 -----------------------------------------------------------------------------
+
+    @translate
+    async def FetchX509SVID(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
+        await stream.recv_message()
+        attested = await self._attest(stream)
+        watched: list[str] = []
+        last = b""
+        version = self._broadcast.version
+        try:
+            while True:
+                entries = self._identities(attested)
+                ids = [e.id for e in entries]
+                if ids != watched:
+                    self._cache.watch(ids)
+                    self._cache.unwatch(watched)
+                    watched = ids
+                response = self._compose_x509(entries)
+                data = response.SerializeToString(deterministic=True)
+                if data != last:
+                    await stream.send_message(response)
+                    last = data
+                version = await self._broadcast.wait(version)
+        finally:
+            self._cache.unwatch(watched)
+
+    def _compose_x509(self, entries: Sequence[Entry]) -> pb.X509SVIDResponse:
+        bundle = self._ca.x509_bundle_der()
+        svids = []
+        for e in entries:
+            svid = self._cache.x509_for(e)
+            svids.append(pb.X509SVID(
+                spiffe_id=svid.spiffe_id,
+                x509_svid=svid.chain_der(),
+                x509_svid_key=to_pkcs8_der(svid.key),
+                bundle=bundle,
+                hint=e.hint,
+            ))
+        return pb.X509SVIDResponse(svids=_unique_hints(svids))
+
+    @translate
+    async def FetchX509Bundles(
+        self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse]
+    ) -> None:
+        await stream.recv_message()
+        attested = await self._attest(stream)
+        last = b""
+        version = self._broadcast.version
+        while True:
+            self._identities(attested)
+            response = pb.X509BundlesResponse(bundles={self._td_id: self._ca.x509_bundle_der()})
+            data = response.SerializeToString(deterministic=True)
+            if data != last:
+                await stream.send_message(response)
+                last = data
+            version = await self._broadcast.wait(version)
+
+    # -- JWT -------------------------------------------------------------------------------
+
+    @translate
+    async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        audience = _check_audience(list(request.audience))
+        wanted: SpiffeId | None = None
+        if request.spiffe_id:
+            wanted = SpiffeId.parse(request.spiffe_id)
+        attested = await self._attest(stream)
+        entries = self._identities(attested)
+        if wanted is not None:
+            entries = [e for e in entries if e.spiffe_id == str(wanted)]
+            if not entries:
+                raise NoIdentity(f"caller is not entitled to {wanted}")
+        if not self._cfg.policy.default_allow_audiences:
+            raise NoIdentity("audience not allowed: no role grants it")
+        svids = []
+        for e in entries:
+            jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer)
+            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
+        await stream.send_message(pb.JWTSVIDResponse(svids=svids))
+
+    @translate
+    async def FetchJWTBundles(
+        self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse]
+    ) -> None:
+        await stream.recv_message()
+        attested = await self._attest(stream)
+        last = b""
+        version = self._broadcast.version
+        while True:
+            self._identities(attested)
+            response = pb.JWTBundlesResponse(bundles={self._td_id: self._ca.jwks()})
+            data = response.SerializeToString(deterministic=True)
+            if data != last:
+                await stream.send_message(response)
+                last = data
+            version = await self._broadcast.wait(version)
+
+    @translate
+    async def ValidateJWTSVID(
+        self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        if not request.audience:
+            raise InvalidRequest("audience must be specified")
+        if not request.svid:
+            raise InvalidRequest("svid must be specified")
+        if len(request.svid) > MAX_TOKEN_BYTES:
+            raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
+        attested = await self._attest(stream)
+        self._identities(attested)
+        now: datetime = self._clock()
+        sub, claims = validate_jwt_svid(
+            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain, now
+        )
+        response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
+        response.claims.update(claims)
+        await stream.send_message(response)
+
+    # -- WIT (not supported; the standard requires Unimplemented) ----------------------------
+
+    async def FetchWITSVID(self, stream: Stream[pb.WITSVIDRequest, pb.WITSVIDResponse]) -> None:
+        raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT-SVIDs is not implemented")
+
+    async def FetchWITBundles(
+        self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse]
+    ) -> None:
+        raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
+
+
+def _check_audience(audience: list[str]) -> tuple[str, ...]:
+    if not audience:
+        raise InvalidRequest("audience must be specified")
+    if len(audience) > MAX_AUDIENCES:
+        raise InvalidRequest(f"at most {MAX_AUDIENCES} audiences per request, got {len(audience)}")
+    for a in audience:
+        if not a.strip():
+            raise InvalidRequest("audience values must not be empty")
+        if len(a.encode()) > MAX_AUDIENCE_BYTES:
+            raise InvalidRequest(f"audience values are limited to {MAX_AUDIENCE_BYTES} bytes")
+    return tuple(audience)
+
+
+def _unique_hints(svids: list[pb.X509SVID]) -> list[pb.X509SVID]:
+    """Hints must be unique within a response (Workload API §5.2.1): keep the first holder."""
+    seen: set[str] = set()
+    for s in svids:
+        if s.hint in seen:
+            s.hint = ""
+        elif s.hint:
+            seen.add(s.hint)
+    return svids
