@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -39,6 +40,8 @@ def translate(
             await method(self, stream)
         except GRPCError:
             raise
+        except DecodeError:
+            raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
         except EnsignError as e:
             message = str(e) if isinstance(e, _DETAILED) and str(e) else e.public_message
             log.info("request refused", extra={
