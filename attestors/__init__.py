@@ -8,8 +8,9 @@ section in ensign.daemon.config.
 from __future__ import annotations
 
 from .base import Attestor, AttestorError
+from .systemd import SystemdAttestor
 from .unix import UnixAttestor
 
-BUILTIN: dict[str, type[Attestor]] = {"unix": UnixAttestor}
+BUILTIN: dict[str, type[Attestor]] = {"unix": UnixAttestor, "systemd": SystemdAttestor}
 
-__all__ = ["BUILTIN", "Attestor", "AttestorError", "UnixAttestor"]
+__all__ = ["BUILTIN", "Attestor", "AttestorError", "SystemdAttestor", "UnixAttestor"]

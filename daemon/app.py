@@ -18,6 +18,8 @@ from datetime import datetime
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 
+from ensign.attestors.base import Attestor
+from ensign.attestors.systemd import SystemdAttestor
 from ensign.attestors.unix import UnixAttestor
 
 from .admin_api import AdminApi
@@ -53,9 +55,11 @@ class Daemon:
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
         self.tracker = PeerTracker()
-        attestors = []
+        attestors: list[Attestor] = []
         if config.attestors.unix.enabled:
             attestors.append(UnixAttestor(config.attestors.unix))
+        if config.attestors.systemd.enabled:
+            attestors.append(SystemdAttestor(config.attestors.systemd))
         self.pipeline = AttestationPipeline(attestors)
         self.health_status = ServiceStatus()
         workload = WorkloadApi(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..attestors.systemd import SystemdConfig
 from ..attestors.unix import UnixConfig
 from .config_types import Duration, StrictModel
 from .errors import ConfigError, InvalidRequest
@@ -61,10 +62,6 @@ class SvidConfig(StrictModel):
 class PolicyConfig(StrictModel):
     # Until roles exist, an agent without roles may get JWT-SVIDs for any audience.
     default_allow_audiences: bool = True
-
-
-class SystemdConfig(StrictModel):
-    enabled: bool = True
 
 
 class SigstoreConfig(StrictModel):

@@ -30,6 +30,8 @@ def format_duration(value: timedelta) -> str:
         return f"{round(seconds * 1000)}ms"
     for unit in ("d", "h", "m"):
         size = _DURATION_UNITS[unit]
+        if unit == "d" and seconds <= 2 * 86400:
+            continue  # "24h" reads better than "1d"
         if seconds and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"

@@ -22,7 +22,9 @@ ENSIGN = [sys.executable, "-m", "ensign.daemon"]
 NOBODY = 65534
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+def _wait_for_socket(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -87,7 +89,9 @@ class Daemon:
         log = self.log.open("ab")
         self.proc = subprocess.Popen(
             [*ENSIGN, "daemon", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
         )
         _wait_for_socket(self.socket, self.proc, self.log)
         _wait_for_socket(self.admin_socket, self.proc, self.log)
@@ -104,19 +108,27 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": self.endpoint,
-               "ENSIGN_ADMIN_SOCKET": f"unix://{self.admin_socket}", **self.env}
-        result = subprocess.run([*ENSIGN, *args], capture_output=True, text=True, env=env,
-                                input=input, timeout=timeout)
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "SPIFFE_ENDPOINT_SOCKET": self.endpoint,
+            "ENSIGN_ADMIN_SOCKET": f"unix://{self.admin_socket}",
+            **self.env,
+        }
+        result = subprocess.run(
+            [*ENSIGN, *args], capture_output=True, text=True, env=env, input=input, timeout=timeout
+        )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"ensign {' '.join(args)} exited {result.returncode}: {result.stderr}"
             )
         return result
 
-    def register(self, name: str, *selectors: str, extra: tuple[str, ...] = ()) -> dict[str, object]:
+    def register(
+        self, name: str, *selectors: str, extra: tuple[str, ...] = ()
+    ) -> dict[str, object]:
         args = ["agent", "register", "--name", name, "-o", "json", *extra]
         for s in selectors:
             args += ["--selector", s]
@@ -182,14 +194,26 @@ def nobody_site_packages() -> Path:
     return _NOBODY_SITE
 
 
-def run_as(uid: int, code: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_as(
+    uid: int, code: str, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """Run Python `code` under `uid` (and gid) with grpcio importable. Needs root."""
     if os.geteuid() != 0:
         pytest.skip("cross-uid tests need root")
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    env = {"PYTHONPATH": str(nobody_site_packages()), "PATH": "/usr/bin:/bin",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        "PYTHONPATH": str(nobody_site_packages()),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     return subprocess.run(
-        [python, "-c", code, *args], capture_output=True, text=True, env=env, timeout=timeout,
-        user=uid, group=uid, extra_groups=[], cwd="/",
+        [python, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        cwd="/",
     )

@@ -135,3 +135,10 @@ def test_env_names_the_config(tmp_path: Path) -> None:
 def test_defaults_render_as_loadable_toml() -> None:
     text = config.to_toml(config.Config())
     assert config.parse(tomllib.loads(text)) == config.Config()
+
+
+def test_shipped_default_config_is_current() -> None:
+    shipped = Path(__file__).resolve().parent.parent / "packaging" / "ensign.toml"
+    assert shipped.read_text() == config.to_toml(config.Config()), (
+        "packaging/ensign.toml is stale: regenerate with `ensign config defaults`"
+    )

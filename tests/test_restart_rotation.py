@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-
 from typing import Any
 
 from spiffe import WorkloadApiClient
 
-from ensign.proto import workload_pb2 as pb
-
 from ensign.daemon.svid import load_der_chain
+from ensign.proto import workload_pb2 as pb
 
 from .clients import channel, fetch_jwt, stream, unary
 from .conftest import make_daemon

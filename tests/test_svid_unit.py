@@ -25,8 +25,13 @@ def authority(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 
 def test_x509_svid_passes_py_spiffe(authority) -> None:  # type: ignore[no-untyped-def]
-    svid = mint_x509_svid(authority=authority.signing(), spiffe_id=WORKLOAD,
-                          key=keys.generate("ec-p256"), ttl=timedelta(hours=1), now=NOW)
+    svid = mint_x509_svid(
+        authority=authority.signing(),
+        spiffe_id=WORKLOAD,
+        key=keys.generate("ec-p256"),
+        ttl=timedelta(hours=1),
+        now=NOW,
+    )
     parsed = X509Svid.parse_raw(svid.chain_der(), keys.to_pkcs8_der(svid.key))
     assert str(parsed.spiffe_id) == str(WORKLOAD)
     assert svid.not_after == NOW + timedelta(hours=1)
@@ -34,17 +39,30 @@ def test_x509_svid_passes_py_spiffe(authority) -> None:  # type: ignore[no-untyp
 
 def test_x509_svid_never_outlives_its_ca() -> None:
     short = new_authority(TD, "ec-p256", timedelta(minutes=10), NOW)
-    svid = mint_x509_svid(authority=short.signing(), spiffe_id=WORKLOAD,
-                          key=keys.generate("ec-p256"), ttl=timedelta(hours=1), now=NOW)
+    svid = mint_x509_svid(
+        authority=short.signing(),
+        spiffe_id=WORKLOAD,
+        key=keys.generate("ec-p256"),
+        ttl=timedelta(hours=1),
+        now=NOW,
+    )
     assert svid.not_after == short.not_after
 
 
 def test_jwt_svid_header_and_claims(authority) -> None:  # type: ignore[no-untyped-def]
-    svid = mint_jwt_svid(authority=authority.signing(), spiffe_id=WORKLOAD, audience=("a", "b"),
-                         ttl=timedelta(minutes=5), now=NOW, issuer="https://agents.example.org")
+    svid = mint_jwt_svid(
+        authority=authority.signing(),
+        spiffe_id=WORKLOAD,
+        audience=("a", "b"),
+        ttl=timedelta(minutes=5),
+        now=NOW,
+        issuer="https://agents.example.org",
+    )
     header = pyjwt.get_unverified_header(svid.token)
     assert header["kid"] == authority.jwt_kid and header["typ"] == "JWT"
-    bundle = JwtBundle.parse(TrustDomain(TD), jwks({authority.jwt_kid: authority.jwt_key.public_key()}))
+    bundle = JwtBundle.parse(
+        TrustDomain(TD), jwks({authority.jwt_kid: authority.jwt_key.public_key()})
+    )
     parsed = JwtSvid.parse_and_validate(svid.token, bundle, {"a"})
     assert str(parsed.spiffe_id) == str(WORKLOAD)
     claims = pyjwt.decode(svid.token, options={"verify_signature": False})
@@ -55,33 +73,61 @@ def test_jwt_svid_header_and_claims(authority) -> None:  # type: ignore[no-untyp
 def test_validation_failures() -> None:
     a = new_authority(TD, "ec-p256", timedelta(hours=1), NOW)
     keyset = {a.jwt_kid: a.jwt_key.public_key()}
-    token = mint_jwt_svid(authority=a.signing(), spiffe_id=WORKLOAD, audience=("x",),
-                          ttl=timedelta(minutes=5), now=NOW).token
+    token = mint_jwt_svid(
+        authority=a.signing(),
+        spiffe_id=WORKLOAD,
+        audience=("x",),
+        ttl=timedelta(minutes=5),
+        now=NOW,
+    ).token
     sub, claims = validate_jwt_svid(token, "x", keyset, TD, NOW)
     assert sub == WORKLOAD and claims["aud"] == ["x"]
     with pytest.raises(TokenInvalid, match="audience"):
         validate_jwt_svid(token, "y", keyset, TD, NOW)
     with pytest.raises(TokenInvalid, match="not found"):
         validate_jwt_svid(token, "x", {}, TD, NOW)
-    old = mint_jwt_svid(authority=a.signing(), spiffe_id=WORKLOAD, audience=("x",),
-                        ttl=timedelta(seconds=1), now=NOW - timedelta(minutes=10)).token
+    old = mint_jwt_svid(
+        authority=a.signing(),
+        spiffe_id=WORKLOAD,
+        audience=("x",),
+        ttl=timedelta(seconds=1),
+        now=NOW - timedelta(minutes=10),
+    ).token
     with pytest.raises(TokenInvalid, match="expired"):
         validate_jwt_svid(old, "x", keyset, TD, NOW)
-    hmac = pyjwt.encode({"sub": str(WORKLOAD), "aud": "x", "exp": 9999999999}, "k" * 32,
-                        algorithm="HS256", headers={"kid": a.jwt_kid})
+    hmac = pyjwt.encode(
+        {"sub": str(WORKLOAD), "aud": "x", "exp": 9999999999},
+        "k" * 32,
+        algorithm="HS256",
+        headers={"kid": a.jwt_kid},
+    )
     with pytest.raises(TokenInvalid, match="algorithm"):
         validate_jwt_svid(hmac, "x", keyset, TD, NOW)
-    foreign = mint_jwt_svid(authority=a.signing(), spiffe_id=SpiffeId.parse("spiffe://other.org/w"),
-                            audience=("x",), ttl=timedelta(minutes=5), now=NOW).token
+    foreign = mint_jwt_svid(
+        authority=a.signing(),
+        spiffe_id=SpiffeId.parse("spiffe://other.org/w"),
+        audience=("x",),
+        ttl=timedelta(minutes=5),
+        now=NOW,
+    ).token
     with pytest.raises(TokenInvalid, match="trust domain"):
         validate_jwt_svid(foreign, "x", keyset, TD, NOW)
 
 
-@pytest.mark.parametrize("text", [
-    "http://example.org/a", "spiffe://", "spiffe://example.org/a/", "spiffe://example.org//a",
-    "spiffe://exa mple.org/a", "spiffe://example.org/a?b", "spiffe://user@example.org/a",
-    "spiffe://example.org:8080/a", "spiffe://example.org/" + "a" * 2100,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://example.org/a",
+        "spiffe://",
+        "spiffe://example.org/a/",
+        "spiffe://example.org//a",
+        "spiffe://exa mple.org/a",
+        "spiffe://example.org/a?b",
+        "spiffe://user@example.org/a",
+        "spiffe://example.org:8080/a",
+        "spiffe://example.org/" + "a" * 2100,
+    ],
+)
 def test_invalid_spiffe_ids(text: str) -> None:
     with pytest.raises(InvalidRequest):
         SpiffeId.parse(text)

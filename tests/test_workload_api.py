@@ -210,7 +210,7 @@ def test_deleting_entry_ends_open_stream_with_permission_denied(daemon: Daemon) 
         assert first.svids[0].spiffe_id == record["spiffe_id"]
         started = time.monotonic()
         daemon.cli("agent", "delete", str(record["id"]))
-        code, details = status_of(lambda: next(it))
+        code, _ = status_of(lambda: next(it))
         elapsed = time.monotonic() - started
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert elapsed < 2.0 + 1.0  # 2 s promised; the CLI call itself is inside the window
