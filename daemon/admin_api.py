@@ -1,4 +1,4 @@
-"""`ensign.admin.v1.Admin`: registry management on the admin socket.
+"""`ensign.admin.v1.Admin`: registry and role management on the admin socket.
 
 The socket is 0600, and every call is checked again against the caller's kernel credentials:
 only root and the daemon's own uid may change who gets an identity.
@@ -15,57 +15,35 @@ from grpclib.server import Stream
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminBase
 
+from . import registry_apply
+from .admin_convert import (
+    entry_to_pb,
+    pb_to_role,
+    role_changes,
+    role_to_pb,
+    spec_to_entry,
+    update_changes,
+)
 from .errors import CallerGone, InvalidRequest, PermissionDenied
+from .events import Action
 from .grpc_errors import translate
 from .peercred import PeerTracker
-from .registry import Entry, ListFilter, Registry
+from .registry import ListFilter, Registry
+from .roles import RoleBook
 
 log = logging.getLogger(__name__)
-
-
-def entry_to_pb(e: Entry) -> pb.Agent:
-    return pb.Agent(
-        id=e.id, name=e.name, kind=e.kind, spiffe_id=e.spiffe_id, selectors=list(e.selectors),
-        x509_ttl_seconds=e.x509_ttl, jwt_ttl_seconds=e.jwt_ttl, dns_names=list(e.dns_names),
-        hint=e.hint, created_at=e.created_at, updated_at=e.updated_at, revision=e.revision,
-        owner=e.owner, purpose=e.purpose, capabilities=list(e.capabilities),
-        roles=list(e.roles), metadata=dict(e.metadata), state=e.state, expires_at=e.expires_at,
-        created_by=e.created_by,
-    )
-
-
-def spec_to_entry(spec: pb.AgentSpec, created_by: int) -> Entry:
-    return Entry(
-        id="", name=spec.name, kind=spec.kind or "agent", spiffe_id=spec.spiffe_id,
-        selectors=tuple(spec.selectors), x509_ttl=spec.x509_ttl_seconds,
-        jwt_ttl=spec.jwt_ttl_seconds, dns_names=tuple(spec.dns_names), hint=spec.hint,
-        owner=spec.owner, purpose=spec.purpose, capabilities=tuple(spec.capabilities),
-        roles=tuple(spec.roles), metadata=dict(spec.metadata), expires_at=spec.expires_at,
-        created_by=created_by,
-    )
-
-
-def update_changes(req: pb.UpdateAgentRequest) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    for field, attr in (("name", "name"), ("spiffe_id", "spiffe_id"), ("hint", "hint"),
-                        ("owner", "owner"), ("purpose", "purpose"),
-                        ("x509_ttl_seconds", "x509_ttl"), ("jwt_ttl_seconds", "jwt_ttl"),
-                        ("expires_at", "expires_at")):
-        if req.HasField(field):
-            changes[attr] = getattr(req, field)
-    for field in ("selectors", "dns_names", "capabilities", "roles"):
-        if req.HasField(field):
-            changes[field] = tuple(getattr(req, field).values)
-    return changes
+MAX_REASON = 512
 
 
 class AdminApi(AdminBase):
-    def __init__(self, *, tracker: PeerTracker, registry: Registry) -> None:
+    def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook) -> None:
         self._tracker = tracker
         self._registry = registry
+        self._roles = roles
         self._own_uid = os.getuid()
 
-    def _admin_uid(self, stream: Stream[Any, Any]) -> int:
+    async def _begin(self, stream: Stream[Any, Any]) -> tuple[Any, int]:
+        request = await stream.recv_message()
         conn = self._tracker.connection_of(stream)
         if conn.caller is None:
             raise CallerGone(conn.problem or "caller unknown")
@@ -73,57 +51,119 @@ class AdminApi(AdminBase):
             raise PermissionDenied(
                 f"uid {conn.caller.uid} may not use the admin API (root or uid {self._own_uid})"
             )
-        return conn.caller.uid
+        return request, conn.caller.uid
+
+    # -- agents ----------------------------------------------------------------------------
 
     @translate
     async def RegisterAgent(self, stream: Stream[pb.RegisterAgentRequest, pb.Agent]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        uid = self._admin_uid(stream)
-        entry = self._registry.register(spec_to_entry(request.spec, uid))
-        log.info("entry registered", extra={"entry": entry.id, "admin_uid": uid})
+        request, uid = await self._begin(stream)
+        entry = self._registry.register(spec_to_entry(request.spec, uid), uid)
         await stream.send_message(entry_to_pb(entry))
 
     @translate
     async def ListAgents(self, stream: Stream[pb.ListAgentsRequest, pb.ListAgentsResponse]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        self._admin_uid(stream)
-        flt = ListFilter(
-            state=request.state, owner=request.owner, capability=request.capability,
-            role=request.role, kind=request.kind, selector=request.selector,
-            name_prefix=request.name_prefix,
-        )
+        r, _ = await self._begin(stream)
+        flt = ListFilter(state=r.state, owner=r.owner, capability=r.capability, role=r.role,
+                         kind=r.kind, selector=r.selector, name_prefix=r.name_prefix)
         entries = self._registry.entries(flt)
         await stream.send_message(pb.ListAgentsResponse(agents=[entry_to_pb(e) for e in entries]))
 
     @translate
     async def GetAgent(self, stream: Stream[pb.GetAgentRequest, pb.Agent]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        self._admin_uid(stream)
-        await stream.send_message(entry_to_pb(self._registry.get(request.id)))
+        request, _ = await self._begin(stream)
+        entry = self._registry.get(request.id)
+        await stream.send_message(entry_to_pb(entry, self._registry.history(entry.id)))
 
     @translate
     async def UpdateAgent(self, stream: Stream[pb.UpdateAgentRequest, pb.Agent]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        uid = self._admin_uid(stream)
+        request, uid = await self._begin(stream)
         changes = update_changes(request)
         if not changes:
             raise InvalidRequest("nothing to update: give at least one field")
-        entry = self._registry.update(request.id, **changes)
-        log.info("entry updated", extra={"entry": entry.id, "admin_uid": uid,
-                                         "fields": sorted(changes)})
-        await stream.send_message(entry_to_pb(entry))
+        await stream.send_message(entry_to_pb(self._registry.update(request.id, uid, **changes)))
 
     @translate
     async def DeleteAgent(
         self, stream: Stream[pb.DeleteAgentRequest, pb.DeleteAgentResponse]
     ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        uid = self._admin_uid(stream)
-        self._registry.delete(request.id)
-        log.info("entry deleted", extra={"entry": request.id, "admin_uid": uid})
+        request, uid = await self._begin(stream)
+        self._registry.delete(request.id, uid)
         await stream.send_message(pb.DeleteAgentResponse())
+
+    async def _lifecycle(self, stream: Stream[pb.LifecycleRequest, pb.Agent], action: Action,
+                         reason_required: bool) -> None:
+        request, uid = await self._begin(stream)
+        reason = request.reason.strip()
+        if reason_required and not reason:
+            raise InvalidRequest(f"{action} needs a reason (--reason)")
+        if len(reason) > MAX_REASON:
+            raise InvalidRequest(f"reason is limited to {MAX_REASON} characters")
+        entry = self._registry.transition(request.id, action, f"uid:{uid}", reason)
+        await stream.send_message(entry_to_pb(entry))
+
+    @translate
+    async def SuspendAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent]) -> None:
+        await self._lifecycle(stream, "suspend", reason_required=True)
+
+    @translate
+    async def ResumeAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent]) -> None:
+        await self._lifecycle(stream, "resume", reason_required=False)
+
+    @translate
+    async def DecommissionAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent]) -> None:
+        await self._lifecycle(stream, "decommission", reason_required=True)
+
+    @translate
+    async def Apply(self, stream: Stream[pb.ApplyRequest, pb.ApplyResponse]) -> None:
+        request, uid = await self._begin(stream)
+        desired = [
+            registry_apply.Desired(id=a.id, spec=spec_to_entry(a.spec, uid), state=a.state)
+            for a in request.agents
+        ]
+        for d in desired:
+            if d.state not in ("", "active", "suspended", "decommissioned"):
+                raise InvalidRequest(f"agent {d.spec.name}: unknown state {d.state!r}")
+        steps = registry_apply.apply(
+            self._registry, self._roles, desired, [pb_to_role(r) for r in request.roles],
+            actor_uid=uid, prune=request.prune, dry_run=request.dry_run,
+        )
+        await stream.send_message(pb.ApplyResponse(
+            steps=[pb.PlanStep(action=s.action, target=s.target, detail=s.detail) for s in steps],
+            applied=not request.dry_run,
+        ))
+
+    # -- roles -----------------------------------------------------------------------------
+
+    @translate
+    async def CreateRole(self, stream: Stream[pb.Role, pb.Role]) -> None:
+        request, uid = await self._begin(stream)
+        role = self._roles.create(pb_to_role(request), f"uid:{uid}")
+        await stream.send_message(role_to_pb(role))
+
+    @translate
+    async def ListRoles(self, stream: Stream[pb.ListRolesRequest, pb.ListRolesResponse]) -> None:
+        await self._begin(stream)
+        roles = [role_to_pb(r) for _, r in sorted(self._roles.all.items())]
+        await stream.send_message(pb.ListRolesResponse(roles=roles))
+
+    @translate
+    async def GetRole(self, stream: Stream[pb.GetRoleRequest, pb.Role]) -> None:
+        request, _ = await self._begin(stream)
+        role = self._roles.get(request.name)
+        await stream.send_message(role_to_pb(role, self._registry.holders(role.name)))
+
+    @translate
+    async def UpdateRole(self, stream: Stream[pb.UpdateRoleRequest, pb.Role]) -> None:
+        request, uid = await self._begin(stream)
+        changes = role_changes(request)
+        if not changes:
+            raise InvalidRequest("nothing to update: give at least one field")
+        role = self._roles.update(request.name, f"uid:{uid}", **changes)
+        await stream.send_message(role_to_pb(role))
+
+    @translate
+    async def DeleteRole(self, stream: Stream[pb.DeleteRoleRequest, pb.DeleteRoleResponse]) -> None:
+        request, uid = await self._begin(stream)
+        self._roles.delete(request.name, f"uid:{uid}")
+        await stream.send_message(pb.DeleteRoleResponse())

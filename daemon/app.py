@@ -27,9 +27,12 @@ from .attestation import AttestationPipeline
 from .ca import CertificateAuthority, utcnow
 from .cache import Broadcast, SvidCache
 from .config import Config
+from .events import ChangeEvent, EventHub
 from .peercred import PeerTracker
 from .registry import Registry
+from .roles import RoleBook
 from .server import ADMIN_SOCKET_MODE, WORKLOAD_SOCKET_MODE, UnixServer
+from .store import Store
 from .workload_api import WorkloadApi
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,10 @@ class Daemon:
         self.config = config
         self._clock = clock
         data = config.data_dir
-        self.registry = Registry(data / "registry.db", config.trust_domain)
+        self.events = EventHub()
+        self.store = Store(data / "registry.db")
+        self.roles = RoleBook(self.store, self.events)
+        self.registry = Registry(self.store, self.roles, self.events, config.trust_domain)
         self.ca = CertificateAuthority(config.ca, config.trust_domain, data, clock)
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
@@ -64,8 +70,8 @@ class Daemon:
         self.health_status = ServiceStatus()
         workload = WorkloadApi(
             config=config, tracker=self.tracker, pipeline=self.pipeline,
-            registry=self.registry, cache=self.cache, ca=self.ca, broadcast=self.broadcast,
-            clock=clock,
+            registry=self.registry, roles=self.roles, cache=self.cache, ca=self.ca,
+            broadcast=self.broadcast, clock=clock,
         )
         self._workload_server = UnixServer(
             config.socket_path, WORKLOAD_SOCKET_MODE,
@@ -73,7 +79,8 @@ class Daemon:
         )
         self._admin_server = UnixServer(
             config.admin_socket_path, ADMIN_SOCKET_MODE,
-            [AdminApi(tracker=self.tracker, registry=self.registry)], self.tracker,
+            [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles)],
+            self.tracker,
         )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -82,9 +89,11 @@ class Daemon:
         _raise_fd_limit()
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)
-        self.registry.open()
+        self.store.open()
+        self.roles.load()
+        self.registry.load()
         self.ca.load_or_create()
-        self.registry.subscribe(self._on_registry_change)
+        self.events.subscribe(self._on_change)
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
@@ -114,13 +123,21 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
-    def _on_registry_change(self) -> None:
-        self.cache.prune({e.id for e in self.registry.entries()})
+    def _on_change(self, event: ChangeEvent) -> None:
+        # Suspended, decommissioned or deleted entries lose their cached SVIDs at once; streams
+        # wake, recompute, and end with PermissionDenied when no identity is left.
+        if event.action.startswith("role_"):
+            self.cache.forget_jwts()
+        self.cache.prune(self.registry.live_ids())
+        log.info("registry changed", extra={
+            "action": event.action, "subject": event.subject, "actor": event.actor,
+            "reason": event.reason})
         self.broadcast.publish()
 
     async def _maintain_until_stopped(self) -> None:
         """Rotate the CA and SVIDs when due and wake the streams that must see it."""
         while not self._stop.is_set():
+            self.registry.expire_due()
             changed = False
             if self.ca.maintain():
                 self.cache.forget_all()
@@ -131,7 +148,7 @@ class Daemon:
             if changed:
                 self.broadcast.publish()
             now = self._clock()
-            due = [self.ca.next_event_at()]
+            due = [self.ca.next_event_at()]  # entry expiry is checked every tick (<= 1 s)
             nxt = self.cache.next_refresh_at()
             if nxt is not None:
                 due.append(nxt)
@@ -148,5 +165,5 @@ class Daemon:
             await server.wait_closed()
         await self.pipeline.aclose()
         self.tracker.close_all()
-        self.registry.close()
+        self.store.close()
         log.info("stopped")

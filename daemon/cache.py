@@ -90,7 +90,7 @@ class SvidCache:
 
     # -- X.509 -----------------------------------------------------------------------------
 
-    def x509_for(self, entry: Entry) -> X509Svid:
+    def x509_for(self, entry: Entry, ttl_cap: timedelta | None = None) -> X509Svid:
         now = self._clock()
         authority = self._ca.current()
         hit = self._x509.get(entry.id)
@@ -102,6 +102,8 @@ class SvidCache:
         ):
             return hit.svid
         ttl = timedelta(seconds=entry.x509_ttl) if entry.x509_ttl else self._config.x509_ttl
+        if ttl_cap is not None:
+            ttl = min(ttl, ttl_cap)
         svid = mint_x509_svid(
             authority=authority.signing(),
             spiffe_id=SpiffeId.parse(entry.spiffe_id),
@@ -143,7 +145,13 @@ class SvidCache:
 
     # -- JWT -------------------------------------------------------------------------------
 
-    def jwt_for(self, entry: Entry, audience: tuple[str, ...], issuer: str | None) -> JwtSvid:
+    def jwt_for(
+        self,
+        entry: Entry,
+        audience: tuple[str, ...],
+        issuer: str | None,
+        ttl_cap: timedelta | None = None,
+    ) -> JwtSvid:
         now = self._clock()
         key = (entry.id, entry.revision, tuple(sorted(set(audience))))
         hit = self._jwt.get(key)
@@ -151,6 +159,11 @@ class SvidCache:
             self._jwt.move_to_end(key)
             return hit.svid
         ttl = timedelta(seconds=entry.jwt_ttl) if entry.jwt_ttl else self._config.jwt_ttl
+        if ttl_cap is not None:
+            ttl = min(ttl, ttl_cap)
+        claims: dict[str, object] = {"agent_id": entry.id}
+        if entry.roles:
+            claims["roles"] = list(entry.roles)
         svid = mint_jwt_svid(
             authority=self._ca.current().signing(),
             spiffe_id=SpiffeId.parse(entry.spiffe_id),
@@ -158,6 +171,7 @@ class SvidCache:
             ttl=ttl,
             now=now,
             issuer=issuer,
+            extra_claims=claims,
         )
         self._jwt[key] = _CachedJwt(svid=svid, refresh_at=now + (svid.expiry - now) / 2)
         if len(self._jwt) > JWT_CACHE_SIZE:
@@ -165,6 +179,10 @@ class SvidCache:
         return svid
 
     # -- invalidation ----------------------------------------------------------------------
+
+    def forget_jwts(self) -> None:
+        """After a role changed: audiences and TTL caps may differ now."""
+        self._jwt.clear()
 
     def forget_all(self) -> None:
         """After the signing authority changed: everything is re-minted on next use."""

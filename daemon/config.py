@@ -60,8 +60,8 @@ class SvidConfig(StrictModel):
 
 
 class PolicyConfig(StrictModel):
-    # Until roles exist, an agent without roles may get JWT-SVIDs for any audience.
-    default_allow_audiences: bool = True
+    # Least privilege: an agent without roles gets no JWT-SVID unless this says otherwise.
+    default_allow_audiences: bool = False
 
 
 class SigstoreConfig(StrictModel):

@@ -92,3 +92,11 @@ class StoreError(EnsignError):
 class SigningError(EnsignError):
     exit_code = 70
     public_message = "signing failed"
+
+
+class InvalidTransition(EnsignError):
+    """A lifecycle change that the entry's current state does not allow."""
+
+    grpc_status = Status.FAILED_PRECONDITION
+    exit_code = 65
+    public_message = "invalid state transition"

@@ -20,6 +20,7 @@ from .errors import (
     Conflict,
     EnsignError,
     InvalidRequest,
+    InvalidTransition,
     NotFound,
     PermissionDenied,
     TokenInvalid,
@@ -27,7 +28,9 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
-_DETAILED = (InvalidRequest, TokenInvalid, NotFound, Conflict, PermissionDenied)
+_DETAILED = (
+    InvalidRequest, TokenInvalid, NotFound, Conflict, PermissionDenied, InvalidTransition,
+)
 S = TypeVar("S")
 
 

@@ -1,68 +1,58 @@
-"""The agent registry: SQLite (WAL) on disk, an in-memory selector index for matching.
+"""The agent registry: entries, their lifecycle and history, on SQLite with an in-memory index.
 
 An entry matches a caller when every one of the entry's selectors is among the caller's. The
-index maps each entry's rarest-looking selector (its first, sorted) to the entry, so a match
-looks only at entries that share at least that selector with the caller. No gRPC here.
+index maps each entry's first (sorted) selector to the entry, so a match looks only at entries
+that share at least that selector with the caller: O(caller selectors), not O(entries).
+Every change goes through `EventHub` with the actor, the before and the after. No gRPC here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ulid import ULID
 
-from .errors import Conflict, InvalidRequest, NotFound, StoreError
+from .errors import InvalidRequest, InvalidTransition, NotFound
+from .events import Action, ChangeEvent, EventHub
+from .roles import RoleBook
 from .spiffe_id import SpiffeId
+from .store import Statement, Store
 
 log = logging.getLogger(__name__)
 
 SELECTOR_TYPES = frozenset({"unix", "systemd", "sigstore", "tpm"})
 KINDS = frozenset({"agent", "service"})
-STATES = frozenset({"active", "suspended", "decommissioned"})
+STATES = ("active", "suspended", "decommissioned")
 MAX_SELECTORS = 64
 MAX_NAME = 128
+DAEMON_ACTOR = "ensign"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    spiffe_id TEXT NOT NULL,
-    selectors TEXT NOT NULL,
-    x509_ttl INTEGER NOT NULL DEFAULT 0,
-    jwt_ttl INTEGER NOT NULL DEFAULT 0,
-    dns_names TEXT NOT NULL DEFAULT '[]',
-    hint TEXT NOT NULL DEFAULT '',
-    owner TEXT NOT NULL DEFAULT '',
-    purpose TEXT NOT NULL DEFAULT '',
-    capabilities TEXT NOT NULL DEFAULT '[]',
-    roles TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    state TEXT NOT NULL DEFAULT 'active',
-    expires_at INTEGER NOT NULL DEFAULT 0,
-    created_by INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    revision INTEGER NOT NULL DEFAULT 1
-);
-CREATE UNIQUE INDEX IF NOT EXISTS entries_live_name ON entries(name)
-    WHERE state != 'decommissioned';
-CREATE TABLE IF NOT EXISTS retired_ids (id TEXT PRIMARY KEY, retired_at INTEGER NOT NULL);
-"""
+#: (from, action) -> to. Decommissioned is terminal.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("active", "suspend"): "suspended",
+    ("suspended", "resume"): "active",
+    ("active", "decommission"): "decommissioned",
+    ("suspended", "decommission"): "decommissioned",
+    ("active", "expire"): "decommissioned",
+    ("suspended", "expire"): "decommissioned",
+}
+
 _JSON_FIELDS = ("selectors", "dns_names", "capabilities", "roles", "metadata")
 _COLUMNS = (
     "id", "name", "kind", "spiffe_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint",
     "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by",
     "created_at", "updated_at", "revision",
 )
+_MUTABLE = frozenset({
+    "name", "spiffe_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
+    "purpose", "capabilities", "roles", "metadata", "expires_at", "kind",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +80,25 @@ class Entry:
 
     def is_live(self, now: float) -> bool:
         return self.state == "active" and (not self.expires_at or self.expires_at > now)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("selectors", "dns_names", "capabilities", "roles"):
+            d[k] = list(d[k])
+        return d
+
+
+#: (action, entry id, actor, before, after, reason) of one change in a bulk write
+BulkChange = tuple[Action, str, str, "Entry | None", "Entry | None", str]
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    at: int
+    from_state: str
+    to_state: str
+    reason: str
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +138,12 @@ def validate_selector(text: str) -> str:
 
 
 def validate_entry(e: Entry, trust_domain: str) -> Entry:
-    if not e.name or len(e.name) > MAX_NAME or any(c.isspace() and c != " " for c in e.name):
+    if not e.name or len(e.name) > MAX_NAME or not e.name.isprintable():
         raise InvalidRequest(f"name must be 1..{MAX_NAME} printable characters")
     if e.kind not in KINDS:
         raise InvalidRequest(f"kind must be one of {', '.join(sorted(KINDS))}, got {e.kind!r}")
+    if e.kind == "agent" and not e.owner.strip():
+        raise InvalidRequest("owner is required for an agent: the accountable human (--owner)")
     if not e.selectors:
         raise InvalidRequest("an entry needs at least one selector")
     if len(e.selectors) > MAX_SELECTORS:
@@ -144,8 +155,8 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
         raise InvalidRequest(f"SPIFFE ID {e.spiffe_id} is not in trust domain {trust_domain}")
     if not sid.is_workload:
         raise InvalidRequest("SPIFFE ID needs a path; the bare trust domain ID is the CA's")
-    if e.x509_ttl < 0 or e.jwt_ttl < 0:
-        raise InvalidRequest("TTLs must not be negative")
+    if e.x509_ttl < 0 or e.jwt_ttl < 0 or e.expires_at < 0:
+        raise InvalidRequest("TTLs and expiry must not be negative")
     if e.state not in STATES:
         raise InvalidRequest(f"unknown state {e.state!r}")
     if len(e.hint.encode()) > 1024:
@@ -156,41 +167,23 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
 class Registry:
     """Entries of one trust domain. Use from one thread (the event loop)."""
 
-    def __init__(self, path: Path, trust_domain: str, clock: Callable[[], float] = time.time):
-        self._path = path
+    def __init__(self, store: Store, roles: RoleBook, events: EventHub, trust_domain: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._roles = roles
+        self._events = events
         self._td = trust_domain
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
         self._entries: dict[str, Entry] = {}
         self._index: dict[str, set[str]] = defaultdict(set)
-        self._listeners: list[Callable[[], None]] = []
+        roles.holders = self.holders
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def open(self) -> None:
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            self._path.chmod(0o600)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open registry {self._path}: {e}") from None
-        self._db = db
-        for row in db.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries"):  # noqa: S608
+    def load(self) -> None:
+        self._entries.clear()
+        self._index.clear()
+        for row in self._store.rows(f"SELECT {', '.join(_COLUMNS)} FROM entries"):  # noqa: S608
             self._remember(_from_row(row))
         log.info("registry loaded", extra={"entries": len(self._entries)})
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        """Call `listener` after every change (the SVID cache wakes its streams from it)."""
-        self._listeners.append(listener)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -207,6 +200,21 @@ class Registry:
         flt = flt or ListFilter()
         return sorted((e for e in self._entries.values() if flt.accepts(e)), key=lambda e: e.id)
 
+    def live_ids(self) -> set[str]:
+        now = self._clock()
+        return {e.id for e in self._entries.values() if e.is_live(now)}
+
+    def holders(self, role: str) -> list[str]:
+        return sorted(e.id for e in self._entries.values()
+                      if role in e.roles and e.state != "decommissioned")
+
+    def history(self, entry_id: str) -> list[StateChange]:
+        self.get(entry_id)
+        rows = self._store.rows(
+            "SELECT at, from_state, to_state, reason, actor FROM state_history "
+            "WHERE entry_id = ? ORDER BY seq", (entry_id,))
+        return [StateChange(*r) for r in rows]
+
     def match(self, selectors: Iterable[str]) -> list[Entry]:
         """Live entries whose selectors are all among `selectors`, in id order."""
         have = frozenset(selectors)
@@ -221,74 +229,105 @@ class Registry:
 
     # -- changes ---------------------------------------------------------------------------
 
-    def register(self, entry: Entry) -> Entry:
+    def prepare_register(self, entry: Entry, actor_uid: int) -> Entry:
+        """Validate a new entry and give it its id, without writing it."""
         now = int(self._clock())
         entry_id = f"agt_{ULID()}"
         spiffe_id = entry.spiffe_id or f"spiffe://{self._td}/agent/{entry_id}"
-        e = validate_entry(
+        self._roles.check_exist(entry.roles)
+        return validate_entry(
             replace(entry, id=entry_id, spiffe_id=spiffe_id, created_at=now, updated_at=now,
-                    revision=1),
+                    revision=1, state="active", created_by=actor_uid),
             self._td,
         )
-        self._write_new(e)
+
+    def register(self, entry: Entry, actor_uid: int) -> Entry:
+        e = self.prepare_register(entry, actor_uid)
+        self._commit([_insert(e), _history(e.id, e.created_at, "", "active", "registered",
+                                           f"uid:{actor_uid}")])
         self._remember(e)
-        self._changed()
+        self._emit("register", e.id, f"uid:{actor_uid}", None, e, "")
         return e
 
-    def update(self, entry_id: str, **changes: Any) -> Entry:
+    def prepare_update(self, entry_id: str, **changes: Any) -> tuple[Entry, Entry]:
         old = self.get(entry_id)
-        for immutable in ("id", "created_at", "created_by", "revision"):
-            if immutable in changes:
-                raise InvalidRequest(f"{immutable} cannot be changed")
+        bad = set(changes) - _MUTABLE
+        if bad:
+            raise InvalidRequest(f"{', '.join(sorted(bad))} cannot be changed with update")
+        if old.state == "decommissioned":
+            raise InvalidTransition(f"entry {entry_id} is decommissioned; it cannot change")
+        if "roles" in changes:
+            self._roles.check_exist(changes["roles"])
         new = validate_entry(
             replace(old, **changes, updated_at=int(self._clock()), revision=old.revision + 1),
             self._td,
         )
-        sets = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
-        self._execute(f"UPDATE entries SET {sets} WHERE id = ?", (*_to_row(new)[1:], new.id))  # noqa: S608 (constant columns)
-        self._forget(old)
-        self._remember(new)
-        self._changed()
+        return old, new
+
+    def update(self, entry_id: str, actor_uid: int, **changes: Any) -> Entry:
+        old, new = self.prepare_update(entry_id, **changes)
+        self._commit([_update(new)])
+        self._replace(old, new)
+        self._emit("update", new.id, f"uid:{actor_uid}", old, new, "")
         return new
 
-    def delete(self, entry_id: str) -> Entry:
+    def transition(self, entry_id: str, action: Action, actor: str, reason: str) -> Entry:
+        old = self.get(entry_id)
+        to = TRANSITIONS.get((old.state, action))
+        if to is None:
+            raise InvalidTransition(f"cannot {action} entry {entry_id}: it is {old.state}")
+        now = int(self._clock())
+        new = replace(old, state=to, updated_at=now, revision=old.revision + 1)
+        self._commit([_update(new), _history(entry_id, now, old.state, to, reason, actor)])
+        self._replace(old, new)
+        self._emit(action, entry_id, actor, old, new, reason)
+        return new
+
+    def delete(self, entry_id: str, actor_uid: int) -> Entry:
         old = self.get(entry_id)
         now = int(self._clock())
-        self._transaction([
+        self._commit([
             ("DELETE FROM entries WHERE id = ?", (entry_id,)),
             ("INSERT OR IGNORE INTO retired_ids (id, retired_at) VALUES (?, ?)", (entry_id, now)),
+            _history(entry_id, now, old.state, "deleted", "deleted", f"uid:{actor_uid}"),
         ])
         self._forget(old)
-        self._changed()
+        self._emit("delete", entry_id, f"uid:{actor_uid}", old, None, "")
         return old
+
+    def expire_due(self) -> list[Entry]:
+        """Decommission entries whose `expires_at` has passed. Returns those changed."""
+        now = self._clock()
+        due = [e.id for e in self._entries.values()
+               if e.expires_at and e.expires_at <= now and e.state != "decommissioned"]
+        return [self.transition(i, "expire", DAEMON_ACTOR, "expired") for i in due]
+
+    # -- bulk (declarative apply) ----------------------------------------------------------
+
+    def commit_bulk(self, statements: list[Statement], changes: list[BulkChange]) -> None:
+        """Write many prepared changes in one transaction, then update memory and emit."""
+        self._commit(statements)
+        for action, entry_id, actor, before, after, reason in changes:
+            if before is not None and after is not None:
+                self._replace(before, after)
+            elif after is not None:
+                self._remember(after)
+            self._emit(action, entry_id, actor, before, after, reason)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _write_new(self, e: Entry) -> None:
-        marks = ", ".join("?" for _ in _COLUMNS)
-        self._execute(f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(e))  # noqa: S608 (constant columns)
+    def _commit(self, statements: list[Statement]) -> None:
+        self._store.run(statements)
 
-    def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
-        self._transaction([(sql, args)])
+    def _emit(self, action: Action, subject: str, actor: str, before: Entry | None,
+              after: Entry | None, reason: str) -> None:
+        self._events.emit(ChangeEvent(
+            action, subject, actor, before.as_dict() if before else None,
+            after.as_dict() if after else None, reason, at=int(self._clock())))
 
-    def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        if self._db is None:
-            raise StoreError("registry is closed")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.IntegrityError as e:
-            if "name" in str(e):
-                raise Conflict("an active entry with that name already exists") from None
-            raise Conflict(f"registry constraint failed: {e}") from None
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"registry write failed: {e}") from None
+    def _replace(self, old: Entry, new: Entry) -> None:
+        self._forget(old)
+        self._remember(new)
 
     def _remember(self, e: Entry) -> None:
         self._entries[e.id] = e
@@ -302,12 +341,21 @@ class Registry:
             if not ids:
                 del self._index[e.selectors[0]]
 
-    def _changed(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:
-                log.exception("registry listener failed")
+
+def _insert(e: Entry) -> Statement:
+    marks = ", ".join("?" for _ in _COLUMNS)
+    return (f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({marks})",  # noqa: S608
+            _to_row(e))
+
+
+def _update(e: Entry) -> Statement:
+    sets = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
+    return (f"UPDATE entries SET {sets} WHERE id = ?", (*_to_row(e)[1:], e.id))  # noqa: S608
+
+
+def _history(entry_id: str, at: int, frm: str, to: str, reason: str, actor: str) -> Statement:
+    return ("INSERT INTO state_history (entry_id, at, from_state, to_state, reason, actor) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (entry_id, at, frm, to, reason, actor))
 
 
 def _to_row(e: Entry) -> tuple[Any, ...]:
@@ -326,3 +374,8 @@ def _from_row(row: tuple[Any, ...]) -> Entry:
         v = json.loads(data[col])
         data[col] = v if isinstance(v, dict) else tuple(v)
     return Entry(**data)
+
+
+insert_statement = _insert
+update_statement = _update
+history_statement = _history

@@ -134,11 +134,13 @@ def mint_jwt_svid(
     ttl: timedelta,
     now: datetime,
     issuer: str | None = None,
+    extra_claims: Mapping[str, Any] | None = None,
 ) -> JwtSvid:
     if not audience:
         raise ValueError("a JWT-SVID needs at least one audience")
     expiry = min(now + ttl, authority.cert.not_valid_after_utc)
     claims: dict[str, Any] = {
+        **(extra_claims or {}),
         "sub": str(spiffe_id),
         "aud": list(audience),
         "exp": int(expiry.timestamp()),

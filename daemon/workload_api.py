@@ -30,6 +30,7 @@ from .keys import to_pkcs8_der
 from .models import AttestedCaller
 from .peercred import PeerTracker
 from .registry import Entry, Registry
+from .roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
 from .spiffe_id import SpiffeId
 from .svid import validate_jwt_svid
 
@@ -49,6 +50,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         tracker: PeerTracker,
         pipeline: AttestationPipeline,
         registry: Registry,
+        roles: RoleBook,
         cache: SvidCache,
         ca: CertificateAuthority,
         broadcast: Broadcast,
@@ -58,6 +60,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self._tracker = tracker
         self._pipeline = pipeline
         self._registry = registry
+        self._roles = roles
         self._cache = cache
         self._ca = ca
         self._broadcast = broadcast
@@ -112,7 +115,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         bundle = self._ca.x509_bundle_der()
         svids = []
         for e in entries:
-            svid = self._cache.x509_for(e)
+            svid = self._cache.x509_for(e, x509_ttl_cap(e.roles, self._roles.all))
             svids.append(pb.X509SVID(
                 spiffe_id=svid.spiffe_id,
                 x509_svid=svid.chain_der(),
@@ -155,12 +158,19 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
             entries = [e for e in entries if e.spiffe_id == str(wanted)]
             if not entries:
                 raise NoIdentity(f"caller is not entitled to {wanted}")
-        if not self._cfg.policy.default_allow_audiences:
-            raise NoIdentity("audience not allowed: no role grants it")
         svids = []
+        denied: AudienceDenied | None = None
         for e in entries:
-            jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer)
+            try:
+                cap = jwt_ttl_cap(e.roles, self._roles.all, audience,
+                                  default_allow=self._cfg.policy.default_allow_audiences)
+            except AudienceDenied as err:
+                denied = err  # another identity of this caller may still be allowed
+                continue
+            jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
             svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
+        if not svids and denied is not None:
+            raise denied
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
     @translate

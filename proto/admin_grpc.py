@@ -34,6 +34,42 @@ class AdminBase(abc.ABC):
     async def DeleteAgent(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.DeleteAgentRequest, ensign.proto.admin_pb2.DeleteAgentResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def SuspendAgent(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.LifecycleRequest, ensign.proto.admin_pb2.Agent]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ResumeAgent(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.LifecycleRequest, ensign.proto.admin_pb2.Agent]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DecommissionAgent(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.LifecycleRequest, ensign.proto.admin_pb2.Agent]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def Apply(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.ApplyRequest, ensign.proto.admin_pb2.ApplyResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def CreateRole(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.Role, ensign.proto.admin_pb2.Role]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListRoles(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.ListRolesRequest, ensign.proto.admin_pb2.ListRolesResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def GetRole(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.GetRoleRequest, ensign.proto.admin_pb2.Role]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def UpdateRole(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.UpdateRoleRequest, ensign.proto.admin_pb2.Role]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DeleteRole(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.DeleteRoleRequest, ensign.proto.admin_pb2.DeleteRoleResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/ensign.admin.v1.Admin/RegisterAgent': grpclib.const.Handler(
@@ -65,6 +101,60 @@ class AdminBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ensign.proto.admin_pb2.DeleteAgentRequest,
                 ensign.proto.admin_pb2.DeleteAgentResponse,
+            ),
+            '/ensign.admin.v1.Admin/SuspendAgent': grpclib.const.Handler(
+                self.SuspendAgent,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.LifecycleRequest,
+                ensign.proto.admin_pb2.Agent,
+            ),
+            '/ensign.admin.v1.Admin/ResumeAgent': grpclib.const.Handler(
+                self.ResumeAgent,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.LifecycleRequest,
+                ensign.proto.admin_pb2.Agent,
+            ),
+            '/ensign.admin.v1.Admin/DecommissionAgent': grpclib.const.Handler(
+                self.DecommissionAgent,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.LifecycleRequest,
+                ensign.proto.admin_pb2.Agent,
+            ),
+            '/ensign.admin.v1.Admin/Apply': grpclib.const.Handler(
+                self.Apply,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.ApplyRequest,
+                ensign.proto.admin_pb2.ApplyResponse,
+            ),
+            '/ensign.admin.v1.Admin/CreateRole': grpclib.const.Handler(
+                self.CreateRole,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.Role,
+                ensign.proto.admin_pb2.Role,
+            ),
+            '/ensign.admin.v1.Admin/ListRoles': grpclib.const.Handler(
+                self.ListRoles,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.ListRolesRequest,
+                ensign.proto.admin_pb2.ListRolesResponse,
+            ),
+            '/ensign.admin.v1.Admin/GetRole': grpclib.const.Handler(
+                self.GetRole,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.GetRoleRequest,
+                ensign.proto.admin_pb2.Role,
+            ),
+            '/ensign.admin.v1.Admin/UpdateRole': grpclib.const.Handler(
+                self.UpdateRole,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.UpdateRoleRequest,
+                ensign.proto.admin_pb2.Role,
+            ),
+            '/ensign.admin.v1.Admin/DeleteRole': grpclib.const.Handler(
+                self.DeleteRole,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.DeleteRoleRequest,
+                ensign.proto.admin_pb2.DeleteRoleResponse,
             ),
         }
 
@@ -101,4 +191,58 @@ class AdminStub:
             '/ensign.admin.v1.Admin/DeleteAgent',
             ensign.proto.admin_pb2.DeleteAgentRequest,
             ensign.proto.admin_pb2.DeleteAgentResponse,
+        )
+        self.SuspendAgent = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/SuspendAgent',
+            ensign.proto.admin_pb2.LifecycleRequest,
+            ensign.proto.admin_pb2.Agent,
+        )
+        self.ResumeAgent = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/ResumeAgent',
+            ensign.proto.admin_pb2.LifecycleRequest,
+            ensign.proto.admin_pb2.Agent,
+        )
+        self.DecommissionAgent = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/DecommissionAgent',
+            ensign.proto.admin_pb2.LifecycleRequest,
+            ensign.proto.admin_pb2.Agent,
+        )
+        self.Apply = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/Apply',
+            ensign.proto.admin_pb2.ApplyRequest,
+            ensign.proto.admin_pb2.ApplyResponse,
+        )
+        self.CreateRole = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/CreateRole',
+            ensign.proto.admin_pb2.Role,
+            ensign.proto.admin_pb2.Role,
+        )
+        self.ListRoles = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/ListRoles',
+            ensign.proto.admin_pb2.ListRolesRequest,
+            ensign.proto.admin_pb2.ListRolesResponse,
+        )
+        self.GetRole = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/GetRole',
+            ensign.proto.admin_pb2.GetRoleRequest,
+            ensign.proto.admin_pb2.Role,
+        )
+        self.UpdateRole = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/UpdateRole',
+            ensign.proto.admin_pb2.UpdateRoleRequest,
+            ensign.proto.admin_pb2.Role,
+        )
+        self.DeleteRole = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/DeleteRole',
+            ensign.proto.admin_pb2.DeleteRoleRequest,
+            ensign.proto.admin_pb2.DeleteRoleResponse,
         )

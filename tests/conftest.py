@@ -46,6 +46,8 @@ def _wait_for_socket(
 class Daemon:
     root: Path
     extra_config: str = ""
+    # The core suites predate roles: they run with audiences allowed for agents without roles.
+    allow_audiences: bool = True
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)
@@ -81,6 +83,7 @@ class Daemon:
             f'admin_socket_path = "{self.admin_socket}"\n'
             f'data_dir = "{self.data_dir}"\n'
             f'log_level = "debug"\n' + self.extra_config
+            + ("\n[policy]\ndefault_allow_audiences = true\n" if self.allow_audiences else "")
         )
 
     def start(self) -> None:
@@ -130,6 +133,8 @@ class Daemon:
         self, name: str, *selectors: str, extra: tuple[str, ...] = ()
     ) -> dict[str, object]:
         args = ["agent", "register", "--name", name, "-o", "json", *extra]
+        if "--owner" not in extra:
+            args += ["--owner", "tests@example.org"]
         for s in selectors:
             args += ["--selector", s]
         record: dict[str, object] = json.loads(self.cli(*args).stdout)
@@ -146,8 +151,8 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def make_daemon(root: Path, extra_config: str = "") -> Daemon:
-    d = Daemon(root=root, extra_config=extra_config)
+def make_daemon(root: Path, extra_config: str = "", *, allow_audiences: bool = True) -> Daemon:
+    d = Daemon(root=root, extra_config=extra_config, allow_audiences=allow_audiences)
     d.start()
     return d
 

@@ -57,10 +57,11 @@ def test_usage_errors_are_one_line(daemon: Daemon) -> None:
     result = daemon.cli("agent", "register", "--name", "x", check=False)
     assert result.returncode == 64
     assert "--selector" in _one_line_error(result)
-    result = daemon.cli("agent", "register", "--name", "x", "--selector", "bogus", check=False)
+    result = daemon.cli("agent", "register", "--name", "x", "--selector", "bogus", "--owner", "o",
+                        check=False)
     assert "INVALID_ARGUMENT" in _one_line_error(result)
     result = daemon.cli("agent", "register", "--name", "x", "--selector", "unix:uid:1",
-                        "--x509-ttl", "soon", check=False)
+                        "--owner", "o", "--x509-ttl", "soon", check=False)
     assert "invalid duration" in _one_line_error(result)
 
 
@@ -78,7 +79,7 @@ def test_agent_lifecycle_through_cli(daemon: Daemon) -> None:
     shown = json.loads(daemon.cli("agent", "show", rid, "-o", "json").stdout)
     assert shown["selectors"] == ["unix:uid:1235"] and shown["x509_ttl_seconds"] == "600"
     dup = daemon.cli("agent", "register", "--name", "builder", "--selector", "unix:uid:9",
-                     check=False)
+                     "--owner", "a@b", check=False)
     assert dup.returncode == 65 and "ALREADY_EXISTS" in _one_line_error(dup)
     daemon.cli("agent", "delete", rid)
     gone = daemon.cli("agent", "show", rid, check=False)
@@ -132,8 +133,10 @@ def test_dev_mode_prints_exports_and_serves(tmp_path: Path) -> None:
         while not (tmp_path / "s" / "admin.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _run("agent", "register", "--name", "me", "--selector", f"unix:uid:{os.getuid()}",
-                    env=env).returncode == 0
+                    "--owner", "me@example.org", env=env).returncode == 0
         fetched = _run("fetch", "x509", env=env)
+        denied = _run("fetch", "jwt", "--audience", "a", env=env)  # no roles: deny by default
+        assert denied.returncode == 77 and "no roles" in denied.stderr
         assert fetched.returncode == 0 and "spiffe://example.org/agent/agt_" in fetched.stdout
     finally:
         proc.send_signal(signal.SIGTERM)

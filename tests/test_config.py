@@ -39,7 +39,7 @@ def test_defaults_match_contract() -> None:
     assert c.ca.ttl == timedelta(hours=24) and c.ca.key_type == "ec-p256"
     assert c.svid.x509_ttl == timedelta(hours=1) and c.svid.jwt_ttl == timedelta(minutes=5)
     assert c.attestors.unix.max_hash_bytes == 1 << 30
-    assert c.policy.default_allow_audiences is True
+    assert c.policy.default_allow_audiences is False  # least privilege
     assert c.audit.checkpoint_every == 1000
 
 

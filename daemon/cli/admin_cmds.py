@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,15 @@ from google.protobuf.json_format import MessageToDict
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from .. import config as config_mod
-from ..errors import ConfigError
+from . import apply_file, role_cmds
 from .common import (
-    DEFAULT_ADMIN_SOCKET,
     TIMEOUT,
     add_output,
+    admin_socket,
     channel,
     duration_seconds,
     iso,
     print_json,
-    socket_path,
     timestamp,
 )
 
@@ -78,19 +75,25 @@ def register(sub: Any) -> None:
     rm.add_argument("id")
     rm.set_defaults(func=agent_delete)
 
+    for name, needs_reason, help_text in (
+        ("suspend", True, "stop issuing to an agent at once (reversible)"),
+        ("resume", False, "let a suspended agent get SVIDs again"),
+        ("decommission", True, "retire an agent for good; its id never comes back"),
+    ):
+        lp = common(asub.add_parser(name, help=help_text))
+        lp.add_argument("id")
+        lp.add_argument("--reason", required=needs_reason, default="")
+        lp.set_defaults(func=agent_lifecycle, lifecycle=name)
 
-def _admin_socket(args: argparse.Namespace) -> str:
-    default = DEFAULT_ADMIN_SOCKET
-    if not args.admin_socket and not os.environ.get("ENSIGN_ADMIN_SOCKET"):
-        path = args.config or (Path(os.environ["ENSIGN_CONFIG"])
-                               if os.environ.get("ENSIGN_CONFIG") else None)
-        if path is not None or config_mod.DEFAULT_CONFIG_PATH.exists():
-            try:
-                default = str(config_mod.load(path).admin_socket_path)
-            except ConfigError:
-                if path is not None:
-                    raise
-    return socket_path(args.admin_socket, "ENSIGN_ADMIN_SOCKET", default)
+    ap = common(asub.add_parser("apply", help="make the registry match a TOML or YAML file"))
+    ap.add_argument("-f", "--file", type=Path, required=True)
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    ap.add_argument("--prune", action="store_true",
+                    help="decommission live agents the file does not list")
+    ap.set_defaults(func=agent_apply)
+
+    role_cmds.register(sub, common)
+
 
 
 def _agent_dict(a: pb.Agent) -> dict[str, Any]:
@@ -111,8 +114,14 @@ def _print_agent(a: pb.Agent) -> None:
         ("expires_at", iso(a.expires_at)), ("created", iso(a.created_at)),
         ("updated", iso(a.updated_at)), ("revision", str(a.revision)),
     ]
+    rows += [(f"metadata.{k}", v) for k, v in sorted(a.metadata.items())]
     for k, v in rows:
         print(f"{k:13} {v}")
+    if a.history:
+        print("history:")
+        for h in a.history:
+            reason = f"  ({h.reason})" if h.reason else ""
+            print(f"  {iso(h.at)}  {h.from_state or '-'} -> {h.to_state}  by {h.actor}{reason}")
 
 
 async def agent_register(args: argparse.Namespace) -> int:
@@ -123,7 +132,7 @@ async def agent_register(args: argparse.Namespace) -> int:
         x509_ttl_seconds=args.x509_ttl or 0, jwt_ttl_seconds=args.jwt_ttl or 0,
         expires_at=args.expires_at or 0, dns_names=args.dns_name or [], hint=args.hint or "",
     )
-    async with channel(_admin_socket(args)) as ch:
+    async with channel(admin_socket(args)) as ch:
         agent = await AdminStub(ch).RegisterAgent(pb.RegisterAgentRequest(spec=spec),
                                                   timeout=TIMEOUT)
     if args.output == "json":
@@ -138,7 +147,7 @@ async def agent_list(args: argparse.Namespace) -> int:
         state=args.state, owner=args.owner, capability=args.capability, role=args.role,
         kind=args.kind, selector=args.selector, name_prefix=args.name_prefix,
     )
-    async with channel(_admin_socket(args)) as ch:
+    async with channel(admin_socket(args)) as ch:
         resp = await AdminStub(ch).ListAgents(req, timeout=TIMEOUT)
     if args.output == "json":
         print_json([_agent_dict(a) for a in resp.agents])
@@ -150,7 +159,7 @@ async def agent_list(args: argparse.Namespace) -> int:
 
 
 async def agent_show(args: argparse.Namespace) -> int:
-    async with channel(_admin_socket(args)) as ch:
+    async with channel(admin_socket(args)) as ch:
         agent = await AdminStub(ch).GetAgent(pb.GetAgentRequest(id=args.id), timeout=TIMEOUT)
     if args.output == "json":
         print_json(_agent_dict(agent))
@@ -173,7 +182,7 @@ async def agent_update(args: argparse.Namespace) -> int:
         values = getattr(args, flag)
         if values is not None:
             getattr(req, field).values.extend(values)
-    async with channel(_admin_socket(args)) as ch:
+    async with channel(admin_socket(args)) as ch:
         agent = await AdminStub(ch).UpdateAgent(req, timeout=TIMEOUT)
     if args.output == "json":
         print_json(_agent_dict(agent))
@@ -183,10 +192,44 @@ async def agent_update(args: argparse.Namespace) -> int:
 
 
 async def agent_delete(args: argparse.Namespace) -> int:
-    async with channel(_admin_socket(args)) as ch:
+    async with channel(admin_socket(args)) as ch:
         await AdminStub(ch).DeleteAgent(pb.DeleteAgentRequest(id=args.id), timeout=TIMEOUT)
     if args.output == "json":
         print_json({"deleted": args.id})
     else:
         print(f"deleted {args.id}")
+    return 0
+
+
+async def agent_lifecycle(args: argparse.Namespace) -> int:
+    req = pb.LifecycleRequest(id=args.id, reason=args.reason)
+    async with channel(admin_socket(args)) as ch:
+        stub = AdminStub(ch)
+        method = {"suspend": stub.SuspendAgent, "resume": stub.ResumeAgent,
+                  "decommission": stub.DecommissionAgent}[args.lifecycle]
+        agent = await method(req, timeout=TIMEOUT)
+    if args.output == "json":
+        print_json(_agent_dict(agent))
+    else:
+        print(f"{agent.id} {agent.state}")
+    return 0
+
+
+async def agent_apply(args: argparse.Namespace) -> int:
+    req = apply_file.to_request(apply_file.load(args.file), dry_run=args.dry_run,
+                                prune=args.prune)
+    async with channel(admin_socket(args)) as ch:
+        resp = await AdminStub(ch).Apply(req, timeout=120)
+    if args.output == "json":
+        print_json({"applied": resp.applied,
+                    "steps": [{"action": s.action, "target": s.target, "detail": s.detail}
+                              for s in resp.steps]})
+        return 0
+    verb = "would" if args.dry_run else "did"
+    if not resp.steps:
+        print("registry already matches the file: nothing to do")
+    for s in resp.steps:
+        print(f"{s.action:13} {s.target}  {s.detail}")
+    if resp.steps:
+        print(f"# {verb} apply {len(resp.steps)} change(s)")
     return 0

@@ -9,12 +9,14 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 from grpclib.client import Channel
 from grpclib.const import Status
 
-from ..errors import UsageError
+from .. import config as config_mod
+from ..errors import ConfigError, UsageError
 from ..units import parse_duration
 
 DEFAULT_SOCKET = "/run/ensign/agent.sock"
@@ -110,3 +112,16 @@ def print_json(value: Any) -> None:
 
 def iso(ts: int | float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else "-"
+
+def admin_socket(args: argparse.Namespace) -> str:
+    default = DEFAULT_ADMIN_SOCKET
+    if not args.admin_socket and not os.environ.get("ENSIGN_ADMIN_SOCKET"):
+        path = args.config or (Path(os.environ["ENSIGN_CONFIG"])
+                               if os.environ.get("ENSIGN_CONFIG") else None)
+        if path is not None or config_mod.DEFAULT_CONFIG_PATH.exists():
+            try:
+                default = str(config_mod.load(path).admin_socket_path)
+            except ConfigError:
+                if path is not None:
+                    raise
+    return socket_path(args.admin_socket, "ENSIGN_ADMIN_SOCKET", default)

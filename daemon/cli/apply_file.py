@@ -1,0 +1,101 @@
+"""The declarative registry file (`ensign agent apply -f FILE`): TOML or YAML, strictly checked."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from ensign.proto import admin_pb2 as pb
+
+from ..config_types import Duration, StrictModel
+from ..errors import UsageError
+
+
+class RoleDoc(StrictModel):
+    name: str
+    audiences: list[str]
+    scopes: list[str] = Field(default_factory=list)
+    max_ttl: Duration = timedelta(0)
+    may_act_for_users: bool = False
+    may_redelegate: bool = False
+
+
+class AgentDoc(StrictModel):
+    name: str
+    id: str = ""
+    kind: Literal["agent", "service"] = "agent"
+    spiffe_id: str = ""
+    owner: str = ""
+    purpose: str = ""
+    selectors: list[str]
+    capabilities: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    x509_ttl: Duration = timedelta(0)
+    jwt_ttl: Duration = timedelta(0)
+    dns_names: list[str] = Field(default_factory=list)
+    hint: str = ""
+    expires_at: datetime | None = None
+    state: Literal["active", "suspended", "decommissioned"] = "active"
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
+
+
+class RegistryDoc(StrictModel):
+    role: list[RoleDoc] = Field(default_factory=list)
+    agent: list[AgentDoc] = Field(default_factory=list)
+
+
+def load(path: Path) -> RegistryDoc:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    data: Any
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return RegistryDoc.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise UsageError(f"{path}: {key}: {msg.removeprefix('Value error, ')}") from None
+
+
+def to_request(doc: RegistryDoc, *, dry_run: bool, prune: bool) -> pb.ApplyRequest:
+    return pb.ApplyRequest(
+        dry_run=dry_run,
+        prune=prune,
+        roles=[pb.Role(name=r.name, audiences=r.audiences, scopes=r.scopes,
+                       max_ttl_seconds=int(r.max_ttl.total_seconds()),
+                       may_act_for_users=r.may_act_for_users, may_redelegate=r.may_redelegate)
+               for r in doc.role],
+        agents=[pb.DesiredAgent(
+            id=a.id, state=a.state,
+            spec=pb.AgentSpec(
+                name=a.name, kind=a.kind, spiffe_id=a.spiffe_id, selectors=a.selectors,
+                owner=a.owner, purpose=a.purpose, capabilities=a.capabilities, roles=a.roles,
+                metadata=a.metadata, x509_ttl_seconds=int(a.x509_ttl.total_seconds()),
+                jwt_ttl_seconds=int(a.jwt_ttl.total_seconds()), dns_names=a.dns_names,
+                hint=a.hint, expires_at=int(a.expires_at.timestamp()) if a.expires_at else 0,
+            ),
+        ) for a in doc.agent],
+    )

@@ -1,0 +1,152 @@
+"""Declarative registry: make the entries match a desired list, as one transaction.
+
+Agents are matched by id when the file gives one (ids cannot be chosen: it must exist), else by
+name among entries that are not decommissioned. Agents missing from the file are left alone
+unless `prune` is set, in which case they are decommissioned. Running the same file twice is a
+no-op the second time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import InvalidRequest, InvalidTransition
+from .events import Action
+from .registry import (
+    TRANSITIONS,
+    BulkChange,
+    Entry,
+    Registry,
+    history_statement,
+    insert_statement,
+    update_statement,
+)
+from .roles import Role, RoleBook
+from .store import Statement
+
+COMPARED = ("name", "kind", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
+            "purpose", "capabilities", "roles", "metadata", "expires_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    id: str
+    spec: Entry  # id empty; spiffe_id empty means "default" (keep the existing one)
+    state: str  # "" means active
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: str
+    target: str
+    detail: str
+
+
+def _diff(old: Entry, spec: Entry) -> dict[str, Any]:
+    changes = {}
+    for f in COMPARED:
+        want = getattr(spec, f)
+        if f == "selectors":
+            want = tuple(sorted(set(want)))
+        if getattr(old, f) != want:
+            changes[f] = want
+    if spec.spiffe_id and spec.spiffe_id != old.spiffe_id:
+        changes["spiffe_id"] = spec.spiffe_id
+    return changes
+
+
+def _action_for(current: str, wanted: str) -> Action | None:
+    if wanted == current:
+        return None
+    for (frm, action), to in TRANSITIONS.items():
+        if frm == current and to == wanted and action != "expire":
+            return action  # type: ignore[return-value]
+    raise InvalidTransition(f"cannot go from {current} to {wanted}")
+
+
+def apply(
+    registry: Registry,
+    roles: RoleBook,
+    agents: Sequence[Desired],
+    desired_roles: Sequence[Role],
+    *,
+    actor_uid: int,
+    prune: bool,
+    dry_run: bool,
+) -> list[Step]:
+    actor = f"uid:{actor_uid}"
+    steps: list[Step] = []
+    # (1) Roles first, so agents may name them.
+    for role in desired_roles:
+        existing = roles.all.get(role.name)
+        if existing is None:
+            steps.append(Step("role_create", role.name, ", ".join(role.audiences)))
+            if not dry_run:
+                roles.create(role, actor)
+        else:
+            fields = ("audiences", "scopes", "max_ttl", "may_act_for_users", "may_redelegate")
+            delta = {f: getattr(role, f) for f in fields
+                     if getattr(role, f) != getattr(existing, f)}
+            if delta:
+                steps.append(Step("role_update", role.name, ", ".join(sorted(delta))))
+                if not dry_run:
+                    roles.update(role.name, actor, **delta)
+    # (2) Agents: compute every change first, so a bad line changes nothing.
+    live_by_name = {e.name: e for e in registry.entries() if e.state != "decommissioned"}
+    seen: set[str] = set()
+    statements: list[Statement] = []
+    changes: list[BulkChange] = []
+    now = int(time.time())
+    names = [d.spec.name for d in agents]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise InvalidRequest(f"names appear more than once: {', '.join(sorted(dupes))}")
+    for d in agents:
+        wanted = d.state or "active"
+        if d.id:
+            current: Entry | None = registry.get(d.id)
+        else:
+            current = live_by_name.get(d.spec.name)
+        if current is None:
+            if wanted == "decommissioned":
+                continue
+            new = registry.prepare_register(d.spec, actor_uid)
+            steps.append(Step("create", d.spec.name, ", ".join(new.selectors)))
+            statements += [insert_statement(new),
+                           history_statement(new.id, now, "", "active", "apply", actor)]
+            changes.append(("register", new.id, actor, None, new, "apply"))
+            current = new
+            seen.add(new.id)
+            prior = new
+        else:
+            seen.add(current.id)
+            prior = current
+            diff = _diff(current, d.spec) if current.state != "decommissioned" else {}
+            if diff:
+                old, new = registry.prepare_update(current.id, **diff)
+                steps.append(Step("update", current.id, ", ".join(sorted(diff))))
+                statements.append(update_statement(new))
+                changes.append(("update", current.id, actor, old, new, "apply"))
+                prior = new
+        action = _action_for(prior.state, wanted)
+        if action is not None:
+            moved = replace(prior, state=wanted, updated_at=now, revision=prior.revision + 1)
+            steps.append(Step(action, prior.id, f"{prior.state} -> {wanted}"))
+            statements += [update_statement(moved),
+                           history_statement(prior.id, now, prior.state, wanted, "apply", actor)]
+            changes.append((action, prior.id, actor, prior, moved, "apply"))
+    # (3) Prune: live agents the file does not mention.
+    if prune:
+        for e in registry.entries():
+            if e.id not in seen and e.state != "decommissioned":
+                moved = replace(e, state="decommissioned", updated_at=now, revision=e.revision + 1)
+                steps.append(Step("decommission", e.id, "not in the file (--prune)"))
+                statements += [update_statement(moved), history_statement(
+                    e.id, now, e.state, "decommissioned", "pruned by apply", actor)]
+                changes.append(("decommission", e.id, actor, e, moved, "pruned by apply"))
+    if not dry_run and statements:
+        registry.commit_bulk(statements, changes)
+    return steps
