@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -229,12 +229,13 @@ class Registry:
 
     # -- changes ---------------------------------------------------------------------------
 
-    def prepare_register(self, entry: Entry, actor_uid: int) -> Entry:
+    def prepare_register(self, entry: Entry, actor_uid: int,
+                         planned_roles: Collection[str] = ()) -> Entry:
         """Validate a new entry and give it its id, without writing it."""
         now = int(self._clock())
         entry_id = f"agt_{ULID()}"
         spiffe_id = entry.spiffe_id or f"spiffe://{self._td}/agent/{entry_id}"
-        self._roles.check_exist(entry.roles)
+        self._roles.check_exist(r for r in entry.roles if r not in planned_roles)
         return validate_entry(
             replace(entry, id=entry_id, spiffe_id=spiffe_id, created_at=now, updated_at=now,
                     revision=1, state="active", created_by=actor_uid),
@@ -249,7 +250,8 @@ class Registry:
         self._emit("register", e.id, f"uid:{actor_uid}", None, e, "")
         return e
 
-    def prepare_update(self, entry_id: str, **changes: Any) -> tuple[Entry, Entry]:
+    def prepare_update(self, entry_id: str, planned_roles: Collection[str] = (),
+                       **changes: Any) -> tuple[Entry, Entry]:
         old = self.get(entry_id)
         bad = set(changes) - _MUTABLE
         if bad:
@@ -257,7 +259,7 @@ class Registry:
         if old.state == "decommissioned":
             raise InvalidTransition(f"entry {entry_id} is decommissioned; it cannot change")
         if "roles" in changes:
-            self._roles.check_exist(changes["roles"])
+            self._roles.check_exist(r for r in changes["roles"] if r not in planned_roles)
         new = validate_entry(
             replace(old, **changes, updated_at=int(self._clock()), revision=old.revision + 1),
             self._td,

@@ -24,7 +24,7 @@ from .registry import (
     insert_statement,
     update_statement,
 )
-from .roles import Role, RoleBook
+from .roles import Role, RoleBook, validate_role
 from .store import Statement
 
 COMPARED = ("name", "kind", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
@@ -79,21 +79,22 @@ def apply(
 ) -> list[Step]:
     actor = f"uid:{actor_uid}"
     steps: list[Step] = []
-    # (1) Roles first, so agents may name them.
+    # (1) Roles: plan only; they are written just before the agents, after every check passed.
+    role_writes: list[tuple[Role, dict[str, Any] | None]] = []
     for role in desired_roles:
+        validate_role(role)
         existing = roles.all.get(role.name)
         if existing is None:
             steps.append(Step("role_create", role.name, ", ".join(role.audiences)))
-            if not dry_run:
-                roles.create(role, actor)
+            role_writes.append((role, None))
         else:
             fields = ("audiences", "scopes", "max_ttl", "may_act_for_users", "may_redelegate")
             delta = {f: getattr(role, f) for f in fields
                      if getattr(role, f) != getattr(existing, f)}
             if delta:
                 steps.append(Step("role_update", role.name, ", ".join(sorted(delta))))
-                if not dry_run:
-                    roles.update(role.name, actor, **delta)
+                role_writes.append((role, delta))
+    planned = {r.name for r in desired_roles}
     # (2) Agents: compute every change first, so a bad line changes nothing.
     live_by_name = {e.name: e for e in registry.entries() if e.state != "decommissioned"}
     seen: set[str] = set()
@@ -113,7 +114,7 @@ def apply(
         if current is None:
             if wanted == "decommissioned":
                 continue
-            new = registry.prepare_register(d.spec, actor_uid)
+            new = registry.prepare_register(d.spec, actor_uid, planned)
             steps.append(Step("create", d.spec.name, ", ".join(new.selectors)))
             statements += [insert_statement(new),
                            history_statement(new.id, now, "", "active", "apply", actor)]
@@ -126,7 +127,7 @@ def apply(
             prior = current
             diff = _diff(current, d.spec) if current.state != "decommissioned" else {}
             if diff:
-                old, new = registry.prepare_update(current.id, **diff)
+                old, new = registry.prepare_update(current.id, planned, **diff)
                 steps.append(Step("update", current.id, ", ".join(sorted(diff))))
                 statements.append(update_statement(new))
                 changes.append(("update", current.id, actor, old, new, "apply"))
@@ -147,6 +148,13 @@ def apply(
                 statements += [update_statement(moved), history_statement(
                     e.id, now, e.state, "decommissioned", "pruned by apply", actor)]
                 changes.append(("decommission", e.id, actor, e, moved, "pruned by apply"))
-    if not dry_run and statements:
+    if dry_run:
+        return steps
+    for role, role_delta in role_writes:
+        if role_delta is None:
+            roles.create(role, actor)
+        else:
+            roles.update(role.name, actor, **role_delta)
+    if statements:
         registry.commit_bulk(statements, changes)
     return steps

@@ -74,10 +74,12 @@ def load(path: Path) -> RegistryDoc:
     try:
         return RegistryDoc.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise UsageError(f"{path}: {key}: {msg.removeprefix('Value error, ')}") from None
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg.removeprefix('Value error, ')}")
+        raise UsageError(f"{path}: " + "; ".join(problems)) from None
 
 
 def to_request(doc: RegistryDoc, *, dry_run: bool, prune: bool) -> pb.ApplyRequest:
