@@ -28,3 +28,13 @@ def summarize(runs: Sequence[float]) -> Summary:
 
 def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else 0.0
+
+
+def meets(value: float, target: str) -> bool:
+    """Whether `value` meets a target written as ">= 0.8" or "<= 2.5"."""
+    op, _, bound = target.partition(" ")
+    if op == ">=":
+        return value >= float(bound)
+    if op == "<=":
+        return value <= float(bound)
+    raise ValueError(f"unsupported target {target!r}")
