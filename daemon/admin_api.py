@@ -6,8 +6,10 @@ only root and the daemon's own uid may change who gets an identity.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from grpclib.server import Stream
@@ -24,6 +26,8 @@ from .admin_convert import (
     spec_to_entry,
     update_changes,
 )
+from .audit_event import canonical
+from .audit_query import AuditFilter, query
 from .errors import CallerGone, InvalidRequest, PermissionDenied
 from .events import Action
 from .grpc_errors import translate
@@ -33,11 +37,14 @@ from .roles import RoleBook
 
 log = logging.getLogger(__name__)
 MAX_REASON = 512
+AUDIT_CHUNK = 500
 
 
 class AdminApi(AdminBase):
-    def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook) -> None:
+    def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
+                 audit_dir: Path) -> None:
         self._tracker = tracker
+        self._audit_dir = audit_dir
         self._registry = registry
         self._roles = roles
         self._own_uid = os.getuid()
@@ -167,3 +174,15 @@ class AdminApi(AdminBase):
         request, uid = await self._begin(stream)
         self._roles.delete(request.name, f"uid:{uid}")
         await stream.send_message(pb.DeleteRoleResponse())
+
+    # -- audit -----------------------------------------------------------------------------
+
+    @translate
+    async def QueryAudit(self, stream: Stream[pb.AuditQuery, pb.AuditRecords]) -> None:
+        q, _ = await self._begin(stream)
+        flt = AuditFilter(agent=q.agent, subject=q.subject, delegator=q.delegator, type=q.type,
+                          result=q.result, since=q.since, until=q.until)
+        records = await asyncio.to_thread(query, self._audit_dir, flt, q.limit)
+        for i in range(0, len(records), AUDIT_CHUNK):
+            chunk = [canonical(r).decode() for r in records[i:i + AUDIT_CHUNK]]
+            await stream.send_message(pb.AuditRecords(records=chunk))

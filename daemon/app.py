@@ -15,19 +15,20 @@ import signal
 from collections.abc import Callable
 from datetime import datetime
 
-from grpclib.health.check import ServiceStatus
-from grpclib.health.service import Health
-
 from ensign.attestors.base import Attestor
 from ensign.attestors.systemd import SystemdAttestor
 from ensign.attestors.unix import UnixAttestor
 
+from . import audit_records
 from .admin_api import AdminApi
 from .attestation import AttestationPipeline
+from .audit_event import AuditEvent
+from .audit_log import AuditLog
 from .ca import CertificateAuthority, utcnow
 from .cache import Broadcast, SvidCache
 from .config import Config
 from .events import ChangeEvent, EventHub
+from .health import HealthService
 from .peercred import PeerTracker
 from .registry import Registry
 from .roles import RoleBook
@@ -67,19 +68,21 @@ class Daemon:
         if config.attestors.systemd.enabled:
             attestors.append(SystemdAttestor(config.attestors.systemd))
         self.pipeline = AttestationPipeline(attestors)
-        self.health_status = ServiceStatus()
+        self.audit = AuditLog(config.audit, data, clock)
+        self._draining = False
         workload = WorkloadApi(
             config=config, tracker=self.tracker, pipeline=self.pipeline,
             registry=self.registry, roles=self.roles, cache=self.cache, ca=self.ca,
-            broadcast=self.broadcast, clock=clock,
+            audit=self.audit, broadcast=self.broadcast, clock=clock,
         )
         self._workload_server = UnixServer(
             config.socket_path, WORKLOAD_SOCKET_MODE,
-            [workload, Health({workload: [self.health_status]})], self.tracker,
+            [workload, HealthService(self._problem)], self.tracker,
         )
         self._admin_server = UnixServer(
             config.admin_socket_path, ADMIN_SOCKET_MODE,
-            [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles)],
+            [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles,
+                      audit_dir=self.audit.dir)],
             self.tracker,
         )
         self._stop = asyncio.Event()
@@ -93,6 +96,9 @@ class Daemon:
         self.roles.load()
         self.registry.load()
         self.ca.load_or_create()
+        self.audit.open()
+        self.audit.record_nowait(AuditEvent(type="daemon.start", details={
+            "trust_domain": self.config.trust_domain, "attestors": self.pipeline.names}))
         self.events.subscribe(self._on_change)
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)
@@ -101,7 +107,6 @@ class Daemon:
         try:
             await self._workload_server.start()
             await self._admin_server.start()
-            self.health_status.set(True)
             log.info("serving", extra={
                 "socket": str(self.config.socket_path),
                 "admin_socket": str(self.config.admin_socket_path),
@@ -123,7 +128,13 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
+    def _problem(self) -> str | None:
+        if self._draining:
+            return "shutting down"
+        return self.audit.problem
+
     def _on_change(self, event: ChangeEvent) -> None:
+        self.audit.record_nowait(audit_records.change(event))
         # Suspended, decommissioned or deleted entries lose their cached SVIDs at once; streams
         # wake, recompute, and end with PermissionDenied when no identity is left.
         if event.action.startswith("role_"):
@@ -143,6 +154,9 @@ class Daemon:
                 self.cache.forget_all()
                 changed = True
                 log.info("CA authorities changed")
+                self.audit.record_nowait(AuditEvent(type="ca.rotated", details={
+                    "authorities": [a.jwt_kid for a in self.ca.authorities()],
+                    "signing": self.ca.current().jwt_kid}))
             if self.cache.expire_due():
                 changed = True
             if changed:
@@ -158,12 +172,13 @@ class Daemon:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _shutdown(self) -> None:
-        self.health_status.set(False)
+        self._draining = True
         for server in (self._workload_server, self._admin_server):
             server.close()
         for server in (self._workload_server, self._admin_server):
             await server.wait_closed()
         await self.pipeline.aclose()
+        await self.audit.close()
         self.tracker.close_all()
         self.store.close()
         log.info("stopped")

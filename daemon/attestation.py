@@ -14,6 +14,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ensign.attestors.base import Attestor, AttestorError
@@ -41,6 +42,7 @@ class AttestationPipeline:
     ) -> None:
         self._attestors = list(attestors)
         self._proc = proc_root
+        self._proc_prefix = f"{proc_root}/"
         self._timeout = timeout
         self._cache: OrderedDict[_CacheKey, tuple[float, AttestedCaller]] = OrderedDict()
 
@@ -55,7 +57,7 @@ class AttestationPipeline:
             hit = self._cache.get(key)
             if hit is not None and now - hit[0] < CACHE_TTL:
                 check_alive(caller, self._proc)
-                return hit[1]
+                return replace(hit[1], fresh=False)
         results = await asyncio.gather(
             *(self._run(a, caller) for a in self._attestors), return_exceptions=True
         )
@@ -90,7 +92,7 @@ class AttestationPipeline:
     def _cache_key(self, caller: Caller) -> _CacheKey | None:
         # execve keeps the pid and start time, so the executable's identity is part of the key.
         try:
-            st = os.stat(self._proc / str(caller.pid) / "exe")
+            st = os.stat(f"{self._proc_prefix}{caller.pid}/exe")  # hot path: no pathlib
         except OSError:
             return None
         return (caller.pid, caller.start_ticks, caller.uid, st.st_dev, st.st_ino, st.st_ctime_ns)

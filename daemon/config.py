@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..attestors.systemd import SystemdConfig
 from ..attestors.unix import UnixConfig
-from .config_types import Duration, StrictModel
+from .config_types import Duration, Size, StrictModel
 from .errors import ConfigError, InvalidRequest
 from .spiffe_id import validate_trust_domain
 
@@ -116,6 +116,7 @@ class DelegationConfig(StrictModel):
 class AuditConfig(StrictModel):
     checkpoint_every: int = Field(default=1000, ge=1)
     checkpoint_interval: Duration = timedelta(seconds=60)
+    segment_size: Size = Field(default=64 << 20, ge=4096)  # rotate segments at this size
 
 
 class AnomalyConfig(StrictModel):

@@ -100,3 +100,11 @@ class InvalidTransition(EnsignError):
     grpc_status = Status.FAILED_PRECONDITION
     exit_code = 65
     public_message = "invalid state transition"
+
+
+class AuditUnavailable(EnsignError):
+    """The audit log cannot be written: nothing is issued until it can (fail closed)."""
+
+    grpc_status = Status.UNAVAILABLE
+    exit_code = 74  # EX_IOERR
+    public_message = "audit log unavailable: not issuing"

@@ -17,6 +17,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from .errors import (
+    AuditUnavailable,
     Conflict,
     EnsignError,
     InvalidRequest,
@@ -29,7 +30,8 @@ from .errors import (
 log = logging.getLogger(__name__)
 
 _DETAILED = (
-    InvalidRequest, TokenInvalid, NotFound, Conflict, PermissionDenied, InvalidTransition,
+    AuditUnavailable, InvalidRequest, TokenInvalid, NotFound, Conflict, PermissionDenied,
+    InvalidTransition,
 )
 S = TypeVar("S")
 

@@ -33,3 +33,4 @@ class AttestedCaller:
     caller: Caller
     selectors: frozenset[str]  # prefixed: "unix:uid:1000"
     evidence: dict[str, str]
+    fresh: bool = True  # False when served from the attestation cache

@@ -81,12 +81,18 @@ def _close(fd: int | None) -> None:
 
 
 def check_alive(caller: Caller, proc_root: Path = Path("/proc")) -> None:
-    """Raise CallerGone unless the pinned process still runs under the same pid."""
+    """Raise CallerGone unless the pinned process still runs under the same pid.
+
+    A pidfd names one process, not a pid: while it does not report an exit, the process we
+    pinned at connect time is alive, so its pid cannot have been reused and no /proc read is
+    needed. Without a pidfd (old kernels), the start time is compared instead.
+    """
     if caller.pidfd is not None:
         poller = select.poll()
         poller.register(caller.pidfd, select.POLLIN)
         if poller.poll(0):
             raise CallerGone(f"caller pid {caller.pid} exited")
+        return
     try:
         start = _procfs.read_stat(caller.pid, proc_root).start_ticks
     except (OSError, ValueError, IndexError):

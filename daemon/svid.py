@@ -68,6 +68,7 @@ class X509Svid:
 @dataclass(frozen=True, slots=True)
 class JwtSvid:
     spiffe_id: str
+    jti: str
     token: str
     audience: tuple[str, ...]
     issued_at: datetime
@@ -157,6 +158,7 @@ def mint_jwt_svid(
     )
     return JwtSvid(
         spiffe_id=str(spiffe_id),
+        jti=claims["jti"],
         token=token,
         audience=audience,
         issued_at=now,

@@ -8,8 +8,11 @@ identity goes away.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +23,14 @@ from grpclib.server import Stream
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
 
+from . import audit_records
 from .attestation import AttestationPipeline
+from .audit_event import AuditEvent
+from .audit_log import AuditLog
 from .ca import CertificateAuthority
 from .cache import Broadcast, SvidCache
 from .config import Config
-from .errors import CallerGone, InvalidRequest, NoIdentity
+from .errors import AuditUnavailable, CallerGone, EnsignError, InvalidRequest, NoIdentity
 from .grpc_errors import translate
 from .keys import to_pkcs8_der
 from .models import AttestedCaller
@@ -32,7 +38,7 @@ from .peercred import PeerTracker
 from .registry import Entry, Registry
 from .roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
 from .spiffe_id import SpiffeId
-from .svid import validate_jwt_svid
+from .svid import X509Svid, validate_jwt_svid
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         roles: RoleBook,
         cache: SvidCache,
         ca: CertificateAuthority,
+        audit: AuditLog,
         broadcast: Broadcast,
         clock: Any,
     ) -> None:
@@ -62,6 +69,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self._registry = registry
         self._roles = roles
         self._cache = cache
+        self._audit = audit
         self._ca = ca
         self._broadcast = broadcast
         self._clock = clock
@@ -76,7 +84,27 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         conn = self._tracker.connection_of(stream)
         if conn.caller is None:
             raise CallerGone(conn.problem or "caller unknown")
-        return await self._pipeline.attest(conn.caller)
+        attested = await self._pipeline.attest(conn.caller)
+        if attested.fresh:
+            self._audit.record_nowait(audit_records.attestation(attested))
+        return attested
+
+    @contextlib.asynccontextmanager
+    async def _audited(self, stream: Stream[Any, Any], method: str) -> AsyncIterator[_Seen]:
+        """Record every refusal of this request in the audit trail, then let it propagate."""
+        seen = _Seen()
+        try:
+            yield seen
+        except EnsignError as err:
+            if not isinstance(err, AuditUnavailable):
+                caller = self._tracker.connection_of(stream).caller
+                self._audit.record_nowait(audit_records.denied(
+                    method, caller, err, seen.attested, seen.entry, seen.audience))
+            raise
+
+    async def _durably(self, events: list[AuditEvent]) -> None:
+        """Wait until every record is on disk: only then may the credentials be released."""
+        await asyncio.gather(*(self._audit.record(e) for e in events))
 
     def _identities(self, attested: AttestedCaller) -> list[Entry]:
         entries = self._registry.match(attested.selectors)
@@ -90,7 +118,13 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
     @translate
     async def FetchX509SVID(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
         await stream.recv_message()
-        attested = await self._attest(stream)
+        async with self._audited(stream, "FetchX509SVID") as seen:
+            await self._stream_x509(stream, seen)
+
+    async def _stream_x509(
+        self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse], seen: _Seen
+    ) -> None:
+        attested = seen.attested = await self._attest(stream)
         watched: list[str] = []
         last = b""
         version = self._broadcast.version
@@ -102,20 +136,26 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
                     self._cache.watch(ids)
                     self._cache.unwatch(watched)
                     watched = ids
-                response = self._compose_x509(entries)
+                response, issued = self._compose_x509(entries)
                 data = response.SerializeToString(deterministic=True)
                 if data != last:
+                    await self._durably([audit_records.x509_issued(attested, e, svid)
+                                         for e, svid in issued])
                     await stream.send_message(response)
                     last = data
                 version = await self._broadcast.wait(version)
         finally:
             self._cache.unwatch(watched)
 
-    def _compose_x509(self, entries: Sequence[Entry]) -> pb.X509SVIDResponse:
+    def _compose_x509(
+        self, entries: Sequence[Entry]
+    ) -> tuple[pb.X509SVIDResponse, list[tuple[Entry, X509Svid]]]:
         bundle = self._ca.x509_bundle_der()
         svids = []
+        issued = []
         for e in entries:
             svid = self._cache.x509_for(e, x509_ttl_cap(e.roles, self._roles.all))
+            issued.append((e, svid))
             svids.append(pb.X509SVID(
                 spiffe_id=svid.spiffe_id,
                 x509_svid=svid.chain_der(),
@@ -123,19 +163,25 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
                 bundle=bundle,
                 hint=e.hint,
             ))
-        return pb.X509SVIDResponse(svids=_unique_hints(svids))
+        return pb.X509SVIDResponse(svids=_unique_hints(svids)), issued
 
     @translate
     async def FetchX509Bundles(
         self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse]
     ) -> None:
         await stream.recv_message()
+        async with self._audited(stream, "FetchX509Bundles"):
+            await self._stream_bundles(stream, lambda: pb.X509BundlesResponse(
+                bundles={self._td_id: self._ca.x509_bundle_der()}))
+
+    async def _stream_bundles(self, stream: Stream[Any, Any], compose: Callable[[], Any]) -> None:
+        """Bundles go to callers that hold an identity (as SPIRE does), again after changes."""
         attested = await self._attest(stream)
         last = b""
         version = self._broadcast.version
         while True:
             self._identities(attested)
-            response = pb.X509BundlesResponse(bundles={self._td_id: self._ca.x509_bundle_der()})
+            response = compose()
             data = response.SerializeToString(deterministic=True)
             if data != last:
                 await stream.send_message(response)
@@ -148,17 +194,27 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
     async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
         request = await stream.recv_message()
         assert request is not None
-        audience = _check_audience(list(request.audience))
+        async with self._audited(stream, "FetchJWTSVID") as seen:
+            await self._fetch_jwt(stream, request, seen)
+
+    async def _fetch_jwt(
+        self,
+        stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse],
+        request: pb.JWTSVIDRequest,
+        seen: _Seen,
+    ) -> None:
+        audience = seen.audience = _check_audience(list(request.audience))
         wanted: SpiffeId | None = None
         if request.spiffe_id:
             wanted = SpiffeId.parse(request.spiffe_id)
-        attested = await self._attest(stream)
+        attested = seen.attested = await self._attest(stream)
         entries = self._identities(attested)
         if wanted is not None:
             entries = [e for e in entries if e.spiffe_id == str(wanted)]
             if not entries:
                 raise NoIdentity(f"caller is not entitled to {wanted}")
         svids = []
+        records: list[AuditEvent] = []
         denied: AudienceDenied | None = None
         for e in entries:
             try:
@@ -166,11 +222,14 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
                                   default_allow=self._cfg.policy.default_allow_audiences)
             except AudienceDenied as err:
                 denied = err  # another identity of this caller may still be allowed
+                seen.entry = e
                 continue
             jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
+            records.append(audit_records.jwt_issued(attested, e, jwt_svid))
             svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
         if not svids and denied is not None:
             raise denied
+        await self._durably(records)
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
     @translate
@@ -178,17 +237,9 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse]
     ) -> None:
         await stream.recv_message()
-        attested = await self._attest(stream)
-        last = b""
-        version = self._broadcast.version
-        while True:
-            self._identities(attested)
-            response = pb.JWTBundlesResponse(bundles={self._td_id: self._ca.jwks()})
-            data = response.SerializeToString(deterministic=True)
-            if data != last:
-                await stream.send_message(response)
-                last = data
-            version = await self._broadcast.wait(version)
+        async with self._audited(stream, "FetchJWTBundles"):
+            await self._stream_bundles(stream, lambda: pb.JWTBundlesResponse(
+                bundles={self._td_id: self._ca.jwks()}))
 
     @translate
     async def ValidateJWTSVID(
@@ -196,6 +247,14 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
+        async with self._audited(stream, "ValidateJWTSVID"):
+            await self._validate(stream, request)
+
+    async def _validate(
+        self,
+        stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse],
+        request: pb.ValidateJWTSVIDRequest,
+    ) -> None:
         if not request.audience:
             raise InvalidRequest("audience must be specified")
         if not request.svid:
@@ -221,6 +280,15 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse]
     ) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What a request had established when it was refused (for its audit record)."""
+
+    attested: AttestedCaller | None = None
+    entry: Entry | None = None
+    audience: tuple[str, ...] = ()
 
 
 def _check_audience(audience: list[str]) -> tuple[str, ...]:

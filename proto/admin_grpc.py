@@ -70,6 +70,10 @@ class AdminBase(abc.ABC):
     async def DeleteRole(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.DeleteRoleRequest, ensign.proto.admin_pb2.DeleteRoleResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def QueryAudit(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.AuditQuery, ensign.proto.admin_pb2.AuditRecords]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/ensign.admin.v1.Admin/RegisterAgent': grpclib.const.Handler(
@@ -155,6 +159,12 @@ class AdminBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ensign.proto.admin_pb2.DeleteRoleRequest,
                 ensign.proto.admin_pb2.DeleteRoleResponse,
+            ),
+            '/ensign.admin.v1.Admin/QueryAudit': grpclib.const.Handler(
+                self.QueryAudit,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ensign.proto.admin_pb2.AuditQuery,
+                ensign.proto.admin_pb2.AuditRecords,
             ),
         }
 
@@ -245,4 +255,10 @@ class AdminStub:
             '/ensign.admin.v1.Admin/DeleteRole',
             ensign.proto.admin_pb2.DeleteRoleRequest,
             ensign.proto.admin_pb2.DeleteRoleResponse,
+        )
+        self.QueryAudit = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/ensign.admin.v1.Admin/QueryAudit',
+            ensign.proto.admin_pb2.AuditQuery,
+            ensign.proto.admin_pb2.AuditRecords,
         )

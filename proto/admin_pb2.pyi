@@ -6,6 +6,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AuditQuery(_message.Message):
+    __slots__ = ("agent", "subject", "delegator", "type", "result", "since", "until", "limit")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DELEGATOR_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    subject: str
+    delegator: str
+    type: str
+    result: str
+    since: str
+    until: str
+    limit: int
+    def __init__(self, agent: _Optional[str] = ..., subject: _Optional[str] = ..., delegator: _Optional[str] = ..., type: _Optional[str] = ..., result: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditRecords(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, records: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Agent(_message.Message):
     __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by", "history")
     class MetadataEntry(_message.Message):

@@ -72,7 +72,7 @@ def test_mtls_between_two_registered_workloads(daemon: Daemon) -> None:
         out, err = client.communicate(timeout=30)
         assert client.returncode == 0, err
         assert out.split() == ["REPLY", "pong:ping", client_id["spiffe_id"]]
-        server.wait(timeout=10)
+        server.wait(timeout=30)
         assert server.returncode == 0, server.stderr.read()
     finally:
         server.kill()

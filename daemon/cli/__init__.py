@@ -45,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Unreachable as e:
         print(f"ensign: {e}", file=sys.stderr)
         return 69
+    except BrokenPipeError:
+        return 0  # the reader (head, less) went away: not an error
     except (StreamTerminatedError, ConnectionError) as e:
         print(f"ensign: connection to the daemon failed: {e}", file=sys.stderr)
         return 69
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

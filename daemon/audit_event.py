@@ -1,0 +1,99 @@
+"""The audit trail's record: one typed model for every decision, and its canonical encoding.
+
+A record's `hash` is SHA-256 over its canonical JSON (sorted keys, no spaces, UTF-8) without the
+`hash` field; `prev` is the hash of the record before it, so the records form one chain per
+node. Values are strings, integers, booleans, lists and objects only (no floats), which makes
+this encoding the same as RFC 8785 (JCS) for everything we write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+EventType = Literal[
+    "attestation",        # selectors and evidence digests of a caller
+    "svid.issued",        # an X.509- or JWT-SVID released to a caller
+    "request.denied",     # a refused request and why
+    "token.exchanged",    # a delegated token (delegation issue)
+    "registry.change",    # agent registered/updated/suspended/... by an admin or by expiry
+    "role.change",
+    "grant.change",
+    "anomaly",
+    "ca.rotated",
+    "daemon.start",
+    "daemon.stop",
+    "audit.recovered",    # an incomplete trailing record from a crash was set aside
+]
+Result = Literal["success", "denied", "failure"]
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    pid: int
+    uid: int
+    gid: int
+    exe_sha256: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"pid": self.pid, "uid": self.uid, "gid": self.gid}
+        if self.exe_sha256:
+            d["exe_sha256"] = self.exe_sha256
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What happened, before the log gives it a place (sequence number, time, chain links)."""
+
+    type: EventType
+    result: Result = "success"
+    reason: str = ""
+    agent_id: str = ""       # the agent that acted (empty for human/admin actions)
+    spiffe_id: str = ""
+    entry_id: str = ""       # the registry entry that allowed it
+    roles: tuple[str, ...] = ()
+    process: Process | None = None
+    actor: str = ""          # for registry/role changes: "uid:0" (a human admin) or "ensign"
+    subject: str = ""        # for registry/role changes: the agent id or role name changed
+    delegator: str = ""      # the human or agent on whose behalf (delegation)
+    audience: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type, "result": self.result}
+        for key in ("reason", "agent_id", "spiffe_id", "entry_id", "actor", "subject",
+                    "delegator"):
+            value = getattr(self, key)
+            if value:
+                d[key] = value
+        for key in ("roles", "audience", "scopes"):
+            value = getattr(self, key)
+            if value:
+                d[key] = list(value)
+        if self.process is not None:
+            d["process"] = self.process.as_dict()
+        if self.details:
+            d["details"] = self.details
+        return d
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def seal(body: dict[str, Any], *, seq: int, prev: str, chain: str, at: datetime) -> dict[str, Any]:
+    """Place an event in the chain: add seq, time, chain id and prev, then the hash."""
+    record = {**body, "seq": seq, "time": at.astimezone(UTC).isoformat(timespec="microseconds"),
+              "chain": chain, "prev": prev}
+    record["hash"] = record_hash(record)
+    return record
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
