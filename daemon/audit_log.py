@@ -86,11 +86,11 @@ class AuditLog:
         self._key_dir = data_dir / "audit-key"
         self._clock = clock
         self._key: ec.EllipticCurvePrivateKey | None = None
+        self._public_pem = b""
         self.chain = ""
         self._fd = -1
         self._segment = 0
         self._size = 0
-        self._good_size = -1  # bytes of whole records in the open segment (-1: not known yet)
         self._seq = 0
         self._head = GENESIS
         self._cp_seq = 0
@@ -104,11 +104,22 @@ class AuditLog:
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        ensure_private_dir(self.dir)
+        """Load the key and find the chain's head. An unwritable log does not stop the daemon:
+        it serves health and refuses to issue until the log can be written."""
         self._load_key()
+        try:
+            self._prepare_sync()
+        except OSError as e:
+            self._set_problem(f"audit log not writable: {e.strerror or e}")
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _prepare_sync(self) -> None:
+        ensure_private_dir(self.dir)
+        pub_path = self.dir / PUBLIC_KEY
+        if not pub_path.exists() or pub_path.read_bytes() != self._public_pem:
+            write_private(pub_path, self._public_pem)
         discarded = self._recover_tail()
         self._open_segment(self._segment)
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         if discarded:
             self.record_nowait(AuditEvent(
                 type="audit.recovered", result="failure",
@@ -185,10 +196,7 @@ class AuditLog:
 
     def _append_sync(self, data: bytes) -> None:
         if self._fd < 0:
-            self._open_segment(self._segment)
-            if self._size > self._good_size:
-                os.ftruncate(self._fd, self._good_size)  # drop what a failed write left
-                self._size = self._good_size
+            self._prepare_sync()  # also sets aside what a failed write left behind
         try:
             view = memoryview(data)
             while view:
@@ -203,7 +211,6 @@ class AuditLog:
                 self._fd = -1  # reopened (and its tail recovered) on the next attempt
             raise
         self._size += len(data)
-        self._good_size = self._size
 
     # -- checkpoints and rotation ----------------------------------------------------------
 
@@ -243,7 +250,6 @@ class AuditLog:
         os.close(self._fd)
         self._fd = -1
         self._segment += 1
-        self._good_size = -1
         self._open_segment(self._segment)
 
     # -- startup ---------------------------------------------------------------------------
@@ -260,11 +266,8 @@ class AuditLog:
             write_private(path, keys.to_pem(key))
         self._key = key
         self.chain = chain_id(key.public_key())
-        pub = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-        pub_path = self.dir / PUBLIC_KEY
-        if not pub_path.exists() or pub_path.read_bytes() != pub:
-            write_private(pub_path, pub)
+        self._public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def _recover_tail(self) -> int:
         """Find the head of the chain; set aside an incomplete last record. Returns bytes cut."""
@@ -306,8 +309,6 @@ class AuditLog:
         path = self.dir / segment_name(n)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
-        if self._good_size < 0:
-            self._good_size = self._size
         dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)

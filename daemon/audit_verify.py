@@ -119,7 +119,8 @@ def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
                                         "(earlier segments archived)")
                 report.first_seq = seq
             if seq != expected_seq:
-                what = "missing" if seq > expected_seq else "out of order or repeated"
+                what = ("missing or out of order" if seq > expected_seq
+                        else "out of order or repeated")
                 report.fail(f"{where}: seq {seq} where {expected_seq} was expected "
                             f"(record {expected_seq} is {what})")
                 return report

@@ -14,6 +14,7 @@ from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
 from .. import config as config_mod
+from ..audit_archive import archive
 from ..audit_query import to_ocsf
 from ..audit_verify import verify
 from ..errors import EnsignError
@@ -67,6 +68,13 @@ def register(sub: Any, common: Common) -> None:
     filters(ex)
     ex.add_argument("--format", choices=["jsonl", "ocsf"], default="jsonl")
     ex.set_defaults(func=audit_export)
+
+    arc = asub.add_parser("archive", help="move old segments and their checkpoints away")
+    arc.add_argument("--to", type=Path, required=True, metavar="DIR")
+    arc.add_argument("--keep", type=int, default=1, help="newest segments to keep (default 1)")
+    arc.add_argument("--config", type=Path, help="config naming data_dir")
+    arc.add_argument("--data-dir", type=Path, help="data directory (instead of --config)")
+    arc.set_defaults(func=audit_archive)
 
     ver = asub.add_parser("verify", help="recompute the chain and checkpoints (offline)")
     ver.add_argument("--config", type=Path, help="config naming data_dir")
@@ -132,4 +140,11 @@ def audit_verify(args: argparse.Namespace) -> int:
             print(f"note: {note}")
     if not report.ok:
         raise AuditInvalid(f"audit verification failed: {report.problems[0]}")
+    return 0
+
+
+def audit_archive(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or config_mod.load(args.config).data_dir
+    moved = archive(data_dir / "audit", args.to, args.keep)
+    print(f"archived {len(moved)} segment(s) to {args.to}" if moved else "nothing to archive")
     return 0

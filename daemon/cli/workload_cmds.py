@@ -22,6 +22,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
+from ..health import REASON_KEY
 from ..svid import load_der_chain
 from .common import (
     DEFAULT_SOCKET,
@@ -208,12 +209,20 @@ async def watch(args: argparse.Namespace) -> int:
 
 
 async def healthcheck(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
-        resp = await HealthStub(ch).Check(HealthCheckRequest(), timeout=args.timeout)
+    async with (
+        channel(_sock(args)) as ch,
+        HealthStub(ch).Check.open(timeout=args.timeout) as stream,
+    ):
+        await stream.send_message(HealthCheckRequest(), end=True)
+        resp = await stream.recv_message()
+        await stream.recv_trailing_metadata()
+        raw = dict(stream.trailing_metadata or {}).get(REASON_KEY, "")
+        reason = raw.decode() if isinstance(raw, bytes) else raw
+    assert resp is not None
     serving = resp.status == HealthCheckResponse.SERVING
     name = HealthCheckResponse.ServingStatus.Name(resp.status)
     if args.output == "json":
-        print_json({"status": name})
+        print_json({"status": name, "reason": reason})
     else:
-        print("healthy" if serving else f"unhealthy: {name}")
+        print("healthy" if serving else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
     return 0 if serving else 1
