@@ -20,12 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import jwt_fetch
+from . import audit_append, jwt_fetch
 
 Figure = dict[str, Any]
 Benchmark = Callable[[bool], dict[str, Figure]]
 
-BENCHMARKS: list[Benchmark] = [jwt_fetch.run]
+BENCHMARKS: list[Benchmark] = [jwt_fetch.run, audit_append.run]
 
 
 def _side(f: Figure, side: str) -> str:
