@@ -7,10 +7,19 @@ section in ensign.daemon.config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .base import Attestor, AttestorError
+from .sigstore import SigstoreAttestor
 from .systemd import SystemdAttestor
 from .unix import UnixAttestor
 
-BUILTIN: dict[str, type[Attestor]] = {"unix": UnixAttestor, "systemd": SystemdAttestor}
+#: name -> factory taking the attestor's config section (config.attestors.<name>)
+BUILTIN: dict[str, Callable[[Any], Attestor]] = {
+    "unix": UnixAttestor, "systemd": SystemdAttestor, "sigstore": SigstoreAttestor,
+}
 
-__all__ = ["BUILTIN", "Attestor", "AttestorError", "SystemdAttestor", "UnixAttestor"]
+__all__ = [
+    "BUILTIN", "Attestor", "AttestorError", "SigstoreAttestor", "SystemdAttestor", "UnixAttestor",
+]

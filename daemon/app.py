@@ -15,9 +15,8 @@ import signal
 from collections.abc import Callable
 from datetime import datetime
 
+from ensign.attestors import BUILTIN
 from ensign.attestors.base import Attestor
-from ensign.attestors.systemd import SystemdAttestor
-from ensign.attestors.unix import UnixAttestor
 
 from . import audit_records
 from .admin_api import AdminApi
@@ -63,10 +62,10 @@ class Daemon:
         self.cache = SvidCache(self.ca, config.svid, clock)
         self.tracker = PeerTracker()
         attestors: list[Attestor] = []
-        if config.attestors.unix.enabled:
-            attestors.append(UnixAttestor(config.attestors.unix))
-        if config.attestors.systemd.enabled:
-            attestors.append(SystemdAttestor(config.attestors.systemd))
+        for name, factory in BUILTIN.items():
+            section = getattr(config.attestors, name)
+            if section.enabled:
+                attestors.append(factory(section))
         self.pipeline = AttestationPipeline(attestors)
         self.audit = AuditLog(config.audit, data, clock)
         self._draining = False

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..attestors.sigstore import SigstoreConfig
 from ..attestors.systemd import SystemdConfig
 from ..attestors.unix import UnixConfig
 from .config_types import Duration, Size, StrictModel
@@ -62,12 +63,6 @@ class SvidConfig(StrictModel):
 class PolicyConfig(StrictModel):
     # Least privilege: an agent without roles gets no JWT-SVID unless this says otherwise.
     default_allow_audiences: bool = False
-
-
-class SigstoreConfig(StrictModel):
-    enabled: bool = False
-    trusted_root: Path = Path("/etc/ensign/sigstore/trusted_root.json")
-    bundle_dirs: list[Path] = Field(default_factory=lambda: [Path("/etc/ensign/sigstore/bundles")])
 
 
 class TpmConfig(StrictModel):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..errors import EnsignError
-from . import admin_cmds, daemon_cmds, workload_cmds
+from . import admin_cmds, daemon_cmds, verify_cmd, workload_cmds
 from .common import EXIT_FOR_STATUS, CliParser, Unreachable
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon_cmds.register(sub)
     workload_cmds.register(sub)
     admin_cmds.register(sub)
+    verify_cmd.register(sub)
     return parser
 
 
