@@ -11,7 +11,12 @@ from .svid import JwtSvid, X509Svid
 
 # Evidence worth keeping: digests and names, not whole documents.
 _EVIDENCE_KEYS = ("unix.exe_sha256", "unix.exe_path", "unix.exe_error", "systemd.cgroup",
-                  "sigstore.signer", "tpm.quote_digest")
+                  "sigstore.signer", "sigstore.issuer", "sigstore.artifact", "sigstore.bundle",
+                  "sigstore.error", "sigstore.failed_check", "tpm.quote_digest")
+
+
+def evidence_digest(attested: AttestedCaller) -> dict[str, str]:
+    return {k: v for k, v in attested.evidence.items() if k in _EVIDENCE_KEYS}
 
 
 def process_of(caller: Caller, attested: AttestedCaller | None = None) -> Process:
@@ -24,7 +29,7 @@ def attestation(attested: AttestedCaller) -> AuditEvent:
         type="attestation",
         process=process_of(attested.caller, attested),
         details={"selectors": sorted(attested.selectors),
-                 "evidence": {k: v for k, v in attested.evidence.items() if k in _EVIDENCE_KEYS}},
+                 "evidence": evidence_digest(attested)},
     )
 
 
@@ -55,7 +60,8 @@ def denied(method: str, caller: Caller | None, err: EnsignError,
         type="request.denied", result="denied", reason=err.diagnostics()[:1024],
         agent_id=entry.id if entry else "", entry_id=entry.id if entry else "",
         process=process_of(caller, attested) if caller else None, audience=audience,
-        details={"method": method, "status": err.grpc_status.name},
+        details={"method": method, "status": err.grpc_status.name,
+                 **({"evidence": evidence_digest(attested)} if attested else {})},
     )
 
 

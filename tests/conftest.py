@@ -200,19 +200,27 @@ def nobody_site_packages() -> Path:
 
 
 def run_as(
-    uid: int, code: str, *args: str, timeout: float = 30
+    uid: int,
+    code: str,
+    *args: str,
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
+    script: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run Python `code` under `uid` (and gid) with grpcio importable. Needs root."""
+    """Run Python `code` (or a `script` file) under `uid` (and gid) with grpcio importable.
+    Needs root. `env` replaces the default environment (which sets PYTHONPATH)."""
     if os.geteuid() != 0:
         pytest.skip("cross-uid tests need root")
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    env = {
-        "PYTHONPATH": str(nobody_site_packages()),
-        "PATH": "/usr/bin:/bin",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+    if env is None:
+        env = {
+            "PYTHONPATH": str(nobody_site_packages()),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    argv = [python, str(script)] if script is not None else [python, "-c", code]
     return subprocess.run(
-        [python, "-c", code, *args],
+        [*argv, *args],
         capture_output=True,
         text=True,
         env=env,

@@ -1,0 +1,356 @@
+"""Sigstore attestation of agent builds, against a private trust root, and verify-artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import NOBODY, Daemon, make_daemon, nobody_site_packages, run_as
+from .sigstore_fixture import GHA, OID_REPOSITORY, PrivateSigstore
+
+IDENTITY = "https://github.com/acme/agent/.github/workflows/release.yml@refs/tags/v1.2.3"
+OTHER = "https://github.com/mallory/agent/.github/workflows/release.yml@refs/tags/v6.6.6"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "sigstore-assets"
+
+_CLIENT = """
+import sys, grpc
+ch = grpc.insecure_channel("unix:" + sys.argv[1])
+call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
+try:
+    raw = call(b"\\n\\x01a", metadata=[("workload.spiffe.io", "true")], timeout=20)
+    print("ISSUED")
+except grpc.RpcError as e:
+    print("REFUSED", e.code().name)
+"""
+
+
+@pytest.fixture(scope="module")
+def fulcio() -> PrivateSigstore:
+    return PrivateSigstore()
+
+
+def _sigstore_daemon(
+    root: Path, fulcio: PrivateSigstore, trusted_root: bytes | None = None
+) -> Daemon:
+    (root / "bundles").mkdir(exist_ok=True)
+    tr = root / "trusted_root.json"
+    tr.write_bytes(
+        trusted_root if trusted_root is not None else json.dumps(fulcio.trusted_root()).encode()
+    )
+    return make_daemon(
+        root,
+        "[attestors.sigstore]\nenabled = true\n"
+        f'trusted_root = "{tr}"\nbundle_dirs = ["{root / "bundles"}"]\n',
+    )
+
+
+def _copy_exe(dst: Path) -> Path:
+    shutil.copy2(os.path.realpath(sys.executable), dst)
+    return dst
+
+
+def _run_exe(exe: Path, d: Daemon) -> str:
+    env = {"PYTHONPATH": sysconfig.get_paths()["purelib"], "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [str(exe), "-c", _CLIENT, str(d.socket)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def _evidence_of(d: Daemon, pid_hint: str = "") -> list[dict[str, Any]]:
+    out = d.cli("audit", "list", "--type", "attestation", "-o", "json").stdout
+    return [r["details"]["evidence"] for r in json.loads(out)]
+
+
+def test_signed_binary_gets_an_identity_and_variants_do_not(
+    short_tmp: Path, fulcio: PrivateSigstore
+) -> None:
+    d = _sigstore_daemon(short_tmp, fulcio)
+    try:
+        d.register(
+            "signed-agent", "unix:uid:0", f"sigstore:identity:{IDENTITY}", f"sigstore:issuer:{GHA}"
+        )
+        bins = short_tmp / "bin"
+        bins.mkdir(mode=0o755)
+        signed = _copy_exe(bins / "agent")
+        data = signed.read_bytes()
+        (bins / "agent.sigstore.json").write_text(
+            json.dumps(
+                fulcio.sign(data, IDENTITY, extra={OID_REPOSITORY: "https://github.com/acme/agent"})
+            )
+        )
+        unsigned = _copy_exe(bins / "agent-unsigned")
+        tampered = bins / "agent-tampered"
+        tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # section headers: still runs
+        tampered.chmod(0o755)
+        shutil.copy(bins / "agent.sigstore.json", bins / "agent-tampered.sigstore.json")
+        other = _copy_exe(bins / "agent-other")
+        (bins / "agent-other.sigstore.json").write_text(json.dumps(fulcio.sign(data, OTHER)))
+        wrong = _copy_exe(bins / "agent-wrongbundle")
+        (bins / "agent-wrongbundle.sigstore.json").write_text(
+            json.dumps(fulcio.sign(b"some other build", IDENTITY))
+        )
+
+        assert _run_exe(signed, d) == "ISSUED"
+        for exe in (unsigned, tampered, other, wrong):
+            assert _run_exe(exe, d) == "REFUSED PERMISSION_DENIED", exe.name
+        evidence = _evidence_of(d)
+        by_path = {e.get("unix.exe_path"): e for e in evidence}
+        assert "no Sigstore bundle" in by_path[str(unsigned)]["sigstore.error"]
+        assert by_path[str(tampered)]["sigstore.failed_check"] == "artifact-digest"
+        assert by_path[str(wrong)]["sigstore.failed_check"] == "artifact-digest"
+        assert by_path[str(other)]["sigstore.signer"] == OTHER  # verified, wrong signer
+        assert by_path[str(signed)]["sigstore.signer"] == IDENTITY
+        denials = json.loads(
+            d.cli("audit", "list", "--type", "request.denied", "-o", "json").stdout
+        )
+        assert len(denials) >= 4 and all("sigstore" in json.dumps(r) for r in denials[-4:])
+        assert d.alive()
+    finally:
+        d.stop()
+
+
+def _script(dir_: Path, fulcio: PrivateSigstore) -> Path:
+    site = nobody_site_packages()
+    script = dir_ / "agent.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(site)!r})\n" + _CLIENT)
+    script.chmod(0o644)
+    (dir_ / "agent.py.sigstore.json").write_text(
+        json.dumps(fulcio.sign(script.read_bytes(), IDENTITY))
+    )
+    (dir_ / "agent.py.sigstore.json").chmod(0o644)
+    return script
+
+
+def test_signed_script_under_an_allowed_interpreter(
+    short_tmp: Path, fulcio: PrivateSigstore
+) -> None:
+    d = _sigstore_daemon(short_tmp, fulcio)
+    try:
+        d.register(
+            "script-agent",
+            f"unix:uid:{NOBODY}",
+            "sigstore:artifact:script",
+            f"sigstore:identity:{IDENTITY}",
+        )
+        scripts = short_tmp / "scripts"
+        scripts.mkdir(mode=0o755)
+        script = _script(scripts, fulcio)
+        clean = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+
+        def run(env: dict[str, str]) -> str:
+            return run_as(NOBODY, "", str(d.socket), env=env, script=script).stdout.strip()
+
+        assert run(clean) == "ISSUED"
+        assert run({**clean, "PYTHONPATH": "/tmp"}) == "REFUSED PERMISSION_DENIED"
+        assert run({**clean, "LD_PRELOAD": "/nonexistent.so"}) == "REFUSED PERMISSION_DENIED"
+        os.chown(script, NOBODY, NOBODY)  # now the caller could rewrite it
+        assert run(clean) == "REFUSED PERMISSION_DENIED"
+        errors = [e.get("sigstore.error", "") for e in _evidence_of(d)]
+        assert any("PYTHONPATH" in e for e in errors)
+        assert any("LD_PRELOAD" in e for e in errors)
+        assert any("writable by the caller" in e for e in errors)
+    finally:
+        d.stop()
+
+
+def test_bad_bundle_and_bad_trusted_root_are_clear_and_daemon_serves(
+    short_tmp: Path, fulcio: PrivateSigstore
+) -> None:
+    d = _sigstore_daemon(short_tmp, fulcio, trusted_root=b"{not json")
+    try:
+        d.register("needs-sig", "unix:uid:0", f"sigstore:identity:{IDENTITY}")
+        d.register("plain", "unix:uid:0", "unix:gid:0")
+        bins = short_tmp / "bin"
+        bins.mkdir(mode=0o755)
+        exe = _copy_exe(bins / "agent")
+        (bins / "agent.sigstore.json").write_text("{malformed")
+        assert _run_exe(exe, d) == "ISSUED"  # via the plain entry; sigstore gave nothing
+        evidence = [e for e in _evidence_of(d) if e.get("unix.exe_path") == str(exe)]
+        assert "trusted-root: cannot load" in evidence[0]["sigstore.error"]
+    finally:
+        d.stop()
+    second = short_tmp / "second"
+    second.mkdir(mode=0o755)
+    d2 = _sigstore_daemon(second, fulcio)
+    try:
+        d2.register("needs-sig", "unix:uid:0", f"sigstore:identity:{IDENTITY}")
+        assert _run_exe(exe, d2) == "REFUSED PERMISSION_DENIED"
+        evidence = [e for e in _evidence_of(d2) if e.get("unix.exe_path") == str(exe)]
+        assert evidence[0]["sigstore.failed_check"] == "bundle"
+        assert d2.alive()
+    finally:
+        d2.stop()
+
+
+def _verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ensign.daemon", "verify-artifact", *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_verify_artifact_private_root_and_provenance(
+    tmp_path: Path, fulcio: PrivateSigstore
+) -> None:
+    root = tmp_path / "root.json"
+    root.write_text(json.dumps(fulcio.trusted_root()))
+    art = tmp_path / "agent.tar"
+    art.write_bytes(os.urandom(4096))
+    (tmp_path / "agent.tar.sigstore.json").write_text(
+        json.dumps(fulcio.sign(art.read_bytes(), IDENTITY))
+    )
+    ok = _verify(
+        str(art),
+        "--trusted-root",
+        str(root),
+        "--cert-identity",
+        IDENTITY,
+        "--cert-oidc-issuer",
+        GHA,
+        "-o",
+        "json",
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["signer"] == IDENTITY
+    regexp = _verify(
+        str(art),
+        "--trusted-root",
+        str(root),
+        "--cert-identity-regexp",
+        r"https://github\.com/acme/agent/.*@refs/tags/v.*",
+        "--cert-oidc-issuer",
+        GHA,
+    )
+    assert regexp.returncode == 0, regexp.stderr
+    no_prov = _verify(
+        str(art),
+        "--trusted-root",
+        str(root),
+        "--cert-identity",
+        IDENTITY,
+        "--cert-oidc-issuer",
+        GHA,
+        "--provenance",
+    )
+    assert no_prov.returncode == 65 and "provenance" in no_prov.stderr
+    prov = tmp_path / "prov.json"
+    prov.write_text(
+        json.dumps(
+            fulcio.attest(
+                art.read_bytes(), "agent.tar", IDENTITY, "https://github.com/actions/runner"
+            )
+        )
+    )
+    ok = _verify(
+        str(art),
+        "--bundle",
+        str(prov),
+        "--trusted-root",
+        str(root),
+        "--cert-identity",
+        IDENTITY,
+        "--cert-oidc-issuer",
+        GHA,
+        "--provenance",
+        "-o",
+        "json",
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["builder"] == "https://github.com/actions/runner"
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"other")
+    wrong = _verify(
+        str(other),
+        "--bundle",
+        str(prov),
+        "--trusted-root",
+        str(root),
+        "--cert-identity",
+        IDENTITY,
+        "--cert-oidc-issuer",
+        GHA,
+    )
+    assert wrong.returncode == 65 and "attestation-subject" in wrong.stderr
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("[]")
+    bad_root = _verify(
+        str(art),
+        "--trusted-root",
+        str(garbage),
+        "--cert-identity",
+        IDENTITY,
+        "--cert-oidc-issuer",
+        GHA,
+    )
+    assert bad_root.returncode == 65 and "trusted-root" in bad_root.stderr
+    assert len(bad_root.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/sigstore-assets not present")
+@pytest.mark.parametrize(
+    ("variant", "identity", "issuer", "ok"),
+    [
+        (
+            "good",
+            "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml"
+            "@refs/tags/v0.1.2",
+            GHA,
+            True,
+        ),
+        (
+            "tampered",
+            "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml"
+            "@refs/tags/v0.1.2",
+            GHA,
+            False,
+        ),
+        (
+            "good",
+            "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml"
+            "@refs/tags/v9.9.9",
+            GHA,
+            False,
+        ),
+        (
+            "good",
+            "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml"
+            "@refs/tags/v0.1.2",
+            "https://accounts.google.com",
+            False,
+        ),
+    ],
+    ids=["accepts", "tampered", "wrong-identity", "wrong-issuer"],
+)
+def test_verify_artifact_real_production_bundle(
+    tmp_path: Path, variant: str, identity: str, issuer: str, ok: bool
+) -> None:
+    src = SHARED / "sigstore-python" / "bundle_v3_github.whl"
+    art = tmp_path / src.name
+    data = src.read_bytes()
+    art.write_bytes(data if variant == "good" else data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    result = _verify(
+        str(art),
+        "--bundle",
+        str(src) + ".sigstore",
+        "--cert-identity",
+        identity,
+        "--cert-oidc-issuer",
+        issuer,
+    )
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert result.returncode == 65 and "verification failed at" in result.stderr
