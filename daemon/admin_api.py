@@ -30,6 +30,7 @@ from .audit_event import canonical
 from .audit_query import AuditFilter, query
 from .errors import CallerGone, InvalidRequest, PermissionDenied
 from .events import Action
+from .grants import Grant, GrantBook
 from .grpc_errors import translate
 from .peercred import PeerTracker
 from .registry import ListFilter, Registry
@@ -42,8 +43,9 @@ AUDIT_CHUNK = 500
 
 class AdminApi(AdminBase):
     def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
-                 audit_dir: Path) -> None:
+                 grants: GrantBook, audit_dir: Path) -> None:
         self._tracker = tracker
+        self._grants = grants
         self._audit_dir = audit_dir
         self._registry = registry
         self._roles = roles
@@ -186,3 +188,33 @@ class AdminApi(AdminBase):
         for i in range(0, len(records), AUDIT_CHUNK):
             chunk = [canonical(r).decode() for r in records[i:i + AUDIT_CHUNK]]
             await stream.send_message(pb.AuditRecords(records=chunk))
+
+    # -- delegation grants -----------------------------------------------------------------
+
+    @translate
+    async def CreateGrant(self, stream: Stream[pb.Grant, pb.Grant]) -> None:
+        request, uid = await self._begin(stream)
+        self._registry.get(request.agent_id)  # the agent must exist
+        grant = self._grants.create(
+            Grant(id="", subject=request.subject, issuer=request.issuer,
+                  agent_id=request.agent_id, scopes=tuple(request.scopes)),
+            f"uid:{uid}", ttl=request.ttl_seconds)
+        await stream.send_message(grant_to_pb(grant))
+
+    @translate
+    async def RevokeGrant(self, stream: Stream[pb.RevokeGrantRequest, pb.Grant]) -> None:
+        request, uid = await self._begin(stream)
+        grant = self._grants.revoke(request.id, f"uid:{uid}", request.reason)
+        await stream.send_message(grant_to_pb(grant))
+
+    @translate
+    async def ListGrants(self, stream: Stream[pb.ListGrantsRequest, pb.ListGrantsResponse]) -> None:
+        request, _ = await self._begin(stream)
+        grants = self._grants.entries(request.agent_id, request.subject, request.include_revoked)
+        await stream.send_message(pb.ListGrantsResponse(grants=[grant_to_pb(g) for g in grants]))
+
+
+def grant_to_pb(g: Grant) -> pb.Grant:
+    return pb.Grant(id=g.id, subject=g.subject, issuer=g.issuer, agent_id=g.agent_id,
+                    scopes=list(g.scopes), created_at=g.created_at, expires_at=g.expires_at,
+                    revoked_at=g.revoked_at, created_by=g.created_by)

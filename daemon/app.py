@@ -26,8 +26,11 @@ from .audit_log import AuditLog
 from .ca import CertificateAuthority, utcnow
 from .cache import Broadcast, SvidCache
 from .config import Config
+from .delegation_api import DelegationApi
 from .events import ChangeEvent, EventHub
+from .grants import GrantBook
 from .health import HealthService
+from .idp import TrustedIssuers
 from .peercred import PeerTracker
 from .registry import Registry
 from .roles import RoleBook
@@ -57,6 +60,8 @@ class Daemon:
         self.store = Store(data / "registry.db")
         self.roles = RoleBook(self.store, self.events)
         self.registry = Registry(self.store, self.roles, self.events, config.trust_domain)
+        self.grants = GrantBook(self.store, self.events)
+        self.issuers = TrustedIssuers(config.delegation)
         self.ca = CertificateAuthority(config.ca, config.trust_domain, data, clock)
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
@@ -76,12 +81,17 @@ class Daemon:
         )
         self._workload_server = UnixServer(
             config.socket_path, WORKLOAD_SOCKET_MODE,
-            [workload, HealthService(self._problem)], self.tracker,
+            [workload, HealthService(self._problem), DelegationApi(
+                config=config, tracker=self.tracker, pipeline=self.pipeline,
+                registry=self.registry, roles=self.roles, grants=self.grants,
+                issuers=self.issuers, cache=self.cache, ca=self.ca, audit=self.audit,
+                clock=clock)],
+            self.tracker,
         )
         self._admin_server = UnixServer(
             config.admin_socket_path, ADMIN_SOCKET_MODE,
             [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles,
-                      audit_dir=self.audit.dir)],
+                      grants=self.grants, audit_dir=self.audit.dir)],
             self.tracker,
         )
         self._stop = asyncio.Event()
@@ -94,8 +104,10 @@ class Daemon:
         self.store.open()
         self.roles.load()
         self.registry.load()
+        self.grants.load()
         self.ca.load_or_create()
         self.audit.open()
+        await self.issuers.start()
         self.audit.record_nowait(AuditEvent(type="daemon.start", details={
             "trust_domain": self.config.trust_domain, "attestors": self.pipeline.names}))
         self.events.subscribe(self._on_change)
@@ -177,6 +189,7 @@ class Daemon:
         for server in (self._workload_server, self._admin_server):
             await server.wait_closed()
         await self.pipeline.aclose()
+        await self.issuers.aclose()
         await self.audit.close()
         self.tracker.close_all()
         self.store.close()

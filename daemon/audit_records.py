@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .audit_event import AuditEvent, Process
+from .audit_event import AuditEvent, EventType, Process
 from .errors import EnsignError
 from .events import ChangeEvent
 from .models import AttestedCaller, Caller
@@ -66,9 +66,10 @@ def denied(method: str, caller: Caller | None, err: EnsignError,
 
 
 def change(event: ChangeEvent) -> AuditEvent:
-    is_role = event.action.startswith("role_")
+    kind: EventType = ("role.change" if event.action.startswith("role_")
+            else "grant.change" if event.action.startswith("grant_") else "registry.change")
     return AuditEvent(
-        type="role.change" if is_role else "registry.change",
+        type=kind,
         actor=event.actor, subject=event.subject, reason=event.reason,
         details={"action": event.action, "before": event.before, "after": event.after},
     )

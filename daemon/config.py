@@ -105,6 +105,8 @@ class DelegationIssuer(StrictModel):
 class DelegationConfig(StrictModel):
     enabled: bool = False
     max_chain_depth: int = Field(default=3, ge=1, le=16)
+    token_ttl: Duration = timedelta(minutes=5)  # the longest a delegated token lives
+    jwks_refresh: Duration = timedelta(minutes=5)  # how often jwks_url issuers are re-fetched
     issuers: list[DelegationIssuer] = Field(default_factory=list)
 
 

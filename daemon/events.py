@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 Action = Literal[
     "register", "update", "delete", "suspend", "resume", "decommission", "expire",
-    "role_create", "role_update", "role_delete",
+    "role_create", "role_update", "role_delete", "grant_create", "grant_revoke",
 ]
 
 

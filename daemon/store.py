@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import Conflict, StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -48,6 +48,18 @@ CREATE TABLE IF NOT EXISTS state_history (
     actor TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS state_history_entry ON state_history(entry_id);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL DEFAULT 0,
+    revoked_at INTEGER NOT NULL DEFAULT 0,
+    created_by TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grants_agent ON grants(agent_id);
 CREATE TABLE IF NOT EXISTS roles (
     name TEXT PRIMARY KEY,
     audiences TEXT NOT NULL,

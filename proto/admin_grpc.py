@@ -74,6 +74,18 @@ class AdminBase(abc.ABC):
     async def QueryAudit(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.AuditQuery, ensign.proto.admin_pb2.AuditRecords]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def CreateGrant(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.Grant, ensign.proto.admin_pb2.Grant]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def RevokeGrant(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.RevokeGrantRequest, ensign.proto.admin_pb2.Grant]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def ListGrants(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.ListGrantsRequest, ensign.proto.admin_pb2.ListGrantsResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/ensign.admin.v1.Admin/RegisterAgent': grpclib.const.Handler(
@@ -165,6 +177,24 @@ class AdminBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ensign.proto.admin_pb2.AuditQuery,
                 ensign.proto.admin_pb2.AuditRecords,
+            ),
+            '/ensign.admin.v1.Admin/CreateGrant': grpclib.const.Handler(
+                self.CreateGrant,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.Grant,
+                ensign.proto.admin_pb2.Grant,
+            ),
+            '/ensign.admin.v1.Admin/RevokeGrant': grpclib.const.Handler(
+                self.RevokeGrant,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.RevokeGrantRequest,
+                ensign.proto.admin_pb2.Grant,
+            ),
+            '/ensign.admin.v1.Admin/ListGrants': grpclib.const.Handler(
+                self.ListGrants,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.ListGrantsRequest,
+                ensign.proto.admin_pb2.ListGrantsResponse,
             ),
         }
 
@@ -261,4 +291,22 @@ class AdminStub:
             '/ensign.admin.v1.Admin/QueryAudit',
             ensign.proto.admin_pb2.AuditQuery,
             ensign.proto.admin_pb2.AuditRecords,
+        )
+        self.CreateGrant = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/CreateGrant',
+            ensign.proto.admin_pb2.Grant,
+            ensign.proto.admin_pb2.Grant,
+        )
+        self.RevokeGrant = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/RevokeGrant',
+            ensign.proto.admin_pb2.RevokeGrantRequest,
+            ensign.proto.admin_pb2.Grant,
+        )
+        self.ListGrants = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/ListGrants',
+            ensign.proto.admin_pb2.ListGrantsRequest,
+            ensign.proto.admin_pb2.ListGrantsResponse,
         )

@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StreamTerminatedError, ConnectionError) as e:
         print(f"ensign: connection to the daemon failed: {e}", file=sys.stderr)
         return 69
+    except OSError as e:
+        print(f"ensign: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}",
+              file=sys.stderr)
+        return 74
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from . import apply_file, audit_cmds, role_cmds
+from . import apply_file, audit_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
     add_output,
@@ -94,6 +94,7 @@ def register(sub: Any) -> None:
 
     role_cmds.register(sub, common)
     audit_cmds.register(sub, common)
+    token_cmds.register(sub, common)
 
 
 

@@ -176,7 +176,7 @@ async def fetch_bundles(args: argparse.Namespace) -> int:
 
 
 async def validate_jwt(args: argparse.Namespace) -> int:
-    token = sys.stdin.read().strip() if args.token == "-" else args.token  # noqa: S105
+    token = sys.stdin.read().strip() if args.token == "-" else args.token
     async with channel(_sock(args)) as ch:
         resp = await SpiffeWorkloadAPIStub(ch).ValidateJWTSVID(
             pb.ValidateJWTSVIDRequest(audience=args.audience, svid=token),

@@ -1,0 +1,197 @@
+"""`ensign token exchange|verify|inspect` and `ensign delegation grant|revoke|list`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+from google.protobuf.json_format import MessageToDict
+
+from ensign.proto import admin_pb2 as apb
+from ensign.proto import delegation_pb2 as dpb
+from ensign.proto import workload_pb2 as wpb
+from ensign.proto.admin_grpc import AdminStub
+from ensign.proto.delegation_grpc import DelegationStub
+from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
+
+from ..errors import TokenInvalid, UsageError
+from ..idp import parse_jwks
+from ..tokens import verify_delegated
+from .common import (
+    DEFAULT_SOCKET,
+    TIMEOUT,
+    add_output,
+    admin_socket,
+    channel,
+    duration_seconds,
+    iso,
+    print_json,
+    socket_path,
+)
+
+Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+HEADER = {"workload.spiffe.io": "true"}
+
+
+def register(sub: Any, common: Common) -> None:
+    tok = sub.add_parser("token", help="delegated tokens: exchange, verify, inspect")
+    tsub = tok.add_subparsers(dest="token_command", required=True, metavar="SUBCOMMAND",
+                              parser_class=type(tok))
+    ex = tsub.add_parser("exchange", help="exchange a delegator's token for a delegated one")
+    ex.add_argument("--subject-token", required=True, metavar="FILE|-")
+    ex.add_argument("--audience", required=True)
+    ex.add_argument("--scope", action="append", default=[])
+    ex.add_argument("--ttl", type=duration_seconds, default=0, metavar="DURATION")
+    ex.add_argument("--allow-narrowing", action="store_true",
+                    help="grant what is allowed instead of refusing a wider request")
+    ex.add_argument("--socket", help="Workload API socket (default $SPIFFE_ENDPOINT_SOCKET)")
+    add_output(ex)
+    ex.set_defaults(func=token_exchange)
+    ver = tsub.add_parser("verify", help="verify a delegated token offline (resource servers)")
+    ver.add_argument("token", help="the token, or - for stdin")
+    ver.add_argument("--audience", required=True)
+    ver.add_argument("--bundle", type=Path, help="JWKS file (default: from the Workload API)")
+    ver.add_argument("--issuer", help="expected iss")
+    ver.add_argument("--socket")
+    add_output(ver)
+    ver.set_defaults(func=token_verify)
+    ins = tsub.add_parser("inspect", help="decode a token without verifying it")
+    ins.add_argument("token", help="the token, or - for stdin")
+    ins.set_defaults(func=token_inspect)
+
+    dlg = sub.add_parser("delegation", help="standing human-to-agent grants (admin socket)")
+    dsub = dlg.add_subparsers(dest="delegation_command", required=True, metavar="SUBCOMMAND",
+                              parser_class=type(dlg))
+    g = common(dsub.add_parser("grant", help="let an agent act for a human within scopes"))
+    g.add_argument("--subject", required=True, help="the human (the IdP token's sub)")
+    g.add_argument("--issuer", required=True, help="the IdP (iss)")
+    g.add_argument("--agent", required=True, metavar="ID")
+    g.add_argument("--scope", action="append", required=True)
+    g.add_argument("--ttl", type=duration_seconds, default=0, metavar="DURATION")
+    g.set_defaults(func=grant_create)
+    r = common(dsub.add_parser("revoke", help="revoke a grant; exchanges stop at once"))
+    r.add_argument("grant", metavar="GRANT")
+    r.add_argument("--reason", default="")
+    r.set_defaults(func=grant_revoke)
+    ls = common(dsub.add_parser("list", help="list grants"))
+    ls.add_argument("--agent", default="")
+    ls.add_argument("--subject", default="")
+    ls.add_argument("--all", action="store_true", help="include revoked and expired grants")
+    ls.set_defaults(func=grant_list)
+
+
+def _read_token(value: str) -> str:
+    if value == "-":
+        return sys.stdin.read().strip()
+    if value.count(".") == 2 and "/" not in value:
+        return value.strip()  # a compact JWT, not a file name
+    try:
+        return Path(value).read_text().strip()
+    except OSError as e:
+        raise UsageError(f"cannot read token file {value}: {e.strerror}") from None
+
+
+async def token_exchange(args: argparse.Namespace) -> int:
+    req = dpb.ExchangeTokenRequest(
+        subject_token=_read_token(args.subject_token),
+        subject_token_type="urn:ietf:params:oauth:token-type:jwt", audience=args.audience,
+        scopes=args.scope, requested_ttl_seconds=args.ttl, allow_narrowing=args.allow_narrowing)
+    sock = socket_path(args.socket, "SPIFFE_ENDPOINT_SOCKET", DEFAULT_SOCKET)
+    async with channel(sock) as ch:
+        resp = await DelegationStub(ch).ExchangeToken(req, metadata=HEADER, timeout=TIMEOUT)
+    if args.output == "json":
+        print_json(MessageToDict(resp, preserving_proto_field_name=True))
+    else:
+        print(resp.access_token)
+    return 0
+
+
+async def _jwks(args: argparse.Namespace) -> dict[str, Any]:
+    if args.bundle:
+        try:
+            return parse_jwks(args.bundle.read_bytes())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read JWKS {args.bundle}: {e}") from None
+    sock = socket_path(args.socket, "SPIFFE_ENDPOINT_SOCKET", DEFAULT_SOCKET)
+    keys: dict[str, Any] = {}
+    async with (
+        channel(sock) as ch,
+        SpiffeWorkloadAPIStub(ch).FetchJWTBundles.open(metadata=HEADER, timeout=TIMEOUT) as st,
+    ):
+        await st.send_message(wpb.JWTBundlesRequest(), end=True)
+        resp = await st.recv_message()
+        await st.cancel()
+    assert resp is not None
+    for jwks in resp.bundles.values():
+        keys.update(parse_jwks(jwks))
+    return keys
+
+
+async def token_verify(args: argparse.Namespace) -> int:
+    token = _read_token(args.token)
+    keys = await _jwks(args)
+    t = verify_delegated(token, args.audience, keys, now=datetime.now(UTC), issuer=args.issuer)
+    if args.output == "json":
+        print_json({"valid": True, "subject": t.subject, "actors": list(t.actors),
+                    "scopes": list(t.scopes), "audience": list(t.audience),
+                    "expires_at": t.expires_at, "claims": t.claims})
+    else:
+        print(f"valid: {t.subject} via {' <- '.join(t.actors)}; scope {' '.join(t.scopes)}; "
+              f"expires {iso(t.expires_at)}")
+    return 0
+
+
+def token_inspect(args: argparse.Namespace) -> int:
+    token = _read_token(args.token)
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as e:
+        raise TokenInvalid(f"not a JWT: {e}") from None
+    print_json({"header": header, "claims": claims,
+                "signature_bytes": len(base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "=="))})
+    return 0
+
+
+def _grant_dict(g: apb.Grant) -> dict[str, Any]:
+    return MessageToDict(g, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+async def grant_create(args: argparse.Namespace) -> int:
+    req = apb.Grant(subject=args.subject, issuer=args.issuer, agent_id=args.agent,
+                    scopes=args.scope, ttl_seconds=args.ttl)
+    async with channel(admin_socket(args)) as ch:
+        grant = await AdminStub(ch).CreateGrant(req, timeout=TIMEOUT)
+    print_json(_grant_dict(grant)) if args.output == "json" else print(grant.id)
+    return 0
+
+
+async def grant_revoke(args: argparse.Namespace) -> int:
+    async with channel(admin_socket(args)) as ch:
+        grant = await AdminStub(ch).RevokeGrant(
+            apb.RevokeGrantRequest(id=args.grant, reason=args.reason), timeout=TIMEOUT)
+    print_json(_grant_dict(grant)) if args.output == "json" else print(f"revoked {grant.id}")
+    return 0
+
+
+async def grant_list(args: argparse.Namespace) -> int:
+    req = apb.ListGrantsRequest(agent_id=args.agent, subject=args.subject,
+                                include_revoked=args.all)
+    async with channel(admin_socket(args)) as ch:
+        resp = await AdminStub(ch).ListGrants(req, timeout=TIMEOUT)
+    if args.output == "json":
+        print_json([_grant_dict(g) for g in resp.grants])
+    else:
+        for g in resp.grants:
+            state = f"revoked {iso(g.revoked_at)}" if g.revoked_at else "active"
+            print(f"{g.id}  {g.subject} -> {g.agent_id}  [{' '.join(g.scopes)}]  {state}")
+    return 0
+
+
