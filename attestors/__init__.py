@@ -13,13 +13,16 @@ from typing import Any
 from .base import Attestor, AttestorError
 from .sigstore import SigstoreAttestor
 from .systemd import SystemdAttestor
+from .tpm import TpmAttestor
 from .unix import UnixAttestor
 
 #: name -> factory taking the attestor's config section (config.attestors.<name>)
 BUILTIN: dict[str, Callable[[Any], Attestor]] = {
     "unix": UnixAttestor, "systemd": SystemdAttestor, "sigstore": SigstoreAttestor,
+    "tpm": TpmAttestor,  # needs service=TpmService(...) to report anything
 }
 
 __all__ = [
-    "BUILTIN", "Attestor", "AttestorError", "SigstoreAttestor", "SystemdAttestor", "UnixAttestor",
+    "BUILTIN", "Attestor", "AttestorError", "SigstoreAttestor", "SystemdAttestor", "TpmAttestor",
+    "UnixAttestor",
 ]

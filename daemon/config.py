@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..attestors.sigstore import SigstoreConfig
 from ..attestors.systemd import SystemdConfig
+from ..attestors.tpm import TpmConfig
 from ..attestors.unix import UnixConfig
 from .config_types import Duration, Size, StrictModel
 from .errors import ConfigError, InvalidRequest
@@ -63,23 +64,6 @@ class SvidConfig(StrictModel):
 class PolicyConfig(StrictModel):
     # Least privilege: an agent without roles gets no JWT-SVID unless this says otherwise.
     default_allow_audiences: bool = False
-
-
-class TpmConfig(StrictModel):
-    enabled: bool = False
-    tcti: str = "device:/dev/tpmrm0"
-    emulator: bool = False
-    pcrs: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7])
-    measure_pcr: int = 23
-    policy: Path | None = None
-
-    @field_validator("pcrs")
-    @classmethod
-    def _pcr_range(cls, v: list[int]) -> list[int]:
-        bad = [p for p in v if not 0 <= p <= 23]
-        if bad:
-            raise ValueError(f"PCR indexes must be 0..23, got {bad}")
-        return v
 
 
 class AttestorsConfig(StrictModel):

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssl)
+APT_PACKAGES=(openssl swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
