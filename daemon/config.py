@@ -103,6 +103,14 @@ class AuditConfig(StrictModel):
 class AnomalyConfig(StrictModel):
     enabled: bool = True
     action: Literal["alert", "suspend"] = "alert"
+    learning_period: Duration = timedelta(minutes=10)  # per agent, before anything is flagged
+    rate_min: float = Field(default=10.0, gt=0)  # requests/s never flagged by the baseline alone
+    rate_factor: float = Field(default=5.0, gt=1)  # flag above this multiple of the baseline
+    rate_sigma: float = Field(default=6.0, gt=0)  # ... or this many standard deviations above
+    rate_ceiling: int = Field(default=0, ge=0)  # hard requests/s cap per audience; 0 = none
+    burst_threshold: int = Field(default=20, ge=2)  # refusals within burst_window
+    burst_window: Duration = timedelta(seconds=10)
+    cooldown: Duration = timedelta(minutes=1)  # one finding per signal per agent per cooldown
 
 
 class MetricsConfig(StrictModel):

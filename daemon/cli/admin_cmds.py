@@ -11,7 +11,8 @@ from google.protobuf.json_format import MessageToDict
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from . import apply_file, audit_cmds, role_cmds, token_cmds
+from ..errors import UsageError
+from . import anomaly_cmds, apply_file, audit_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
     add_output,
@@ -52,6 +53,10 @@ def register(sub: Any) -> None:
         p.add_argument("--expires-at", type=timestamp, metavar="TIME")
         p.add_argument("--dns-name", action="append")
         p.add_argument("--hint")
+        if creating:
+            p.add_argument("--metadata", action="append", metavar="KEY=VALUE", default=[],
+                           help="free-form labels; anomaly.action=alert|suspend|off overrides "
+                                "anomaly detection for this agent")
 
     reg = common(asub.add_parser("register", help="create an entry; prints its id"))
     spec_flags(reg, creating=True)
@@ -95,6 +100,7 @@ def register(sub: Any) -> None:
     role_cmds.register(sub, common)
     audit_cmds.register(sub, common)
     token_cmds.register(sub, common)
+    anomaly_cmds.register(sub, common)
 
 
 
@@ -126,6 +132,16 @@ def _print_agent(a: pb.Agent) -> None:
             print(f"  {iso(h.at)}  {h.from_state or '-'} -> {h.to_state}  by {h.actor}{reason}")
 
 
+def _metadata(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--metadata {item!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
 async def agent_register(args: argparse.Namespace) -> int:
     spec = pb.AgentSpec(
         name=args.name, kind=args.kind, spiffe_id=args.spiffe_id or "",
@@ -133,6 +149,7 @@ async def agent_register(args: argparse.Namespace) -> int:
         capabilities=args.capability or [], roles=args.role or [],
         x509_ttl_seconds=args.x509_ttl or 0, jwt_ttl_seconds=args.jwt_ttl or 0,
         expires_at=args.expires_at or 0, dns_names=args.dns_name or [], hint=args.hint or "",
+        metadata=_metadata(args.metadata),
     )
     async with channel(admin_socket(args)) as ch:
         agent = await AdminStub(ch).RegisterAgent(pb.RegisterAgentRequest(spec=spec),
