@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..errors import EnsignError
-from . import admin_cmds, daemon_cmds, verify_cmd, workload_cmds
+from . import admin_cmds, daemon_cmds, tpm_cmds, verify_cmd, workload_cmds
 from .common import EXIT_FOR_STATUS, CliParser, Unreachable
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     workload_cmds.register(sub)
     admin_cmds.register(sub)
     verify_cmd.register(sub)
+    tpm_cmds.register(sub)
     return parser
 
 
