@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from . import keys
@@ -58,15 +58,48 @@ class Authority:
     def not_before(self) -> datetime:
         return self.cert.not_valid_before_utc
 
+    @property
+    def self_signed(self) -> bool:
+        return self.cert.issuer == self.cert.subject
+
     def signing(self) -> SigningAuthority:
+        # Under an upstream CA the node CA is an intermediate: SVIDs carry it after the leaf.
+        chain = () if self.self_signed else (self.cert,)
         return SigningAuthority(
-            cert=self.cert, key=self.key, chain=(), jwt_key=self.jwt_key, jwt_kid=self.jwt_kid
+            cert=self.cert, key=self.key, chain=chain, jwt_key=self.jwt_key, jwt_kid=self.jwt_kid
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An organisation CA (or an intermediate of an existing PKI) that signs node CAs."""
+
+    cert: x509.Certificate
+    key: keys.PrivateKey
+
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path) -> Upstream:
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = keys.from_pem(key_path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise SigningError(f"cannot load the upstream CA ({cert_path}, {key_path}): {e}") \
+                from None
+        spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            raise SigningError(f"{key_path} is not the key of {cert_path}")
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
+        if bc is None or not bc.ca:
+            raise SigningError(f"{cert_path} is not a CA certificate (BasicConstraints CA=true)")
+        return cls(cert=cert, key=key)
 
 
 def new_authority(
     trust_domain: str, key_type: keys.KeyType, ttl: timedelta, now: datetime,
-    active_from: datetime | None = None,
+    active_from: datetime | None = None, upstream: Upstream | None = None,
 ) -> Authority:
     key = keys.generate(key_type)
     public = key.public_key()
@@ -75,15 +108,19 @@ def new_authority(
         x509.NameAttribute(NameOID.COMMON_NAME, f"Ensign CA {trust_domain}"),
         x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
     ])
-    cert = (
+    not_after = now + ttl
+    if upstream is not None:
+        not_after = min(not_after, upstream.cert.not_valid_after_utc)
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(upstream.cert.subject if upstream else name)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + ttl)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0 if upstream else None),
+                       critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False, content_commitment=False, key_encipherment=False,
@@ -99,8 +136,14 @@ def new_authority(
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, keys.signature_hash(key))
     )
+    if upstream is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(upstream.key.public_key()),
+            critical=False)
+        cert = builder.sign(upstream.key, keys.signature_hash(upstream.key))
+    else:
+        cert = builder.sign(key, keys.signature_hash(key))
     return Authority(
         cert=cert,
         key=key,
@@ -155,12 +198,13 @@ class CertificateAuthority:
         self._clock = clock
         self._authorities: list[Authority] = []
         self._signing_kid: str | None = None
+        self._upstream: Upstream | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def load_or_create(self) -> None:
-        if self._config.upstream_cert is not None:
-            raise SigningError("ca.upstream_cert is not supported yet; remove it to run")
+        if self._config.upstream_cert is not None and self._config.upstream_key is not None:
+            self._upstream = Upstream.load(self._config.upstream_cert, self._config.upstream_key)
         ensure_private_dir(self._dir)
         if self._path.exists():
             try:
@@ -174,9 +218,12 @@ class CertificateAuthority:
         """Prune expired authorities, prepare and activate the next. Return True if changed."""
         now = self._clock()
         before = [a.jwt_kid for a in self._authorities]
-        live = [a for a in self._authorities if a.not_after > now]
+        # Authorities not issued by the configured upstream (or, without one, not self-signed)
+        # would not verify against the bundle we publish: replace them.
+        live = [a for a in self._authorities if a.not_after > now and self._ours(a)]
         if not live or self._current(live, now) is None:
-            live.append(new_authority(self._td, self._config.key_type, self._config.ttl, now))
+            live.append(new_authority(self._td, self._config.key_type, self._config.ttl, now,
+                                      upstream=self._upstream))
             log.info("created CA authority")
         current = self._current(live, now)
         assert current is not None
@@ -185,7 +232,8 @@ class CertificateAuthority:
         if newest is current and now >= current.not_before + lifetime * PREPARE_AT:
             activate = max(now, current.not_before + lifetime * ACTIVATE_AT)
             live.append(new_authority(
-                self._td, self._config.key_type, self._config.ttl, now, active_from=activate
+                self._td, self._config.key_type, self._config.ttl, now, active_from=activate,
+                upstream=self._upstream,
             ))
             log.info("prepared next CA authority", extra={"active_from": activate.isoformat()})
         changed = [a.jwt_kid for a in live] != before
@@ -229,11 +277,22 @@ class CertificateAuthority:
         now = self._clock()
         return [a for a in self._authorities if a.not_after > now]
 
+    def _ours(self, a: Authority) -> bool:
+        if self._upstream is None:
+            return a.self_signed
+        return a.cert.issuer == self._upstream.cert.subject and not a.self_signed
+
+    def bundle_certs(self) -> list[x509.Certificate]:
+        """The trust bundle: the org CA when there is one (the same on every node), else ours."""
+        if self._upstream is not None:
+            return [self._upstream.cert]
+        return [a.cert for a in self.authorities()]
+
     def x509_bundle_der(self) -> bytes:
-        return b"".join(a.cert.public_bytes(Encoding.DER) for a in self.authorities())
+        return b"".join(c.public_bytes(Encoding.DER) for c in self.bundle_certs())
 
     def x509_bundle_pem(self) -> bytes:
-        return b"".join(a.cert.public_bytes(Encoding.PEM) for a in self.authorities())
+        return b"".join(c.public_bytes(Encoding.PEM) for c in self.bundle_certs())
 
     def jwt_keys(self) -> dict[str, keys.PublicKey]:
         return {a.jwt_kid: a.jwt_key.public_key() for a in self.authorities()}
