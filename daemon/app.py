@@ -12,13 +12,15 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from ensign.attestors import BUILTIN
 from ensign.attestors.base import Attestor
 
-from . import audit_records
+from . import audit_records, metrics
 from .admin_api import AdminApi
 from .attestation import AttestationPipeline
 from .audit_event import AuditEvent
@@ -94,6 +96,8 @@ class Daemon:
                       grants=self.grants, audit_dir=self.audit.dir)],
             self.tracker,
         )
+        self._started = time.time()
+        self._metrics_server: Any = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -118,6 +122,9 @@ class Daemon:
         try:
             await self._workload_server.start()
             await self._admin_server.start()
+            if self.config.metrics.listen:
+                self._metrics_server = metrics.serve(self.config.metrics.listen,
+                                                     self._metric_state)
             log.info("serving", extra={
                 "socket": str(self.config.socket_path),
                 "admin_socket": str(self.config.admin_socket_path),
@@ -138,6 +145,19 @@ class Daemon:
         log.info("stopping", extra={"signal": sig.name})
         self._stop.set()
         self._wake.set()
+
+    def _metric_state(self) -> dict[str, float]:
+        current = self.ca.current()
+        return {
+            "uptime_seconds": time.time() - self._started,
+            "registry_entries": float(len(self.registry)),
+            "connections_open": float(len(self.tracker)),
+            "ca_expiry_timestamp": current.not_after.timestamp(),
+            "ca_next_event_timestamp": self.ca.next_event_at().timestamp(),
+            "audit_sequence": float(self.audit.seq),
+            "audit_writable": 0.0 if self.audit.problem else 1.0,
+            "serving": 0.0 if self._problem() else 1.0,
+        }
 
     def _problem(self) -> str | None:
         if self._draining:
@@ -184,6 +204,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self._draining = True
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         for server in (self._workload_server, self._admin_server):
             server.close()
         for server in (self._workload_server, self._admin_server):

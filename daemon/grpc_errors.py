@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from . import metrics
 from .errors import (
     AuditUnavailable,
     Conflict,
@@ -39,8 +41,29 @@ S = TypeVar("S")
 def translate(
     method: Callable[[S, Any], Coroutine[Any, Any, None]],
 ) -> Callable[[S, Any], Coroutine[Any, Any, None]]:
+    name = method.__name__
+    inflight = metrics.INFLIGHT.labels(name)
+    seconds = metrics.RPC_SECONDS.labels(name)
+
     @functools.wraps(method)
     async def wrapper(self: S, stream: Any) -> None:
+        status = "OK"
+        started = time.perf_counter()
+        inflight.inc()
+        try:
+            await _run(self, stream)
+        except GRPCError as e:
+            status = e.status.name
+            raise
+        except BaseException:
+            status = "CANCELLED"
+            raise
+        finally:
+            inflight.dec()
+            metrics.RPCS.labels(name, status).inc()
+            seconds.observe(time.perf_counter() - started)
+
+    async def _run(self: S, stream: Any) -> None:
         try:
             await method(self, stream)
         except GRPCError:

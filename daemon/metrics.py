@@ -1,0 +1,72 @@
+"""Prometheus metrics, served on `[metrics] listen` (off by default).
+
+Counters and histograms are updated where things happen (the RPC error boundary, the audit
+event stream); gauges that describe state (cache sizes, expiries, open streams) are read at
+scrape time from the running daemon through `StateCollector`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+
+RPCS = Counter("ensign_rpc_total", "RPCs handled, by method and final status",
+               ["method", "status"], registry=REGISTRY)
+RPC_SECONDS = Histogram("ensign_rpc_seconds", "RPC duration (streams: their lifetime)",
+                        ["method"], buckets=_LATENCY, registry=REGISTRY)
+INFLIGHT = Gauge("ensign_rpc_inflight", "RPCs in progress (open streams included)",
+                 ["method"], registry=REGISTRY)
+AUDIT_EVENTS = Counter("ensign_audit_events_total", "audit records written, by type and result",
+                       ["type", "result"], registry=REGISTRY)
+SVIDS = Counter("ensign_svids_issued_total", "SVIDs released to callers, by kind", ["kind"],
+                registry=REGISTRY)
+TOKENS = Counter("ensign_tokens_exchanged_total", "delegated tokens issued", registry=REGISTRY)
+ANOMALIES = Counter("ensign_anomalies_total", "anomaly findings, by signal", ["signal"],
+                    registry=REGISTRY)
+ATTESTATION_SECONDS = Histogram("ensign_attestation_seconds", "time per attestor",
+                                ["attestor"], buckets=_LATENCY, registry=REGISTRY)
+
+
+def observe_audit(body: dict[str, Any]) -> None:
+    kind, result = str(body.get("type", "")), str(body.get("result", ""))
+    AUDIT_EVENTS.labels(kind, result).inc()
+    if kind == "svid.issued":
+        SVIDS.labels(str((body.get("details") or {}).get("kind", ""))).inc()
+    elif kind == "token.exchanged" and result == "success":
+        TOKENS.inc()
+    elif kind == "anomaly":
+        ANOMALIES.labels(str((body.get("details") or {}).get("signal", ""))).inc()
+
+
+class StateCollector(Collector):
+    """Gauges computed from the daemon's state at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            values = self._read()
+        except Exception:  # a scrape must never break the daemon
+            log.exception("metrics collection failed")
+            return
+        for name, value in values.items():
+            yield GaugeMetricFamily(f"ensign_{name}", name.replace("_", " "), value=value)
+
+
+def serve(listen: str, state: Callable[[], dict[str, float]]) -> Any:
+    host, _, port = listen.rpartition(":")
+    REGISTRY.register(StateCollector(state))
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
+    log.info("metrics listening", extra={"listen": listen})
+    return server
