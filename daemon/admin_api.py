@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,15 @@ from .roles import RoleBook
 log = logging.getLogger(__name__)
 MAX_REASON = 512
 AUDIT_CHUNK = 500
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class AdminApi(AdminBase):
     def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
-                 grants: GrantBook, audit_dir: Path) -> None:
+                 grants: GrantBook, audit_dir: Path,
+                 status: Callable[[], pb.StatusResponse] = pb.StatusResponse) -> None:
         self._tracker = tracker
+        self._status = status
         self._grants = grants
         self._audit_dir = audit_dir
         self._registry = registry
@@ -188,6 +192,24 @@ class AdminApi(AdminBase):
         for i in range(0, len(records), AUDIT_CHUNK):
             chunk = [canonical(r).decode() for r in records[i:i + AUDIT_CHUNK]]
             await stream.send_message(pb.AuditRecords(records=chunk))
+
+    # -- operations ------------------------------------------------------------------------
+
+    @translate
+    async def GetStatus(self, stream: Stream[pb.StatusRequest, pb.StatusResponse]) -> None:
+        await self._begin(stream)
+        await stream.send_message(self._status())
+
+    @translate
+    async def SetLogLevel(self, stream: Stream[pb.LogLevel, pb.LogLevel]) -> None:
+        request, uid = await self._begin(stream)
+        root = logging.getLogger()
+        if request.level:
+            if request.level not in LOG_LEVELS:
+                raise InvalidRequest(f"log level must be one of {', '.join(LOG_LEVELS)}")
+            root.setLevel(request.level.upper())
+            log.warning("log level changed", extra={"level": request.level, "admin_uid": uid})
+        await stream.send_message(pb.LogLevel(level=logging.getLevelName(root.level).lower()))
 
     # -- delegation grants -----------------------------------------------------------------
 

@@ -15,10 +15,12 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ensign.attestors import BUILTIN
 from ensign.attestors.base import Attestor
+from ensign.proto.admin_pb2 import StatusResponse
 
 from . import audit_records, metrics
 from .admin_api import AdminApi
@@ -28,7 +30,9 @@ from .audit_log import AuditLog
 from .ca import CertificateAuthority, utcnow
 from .cache import Broadcast, SvidCache
 from .config import Config
+from .config import load as load_config
 from .delegation_api import DelegationApi
+from .errors import EnsignError
 from .events import ChangeEvent, EventHub
 from .grants import GrantBook
 from .health import HealthService
@@ -54,8 +58,10 @@ def _raise_fd_limit() -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self._config_path = config_path
         self._clock = clock
         data = config.data_dir
         self.events = EventHub()
@@ -93,7 +99,7 @@ class Daemon:
         self._admin_server = UnixServer(
             config.admin_socket_path, ADMIN_SOCKET_MODE,
             [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles,
-                      grants=self.grants, audit_dir=self.audit.dir)],
+                      grants=self.grants, audit_dir=self.audit.dir, status=self.status)],
             self.tracker,
         )
         self._started = time.time()
@@ -119,6 +125,7 @@ class Daemon:
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             await self._workload_server.start()
             await self._admin_server.start()
@@ -134,7 +141,7 @@ class Daemon:
             ready()
             await self._maintain_until_stopped()
         finally:
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self._shutdown()
         return 0
@@ -145,6 +152,38 @@ class Daemon:
         log.info("stopping", extra={"signal": sig.name})
         self._stop.set()
         self._wake.set()
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config. Applied at once: log_level and the delegation issuers'
+        key files. Everything else needs a restart (said in the log); the registry stays."""
+        if self._config_path is None:
+            log.warning("SIGHUP ignored: no config file (dev mode)")
+            return
+        try:
+            new = load_config(self._config_path)
+        except EnsignError as e:
+            log.error("reload failed; keeping the running config", extra={
+                "reason": e.diagnostics()})
+            return
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.issuers.load_files()
+        pending = sorted(k for k in type(new).model_fields
+                         if k != "log_level" and getattr(new, k) != getattr(self.config, k))
+        log.info("config reloaded", extra={"log_level": new.log_level,
+                                           "needs_restart": pending})
+
+    def status(self) -> StatusResponse:
+        current = self.ca.current()
+        return StatusResponse(
+            trust_domain=self.config.trust_domain, started_at=int(self._started),
+            entries=len(self.registry), active_entries=len(self.registry.live_ids()),
+            roles=len(self.roles.all), grants=len(self.grants.entries()),
+            connections=len(self.tracker), ca_not_after=int(current.not_after.timestamp()),
+            ca_next_event=int(self.ca.next_event_at().timestamp()),
+            attestors=self.pipeline.names, audit_sequence=self.audit.seq,
+            problem=self._problem() or "",
+            log_level=logging.getLevelName(logging.getLogger().level).lower(),
+        )
 
     def _metric_state(self) -> dict[str, float]:
         current = self.ca.current()

@@ -179,11 +179,15 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(_format_errors(e, source)) from None
 
 
+def resolve_path(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    return Path(env["ENSIGN_CONFIG"]) if env.get("ENSIGN_CONFIG") else DEFAULT_CONFIG_PATH
+
+
 def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the config from `path`, else $ENSIGN_CONFIG, else /etc/ensign/ensign.toml."""
-    env = dict(os.environ) if env is None else env
     if path is None:
-        path = Path(env["ENSIGN_CONFIG"]) if env.get("ENSIGN_CONFIG") else DEFAULT_CONFIG_PATH
+        path = resolve_path(env)
     try:
         raw = path.read_bytes()
     except OSError as e:

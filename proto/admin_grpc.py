@@ -75,6 +75,14 @@ class AdminBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def GetStatus(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.StatusRequest, ensign.proto.admin_pb2.StatusResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SetLogLevel(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.LogLevel, ensign.proto.admin_pb2.LogLevel]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def CreateGrant(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.Grant, ensign.proto.admin_pb2.Grant]') -> None:
         pass
 
@@ -177,6 +185,18 @@ class AdminBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ensign.proto.admin_pb2.AuditQuery,
                 ensign.proto.admin_pb2.AuditRecords,
+            ),
+            '/ensign.admin.v1.Admin/GetStatus': grpclib.const.Handler(
+                self.GetStatus,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.StatusRequest,
+                ensign.proto.admin_pb2.StatusResponse,
+            ),
+            '/ensign.admin.v1.Admin/SetLogLevel': grpclib.const.Handler(
+                self.SetLogLevel,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.LogLevel,
+                ensign.proto.admin_pb2.LogLevel,
             ),
             '/ensign.admin.v1.Admin/CreateGrant': grpclib.const.Handler(
                 self.CreateGrant,
@@ -291,6 +311,18 @@ class AdminStub:
             '/ensign.admin.v1.Admin/QueryAudit',
             ensign.proto.admin_pb2.AuditQuery,
             ensign.proto.admin_pb2.AuditRecords,
+        )
+        self.GetStatus = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/GetStatus',
+            ensign.proto.admin_pb2.StatusRequest,
+            ensign.proto.admin_pb2.StatusResponse,
+        )
+        self.SetLogLevel = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/SetLogLevel',
+            ensign.proto.admin_pb2.LogLevel,
+            ensign.proto.admin_pb2.LogLevel,
         )
         self.CreateGrant = grpclib.client.UnaryUnaryMethod(
             channel,

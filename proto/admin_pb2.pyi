@@ -381,3 +381,52 @@ class DeleteAgentRequest(_message.Message):
 class DeleteAgentResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level")
+    class AttestorStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CA_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CA_NEXT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    ATTESTORS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    ATTESTOR_STATE_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    started_at: int
+    entries: int
+    active_entries: int
+    roles: int
+    grants: int
+    connections: int
+    ca_not_after: int
+    ca_next_event: int
+    attestors: _containers.RepeatedScalarFieldContainer[str]
+    audit_sequence: int
+    problem: str
+    attestor_state: _containers.ScalarMap[str, str]
+    log_level: str
+    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ...) -> None: ...
+
+class LogLevel(_message.Message):
+    __slots__ = ("level",)
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    def __init__(self, level: _Optional[str] = ...) -> None: ...

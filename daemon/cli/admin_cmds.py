@@ -12,7 +12,7 @@ from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
 from ..errors import UsageError
-from . import anomaly_cmds, apply_file, audit_cmds, role_cmds, token_cmds
+from . import anomaly_cmds, apply_file, audit_cmds, ops_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
     add_output,
@@ -101,6 +101,7 @@ def register(sub: Any) -> None:
     audit_cmds.register(sub, common)
     token_cmds.register(sub, common)
     anomaly_cmds.register(sub, common)
+    ops_cmds.register(sub, common)
 
 
 

@@ -48,7 +48,8 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
-        return await Daemon(cfg).run(ready)
+        return await Daemon(cfg, config_path=None if args.dev else
+                            (args.config or config_mod.resolve_path())).run(ready)
 
     try:
         return asyncio.run(serve())
