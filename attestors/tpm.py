@@ -64,6 +64,8 @@ class TpmConfig(StrictModel):
     def _measure_range(cls, v: int) -> int:
         if not 0 <= v <= 23:
             raise ValueError(f"a PCR index is 0..23, got {v}")
+        if 17 <= v <= 22:  # TPM PC Client profile: only localities 2-4 may extend these
+            raise ValueError(f"PCR {v} cannot be extended from software (locality 0)")
         return v
 
     @field_validator("quote_interval")
@@ -107,6 +109,9 @@ class NodeState(Protocol):
 
     def node_selectors(self) -> frozenset[str]: ...
 
+    @property
+    def quote_digest(self) -> str: ...
+
 
 class TpmAttestor:
     name: ClassVar[str] = "tpm"
@@ -124,7 +129,8 @@ class TpmAttestor:
             raise AttestorError(f"TPM unavailable: {self._service.problem or 'not ready'}")
         return Attestation(
             selectors=tuple(sorted(s.removeprefix(PREFIX) for s in selectors)),
-            evidence={"node": "tpm"},
+            # the audit trail keeps "tpm.quote_digest": which verified quote vouched for the node
+            evidence={"quote_digest": self._service.quote_digest},
         )
 
     async def aclose(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -96,6 +97,11 @@ class TpmService(EvidenceMixin):
 
     def node_selectors(self) -> frozenset[str]:
         return self._selectors
+
+    @property
+    def quote_digest(self) -> str:
+        """sha256 of the last verified quote (TPMS_ATTEST): the evidence behind the selectors."""
+        return self.last.attest_sha256 if self.last else ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -246,7 +252,8 @@ class TpmService(EvidenceMixin):
         selectors.update(f"tpm:pcr:sha256:{i}:{raw.pcrs[i].hex()}" for i in self.config.pcrs)
         if self.policy is not None and not mismatches:
             selectors.add("tpm:policy:pass")
-        self.last = LastQuote(datetime.now(UTC), nonce, q, raw.pcrs, mismatches)
+        self.last = LastQuote(datetime.now(UTC), nonce, q, raw.pcrs, mismatches,
+                              hashlib.sha256(raw.attest).hexdigest())
         was_available, self._available = self._available, True
         self._problem = ("PCR policy failed: " + "; ".join(map(str, mismatches))
                          if mismatches else None)

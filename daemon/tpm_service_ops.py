@@ -63,6 +63,7 @@ class LastQuote:
     quote: ts.Quote
     pcrs: dict[int, bytes]
     mismatches: tuple[Mismatch, ...]
+    attest_sha256: str
 
 
 class ChallengeRefused(InvalidRequest):

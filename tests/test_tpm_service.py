@@ -102,6 +102,8 @@ def test_emulator_selectors_and_identity_across_restarts(data_dir: Path) -> None
             assert f"tpm:pcr:sha256:7:{ZERO.hex()}" in sel and "tpm:policy:pass" not in sel
             attested = await TpmAttestor(svc.config, service=svc).attest(Caller(1, 0, 0, 1))
             assert set(attested.selectors) == {s.removeprefix("tpm:") for s in sel}
+            assert attested.evidence == {"quote_digest": svc.quote_digest}
+            assert len(svc.quote_digest) == 64
             status = await svc.status()
             assert status["ek_check"].startswith("chains to CN=swtpm-localca")
             assert len(status["handles"]["transient"]) == 1  # only the AK stays loaded

@@ -158,3 +158,18 @@ def test_sealed_blob_round_trip_and_tamper() -> None:
         decrypt(kek, SealedBlob((0,), {}, b"priv", b"pub2", nonce, ct))
     with pytest.raises(TpmSealError, match=r"malformed|not a TPM-sealed"):
         SealedBlob.decode(b'{"kind": "x"}')
+
+
+def test_tpm_config_is_validated_by_the_config_loader() -> None:
+    from ensign.daemon.config import parse
+
+    cfg = parse({"attestors": {"tpm": {"enabled": True, "pcrs": [7, 0], "quote_interval": "5s",
+                                        "ek_ca_files": ["/etc/ensign/tpm-ca.pem"]}}})
+    assert cfg.attestors.tpm.pcrs == [0, 7] and cfg.attestors.tpm.quote_interval.seconds == 5
+    for tpm, msg in (({"measure_pcr": 7}, "must not be one of pcrs"),
+                     ({"measure_pcr": 18}, "cannot be extended from software"),
+                     ({"pcrs": [1, 1]}, "must not repeat"), ({"pcrs": [24]}, "0..23"),
+                     ({"command_timeout": "1h"}, "between 100ms and 5m"),
+                     ({"quote_intervall": "1m"}, "unknown key")):
+        with pytest.raises(ConfigError, match=msg):
+            parse({"attestors": {"tpm": tpm}})
