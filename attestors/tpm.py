@@ -14,6 +14,7 @@ caller never waits on the TPM. Selectors (the pipeline adds the `tpm:` prefix):
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable, Set
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -96,6 +97,20 @@ def dev_config() -> dict[str, object]:
     if shutil.which("swtpm") and shutil.which("swtpm_setup"):
         return {"enabled": True, "emulator": True}
     return {}
+
+
+def matches_with_tpm(entries: Iterable[Iterable[str]], have: Set[str]) -> bool:
+    """Would some entry match a caller showing `have` if the TPM's selectors were there?
+
+    While the TPM is unreachable such a caller should get UNAVAILABLE (try again) rather than
+    PERMISSION_DENIED (no identity): its identity depends on the TPM, not on who it is.
+    """
+    for selectors in entries:
+        wanted = frozenset(selectors)
+        tpm = {s for s in wanted if s.startswith(PREFIX)}
+        if tpm and wanted - tpm <= have:
+            return True
+    return False
 
 
 class NodeState(Protocol):

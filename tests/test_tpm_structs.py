@@ -173,3 +173,12 @@ def test_tpm_config_is_validated_by_the_config_loader() -> None:
                      ({"quote_intervall": "1m"}, "unknown key")):
         with pytest.raises(ConfigError, match=msg):
             parse({"attestors": {"tpm": tpm}})
+
+
+def test_matches_with_tpm_tells_unavailable_from_no_identity() -> None:
+    from ensign.attestors.tpm import matches_with_tpm
+
+    entries = [{"unix:uid:0", "tpm:policy:pass"}, {"unix:uid:1000"}]
+    assert matches_with_tpm(entries, frozenset({"unix:uid:0", "unix:gid:0"}))
+    assert not matches_with_tpm(entries, frozenset({"unix:uid:7"}))
+    assert not matches_with_tpm([{"unix:uid:0"}], frozenset({"unix:uid:0"}))
