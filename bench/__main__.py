@@ -20,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import audit_append, jwt_fetch, tpm_quotes
+from . import audit_append, jwt_fetch, registry_match, tpm_quotes
 
 Figure = dict[str, Any]
 Benchmark = Callable[[bool], dict[str, Figure]]
 
-BENCHMARKS: list[Benchmark] = [jwt_fetch.run, audit_append.run, tpm_quotes.run]
+BENCHMARKS: list[Benchmark] = [
+    jwt_fetch.run, audit_append.run, registry_match.run, tpm_quotes.run,
+]
 
 
 def _side(f: Figure, side: str) -> str:

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
@@ -21,6 +19,7 @@ from .common import (
     duration_seconds,
     iso,
     print_json,
+    proto_dict,
     timestamp,
 )
 
@@ -106,9 +105,7 @@ def register(sub: Any) -> None:
 
 
 def _agent_dict(a: pb.Agent) -> dict[str, Any]:
-    return MessageToDict(
-        a, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    return proto_dict(a)
 
 
 def _print_agent(a: pb.Agent) -> None:

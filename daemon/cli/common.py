@@ -107,8 +107,8 @@ def add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
+    # One write: json.dump() would write every token separately (900k writes for 10k agents).
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def iso(ts: int | float) -> str:
@@ -126,3 +126,26 @@ def admin_socket(args: argparse.Namespace) -> str:
                 if path is not None:
                     raise
     return socket_path(args.admin_socket, "ENSIGN_ADMIN_SOCKET", default)
+
+
+_INT64 = {3, 4, 16, 18, 6}  # FieldDescriptor types int64/uint64/sint64/sfixed64/fixed64
+
+
+def proto_dict(msg: Any) -> dict[str, Any]:
+    """Like protobuf's MessageToDict (field names kept, defaults printed, 64-bit integers as
+    strings), for our flat admin messages, about ten times faster: `agent list` over 10,000
+    agents spends its time here."""
+    out: dict[str, Any] = {}
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            out[f.name] = dict(value)
+        elif f.is_repeated:
+            out[f.name] = ([proto_dict(v) for v in value] if f.message_type is not None
+                           else [str(v) if f.type in _INT64 else v for v in value])
+        elif f.message_type is not None:
+            if msg.HasField(f.name):
+                out[f.name] = proto_dict(value)
+        else:
+            out[f.name] = str(value) if f.type in _INT64 else value
+    return out

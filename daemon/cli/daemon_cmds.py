@@ -10,7 +10,6 @@ from typing import Any
 
 from .. import config as config_mod
 from .. import logs
-from ..app import Daemon
 from ..sdnotify import notify
 
 
@@ -45,6 +44,8 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     def ready() -> None:
         notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
+
+    from ..app import Daemon  # the whole daemon: imported only when running one
 
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
