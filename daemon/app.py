@@ -37,6 +37,7 @@ from .events import ChangeEvent, EventHub
 from .grants import GrantBook
 from .health import HealthService
 from .idp import TrustedIssuers
+from .limits import UidLimits
 from .peercred import PeerTracker
 from .registry import Registry
 from .roles import RoleBook
@@ -73,7 +74,9 @@ class Daemon:
         self.ca = CertificateAuthority(config.ca, config.trust_domain, data, clock)
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
-        self.tracker = PeerTracker()
+        lim = config.limits
+        self.tracker = PeerTracker(limits=UidLimits(
+            lim.max_connections_per_uid, lim.requests_per_second_per_uid, lim.burst_per_uid))
         attestors: list[Attestor] = []
         for name, factory in BUILTIN.items():
             section = getattr(config.attestors, name)

@@ -10,8 +10,9 @@ from grpclib.server import Stream
 
 from .attestation import AttestationPipeline
 from .errors import CallerGone
+from .limits import RateLimited
 from .models import AttestedCaller
-from .peercred import PeerTracker
+from .peercred import Connection, PeerTracker
 
 SECURITY_HEADER = "workload.spiffe.io"
 
@@ -29,4 +30,16 @@ async def attest_stream(stream: Stream[Any, Any], tracker: PeerTracker,
     conn = tracker.connection_of(stream)
     if conn.caller is None:
         raise CallerGone(conn.problem or "caller unknown")
+    check_limits(tracker, conn)
     return await pipeline.attest(conn.caller)
+
+
+def check_limits(tracker: PeerTracker, conn: Connection) -> None:
+    limits, caller = tracker.limits, conn.caller
+    if limits is None or caller is None:
+        return
+    if conn.over_limit:
+        raise RateLimited(f"uid {caller.uid} has too many connections open "
+                          f"({limits.connections(caller.uid)}); close some and retry")
+    if not limits.allow(caller.uid):
+        raise RateLimited(f"uid {caller.uid} is over its request rate; retry with backoff")

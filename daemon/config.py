@@ -113,6 +113,12 @@ class AnomalyConfig(StrictModel):
     cooldown: Duration = timedelta(minutes=1)  # one finding per signal per agent per cooldown
 
 
+class LimitsConfig(StrictModel):
+    max_connections_per_uid: int = Field(default=1024, ge=0)  # 0 = no cap
+    requests_per_second_per_uid: float = Field(default=0.0, ge=0)  # 0 = no rate limit
+    burst_per_uid: float = Field(default=200.0, ge=1)  # requests allowed at once
+
+
 class MetricsConfig(StrictModel):
     listen: str = ""
 
@@ -131,6 +137,7 @@ class Config(StrictModel):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("trust_domain")
     @classmethod

@@ -28,12 +28,13 @@ from .errors import (
     PermissionDenied,
     TokenInvalid,
 )
+from .limits import RateLimited
 
 log = logging.getLogger(__name__)
 
 _DETAILED = (
-    AuditUnavailable, InvalidRequest, TokenInvalid, NotFound, Conflict, PermissionDenied,
-    InvalidTransition,
+    RateLimited, AuditUnavailable, InvalidRequest, TokenInvalid, NotFound, Conflict,
+    PermissionDenied, InvalidTransition,
 )
 S = TypeVar("S")
 

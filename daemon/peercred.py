@@ -26,6 +26,7 @@ from grpclib.server import Server, Stream
 from ensign.attestors import _procfs
 
 from .errors import CallerGone
+from .limits import UidLimits
 from .models import Caller
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -38,6 +39,7 @@ class Connection:
 
     caller: Caller | None
     problem: str | None  # why no caller could be pinned (the process was already gone, ...)
+    over_limit: bool = False  # this uid already had max_connections_per_uid open
 
 
 def _boot_seconds() -> float:
@@ -104,9 +106,10 @@ def check_alive(caller: Caller, proc_root: Path = Path("/proc")) -> None:
 class PeerTracker:
     """Maps live transports to the connection facts captured at accept time."""
 
-    def __init__(self, proc_root: Path = Path("/proc")) -> None:
+    def __init__(self, proc_root: Path = Path("/proc"), limits: UidLimits | None = None) -> None:
         self._proc = proc_root
         self._connections: dict[int, Connection] = {}
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -118,12 +121,16 @@ class PeerTracker:
             if sock is not None
             else Connection(None, "connection has no socket")
         )
+        if conn.caller is not None and self.limits is not None:
+            conn.over_limit = not self.limits.connect(conn.caller.uid)
         self._connections[id(transport)] = conn
 
     def disconnected(self, transport: asyncio.BaseTransport) -> None:
         conn = self._connections.pop(id(transport), None)
         if conn is not None and conn.caller is not None:
             _close(conn.caller.pidfd)
+            if self.limits is not None:
+                self.limits.disconnect(conn.caller.uid)
 
     def connection_of(self, stream: Stream[Any, Any]) -> Connection:
         # NOTE: grpclib's Peer keeps the transport private; this is the only place we read it.
