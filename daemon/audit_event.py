@@ -83,16 +83,39 @@ class AuditEvent:
         return d
 
 
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def seal(body: dict[str, Any], *, seq: int, prev: str, chain: str, at: datetime) -> dict[str, Any]:
     """Place an event in the chain: add seq, time, chain id and prev, then the hash."""
-    record = {**body, "seq": seq, "time": at.astimezone(UTC).isoformat(timespec="microseconds"),
-              "chain": chain, "prev": prev}
+    record = _placed(body, seq, prev, chain, at)
     record["hash"] = record_hash(record)
     return record
+
+
+def seal_line(body: dict[str, Any], *, seq: int, prev: str, chain: str,
+              at: datetime) -> tuple[bytes, str]:
+    """`canonical(seal(...)) + b"\n"` and the record's hash, encoding the record only once.
+
+    With sorted keys the canonical form is the members in key order, so the members before and
+    after "hash" are encoded apart: joined they are what is hashed, and "hash" goes between.
+    """
+    record = _placed(body, seq, prev, chain, at)
+    lo = _ENCODER.encode({k: v for k, v in record.items() if k < "hash"})
+    hi = _ENCODER.encode({k: v for k, v in record.items() if k > "hash"})  # never empty
+    head = lo[:-1] + "," if len(lo) > 2 else "{"
+    digest = hashlib.sha256((head + hi[1:]).encode()).hexdigest()
+    return f'{head}"hash":"{digest}",{hi[1:]}\n'.encode(), digest
+
+
+def _placed(body: dict[str, Any], seq: int, prev: str, chain: str, at: datetime) -> dict[str, Any]:
+    return {**body, "seq": seq, "time": at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "chain": chain, "prev": prev}
 
 
 def record_hash(record: dict[str, Any]) -> str:

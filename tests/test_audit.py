@@ -10,13 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import jwt as pyjwt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ensign.daemon.audit_event import canonical, record_hash, seal, seal_line
 from ensign.daemon.audit_query import read_records
 from ensign.daemon.audit_verify import verify
 from ensign.daemon.svid import split_der
@@ -271,3 +275,22 @@ def test_segments_rotate_and_archived_segments_still_verify(short_tmp: Path) -> 
     assert any("archived" in n for n in live.notes)
     old = verify(archive)
     assert old.ok, old.problems
+
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
+_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(body=st.dictionaries(_TEXT, _VALUE, max_size=8))
+def test_seal_line_is_the_canonical_sealed_record(body: dict[str, Any]) -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    line, digest = seal_line(body, seq=7, prev="ab" * 32, chain="cd" * 16, at=at)
+    record = seal(body, seq=7, prev="ab" * 32, chain="cd" * 16, at=at)
+    assert line == canonical(record) + b"\n"
+    assert digest == record["hash"] == record_hash(json.loads(line))
+    assert canonical(body) == json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                         ensure_ascii=False).encode()
