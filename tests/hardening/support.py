@@ -52,7 +52,7 @@ def call(sock: Path | str, method: str, request: bytes = b"", *,
         try:
             if stream:
                 it = ch.unary_stream(method)(request, metadata=metadata, timeout=timeout)
-                first: bytes = next(it)
+                first: bytes = next(it, b"")
                 it.cancel()
                 return grpc.StatusCode.OK, "", first
             out: bytes = ch.unary_unary(method)(request, metadata=metadata, timeout=timeout)
