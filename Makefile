@@ -4,7 +4,7 @@ BIN     := $(VENV)/bin
 # the strict editable install links files, so a new or removed module means re-running it
 FILES   := $(shell find daemon attestors proto -name '*.py' -o -name '*.pyi' 2>/dev/null | sort | md5sum | cut -c1-10)
 
-.PHONY: run test lint typecheck proto proto-check unit bench bench-quick clean
+.PHONY: run test lint typecheck proto proto-check unit bench bench-quick clean deb
 
 STAMP   := $(VENV)/.installed-$(FILES)
 
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
+
+# build/deb/ensign_<version>_<arch>.deb: the app in a venv under /opt/ensign (needs root)
+deb:
+	packaging/build_deb.sh
 
 clean:
 	rm -rf $(VENV) build .ensign .pytest_cache .mypy_cache .ruff_cache
