@@ -15,6 +15,7 @@ from typing import Any
 
 from grpclib.server import Stream
 
+from ensign.attestors._procfs import read_status
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminBase
 
@@ -33,7 +34,8 @@ from .errors import CallerGone, InvalidRequest, PermissionDenied
 from .events import Action
 from .grants import Grant, GrantBook
 from .grpc_errors import translate
-from .peercred import PeerTracker
+from .models import Caller
+from .peercred import PeerTracker, check_alive
 from .registry import ListFilter, Registry
 from .roles import RoleBook
 
@@ -46,8 +48,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class AdminApi(AdminBase):
     def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
                  grants: GrantBook, audit_dir: Path,
-                 status: Callable[[], pb.StatusResponse] = pb.StatusResponse) -> None:
+                 status: Callable[[], pb.StatusResponse] = pb.StatusResponse,
+                 admin_gid: int | None = None) -> None:
         self._tracker = tracker
+        self._admin_gid = admin_gid
         self._status = status
         self._grants = grants
         self._audit_dir = audit_dir
@@ -60,11 +64,24 @@ class AdminApi(AdminBase):
         conn = self._tracker.connection_of(stream)
         if conn.caller is None:
             raise CallerGone(conn.problem or "caller unknown")
-        if conn.caller.uid not in (0, self._own_uid):
+        if conn.caller.uid not in (0, self._own_uid) and not self._in_admin_group(conn.caller):
             raise PermissionDenied(
-                f"uid {conn.caller.uid} may not use the admin API (root or uid {self._own_uid})"
-            )
+                f"uid {conn.caller.uid} may not use the admin API (root, uid {self._own_uid}"
+                + (f" or members of gid {self._admin_gid})" if self._admin_gid is not None
+                   else ")"))
         return request, conn.caller.uid
+
+    def _in_admin_group(self, caller: Caller) -> bool:
+        if self._admin_gid is None:
+            return False
+        if caller.gid == self._admin_gid:
+            return True
+        try:
+            groups = read_status(caller.pid).groups
+        except (OSError, ValueError, KeyError):
+            return False
+        check_alive(caller)  # the groups we read belong to the process that connected
+        return self._admin_gid in groups
 
     # -- agents ----------------------------------------------------------------------------
 

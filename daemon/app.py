@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 import resource
@@ -58,6 +59,15 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _group_id(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
 class Daemon:
     def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow,
                  config_path: Path | None = None) -> None:
@@ -99,11 +109,13 @@ class Daemon:
                 clock=clock)],
             self.tracker,
         )
+        admin_gid = _group_id(config.admin_group)
         self._admin_server = UnixServer(
-            config.admin_socket_path, ADMIN_SOCKET_MODE,
+            config.admin_socket_path, ADMIN_SOCKET_MODE if admin_gid is None else 0o660,
             [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles,
-                      grants=self.grants, audit_dir=self.audit.dir, status=self.status)],
-            self.tracker,
+                      grants=self.grants, audit_dir=self.audit.dir, status=self.status,
+                      admin_gid=admin_gid)],
+            self.tracker, gid=admin_gid,
         )
         self._started = time.time()
         self._metrics_server: Any = None
@@ -112,6 +124,8 @@ class Daemon:
 
     async def run(self, ready: Callable[[], None] = lambda: None) -> int:
         _raise_fd_limit()
+        # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
+        os.umask(0o077)
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)
         self.store.open()

@@ -128,6 +128,9 @@ class Config(StrictModel):
     socket_path: Path = Path("/run/ensign/agent.sock")
     admin_socket_path: Path = Path("/run/ensign/admin.sock")
     data_dir: Path = Path("/var/lib/ensign")
+    # Members of this group may use the admin socket (0660 root:group) when the group exists;
+    # otherwise only root and the daemon's own uid (0600).
+    admin_group: str = "ensign"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ca: CaConfig = Field(default_factory=CaConfig)
     svid: SvidConfig = Field(default_factory=SvidConfig)

@@ -19,7 +19,7 @@ WORKLOAD_SOCKET_MODE = 0o666
 ADMIN_SOCKET_MODE = 0o600
 
 
-def bind_unix(path: Path, mode: int) -> socket.socket:
+def bind_unix(path: Path, mode: int, gid: int | None = None) -> socket.socket:
     """Bind a listening socket at `path` with `mode`, replacing a stale socket file.
 
     The socket is created under a umask that already yields `mode`, so there is no window in
@@ -48,6 +48,8 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
         raise ConfigError(f"cannot bind {path}: {e.strerror}") from None
     finally:
         os.umask(old)
+    if gid is not None:
+        os.chown(path, -1, gid)
     os.chmod(path, mode)
     sock.listen(512)
     sock.setblocking(False)
@@ -57,13 +59,15 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
 class UnixServer:
     """One grpclib server on one Unix socket, with connections tracked by kernel credentials."""
 
-    def __init__(self, path: Path, mode: int, handlers: Collection[Any], tracker: PeerTracker):
+    def __init__(self, path: Path, mode: int, handlers: Collection[Any], tracker: PeerTracker,
+                 gid: int | None = None):
         self.path = path
         self._mode = mode
+        self._gid = gid
         self._server = TrackingServer(handlers, tracker, config=Configuration())
 
     async def start(self) -> None:
-        sock = bind_unix(self.path, self._mode)
+        sock = bind_unix(self.path, self._mode, self._gid)
         await self._server.start(sock=sock)
 
     def close(self) -> None:

@@ -153,3 +153,41 @@ def test_module_entry_point_matches_console_script() -> None:
     script = Path(sys.executable).parent / "ensign"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "fetch" in result.stdout
+
+
+_ADMIN_CLIENT = """
+import sys, grpc
+ch = grpc.insecure_channel("unix:" + sys.argv[1])
+call = ch.unary_unary("/ensign.admin.v1.Admin/ListAgents")
+try:
+    call(b"", timeout=10)
+    print("ALLOWED")
+except grpc.RpcError as e:
+    print("REFUSED", e.code().name)
+"""
+
+
+def test_admin_group_members_may_use_the_admin_socket(short_tmp: Path) -> None:
+    import grp
+
+    from .conftest import NOBODY, make_daemon, nobody_site_packages, run_as
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a group")
+    name = f"ensadm{os.getpid() % 10000}"
+    subprocess.run(["groupadd", "-f", name], check=True)
+    try:
+        gid = grp.getgrnam(name).gr_gid
+        d = make_daemon(short_tmp, f'admin_group = "{name}"\n')  # a top-level key
+        st = d.admin_socket.stat()
+        assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == gid
+        env = {"PYTHONPATH": str(nobody_site_packages()), "PATH": "/usr/bin:/bin"}
+        member = subprocess.run(["/usr/bin/python3", "-c", _ADMIN_CLIENT, str(d.admin_socket)],
+                                capture_output=True, text=True, env=env, user=NOBODY,
+                                group=NOBODY, extra_groups=[gid], timeout=30)
+        assert member.stdout.strip() == "ALLOWED", member.stdout + member.stderr
+        stranger = run_as(NOBODY, _ADMIN_CLIENT, str(d.admin_socket))
+        assert stranger.stdout.strip() == "REFUSED UNAVAILABLE"  # cannot even connect (0660)
+        d.stop()
+    finally:
+        subprocess.run(["groupdel", name], capture_output=True)
