@@ -132,7 +132,7 @@ def open_session(ctx: ESAPI, ak_file: Path, check_ek: Callable[[EkInfo], None]) 
     challenge = secrets.token_bytes(32)
     blob, secret = make_credential(TPM2B_PUBLIC(publicArea=TPMT_PUBLIC.unmarshal(ek.public)[0]),
                                    challenge, ts.parse_public(ak_public).name)
-    if activate(session, blob.marshal(), secret.marshal()) != challenge:
+    if activate(session, blob, secret) != challenge:
         raise TpmCommandFailed("credential activation returned the wrong secret")
     return session
 
@@ -239,12 +239,31 @@ def _write_ak_blob(path: Path, private: bytes, public: bytes, ek_sha256: str) ->
 # -- credential activation -----------------------------------------------------------------
 
 
-def activate(session: TpmSession, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+MAX_CHALLENGE_PART = 1024  # TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET are far smaller
+
+
+def parse_challenge(credential_blob: bytes, encrypted_secret: bytes) -> tuple[Any, Any]:
+    """Unmarshal a verifier's credential in software, before it reaches the TPM thread (a
+    malformed one must not look like a transport failure there). ValueError if malformed."""
+    parts = []
+    for cls, raw in ((TPM2B_ID_OBJECT, credential_blob),
+                     (TPM2B_ENCRYPTED_SECRET, encrypted_secret)):
+        if not 2 < len(raw) <= MAX_CHALLENGE_PART:
+            raise ValueError(f"{cls.__name__} of {len(raw)} bytes")
+        try:
+            obj, used = cls.unmarshal(raw)
+        except Exception as e:  # tpm2-tss MU errors, cffi errors
+            raise ValueError(f"{cls.__name__}: {e}") from None
+        if used != len(raw):
+            raise ValueError(f"{cls.__name__}: trailing bytes")
+        parts.append(obj)
+    return parts[0], parts[1]
+
+
+def activate(session: TpmSession, blob: Any, secret: Any) -> bytes:
     """TPM2_ActivateCredential with the AK and the EK: the TPM releases the secret only if it
     holds the EK's private key and a loaded object with the Name the credential was made for."""
     ctx, ek = session.ctx, session.ek
-    blob = TPM2B_ID_OBJECT.unmarshal(credential_blob)[0]
-    secret = TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)[0]
     if ek.persistent is not None:
         ek_handle, transient = ctx.tr_from_tpmpublic(ek.persistent), False
     else:

@@ -166,8 +166,13 @@ class TpmService(EvidenceMixin):
                 self._set_unavailable(e)
                 delay = BACKOFF_MAX
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            # asyncio.wait, not wait_for: on Python 3.11 a wait_for cancelled (by aclose) just
+            # as its timeout fires can wait for ever for the inner task (seen in tests).
+            sleeper = asyncio.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper}, timeout=delay)
+            finally:
+                sleeper.cancel()
 
     # -- connecting (runs on the TPM thread) -----------------------------------------------
 

@@ -30,6 +30,7 @@ from .tpm_ops import (
     activate,
     extend,
     handles,
+    parse_challenge,
     quote,
     read_pcrs,
     seal,
@@ -141,21 +142,25 @@ class EvidenceMixin:
             raise InvalidRequest(f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes, "
                                  f"got {len(nonce)}")
         pcrs = self.quote_pcrs
+        credential = None
+        if challenge is not None:
+            try:
+                credential = parse_challenge(*challenge)
+            except ValueError as e:
+                raise ChallengeRefused(f"malformed credential challenge: {e}") from None
 
         def op(s: TpmSession) -> tuple[TpmSession, Any, bytes]:
             raw = quote(s, pcrs, nonce)
             proof = b""
-            if challenge is not None:
+            if credential is not None:
                 try:
-                    proof = activation_proof(activate(s, *challenge), raw.attest)
+                    proof = activation_proof(activate(s, *credential), raw.attest)
                 except TSS2_Exception as e:
                     if is_transport_error(e):
                         raise
                     raise ChallengeRefused(f"the credential challenge does not activate on "
                                            f"this TPM (made for another EK or AK?): {e}"
                                            ) from None
-                except (ValueError, TypeError, IndexError) as e:
-                    raise ChallengeRefused(f"malformed credential challenge: {e}") from None
             return s, raw, proof
 
         async with self.pcr_lock:  # the log snapshot must match the quoted PCR

@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -57,6 +58,7 @@ class _Thread(Generic[S]):
         self._jobs: queue.SimpleQueue[tuple[Callable[[S], Any], cf.Future[Any]] | None] = (
             queue.SimpleQueue())
         self.abandoned = False
+        self.running_since: float | None = None  # monotonic start of the command in progress
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -73,11 +75,25 @@ class _Thread(Generic[S]):
             fn, fut = job
             if not fut.set_running_or_notify_cancel():
                 continue
+            self.running_since = time.monotonic()
             try:
                 fut.set_result(self._call(fn))
             except BaseException as e:  # handed to the waiting caller
                 fut.set_exception(e)
+            finally:
+                self.running_since = None
         self._drop()
+        while True:  # commands queued behind an abandoned one: fail them, do not strand them
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job[1].set_running_or_notify_cancel():
+                job[1].set_exception(TpmUnavailable("TPM connection abandoned (watchdog)"))
+
+    def busy_for(self) -> float:
+        since = self.running_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _call(self, fn: Callable[[S], T]) -> T:
         try:
@@ -138,24 +154,41 @@ class TpmWorker(Generic[S]):
                     extra={"tcti": self.tcti, "timeout": self._timeout})
         return TpmUnavailable(f"TPM ({self.tcti}) did not answer within {self._timeout:g}s")
 
+    # The watchdog times the command the thread is running, not the wait in the queue: a burst
+    # of requests queued behind each other must not look like a hung TPM. A waiter wakes at
+    # the running command's deadline and declares an overrun only if that command is still
+    # running then (whoever's it is: its own waiter may be gone).
+
+    def _next_wait(self, worker: _Thread[S]) -> float:
+        if worker.abandoned and not worker.thread.is_alive():  # our job was never run
+            raise TpmUnavailable(f"TPM ({self.tcti}) connection was abandoned (watchdog)")
+        busy = worker.busy_for()
+        if busy >= self._timeout:
+            raise self._overrun(worker)
+        return self._timeout - busy
+
     def call(self, fn: Callable[[S], T]) -> T:
         """Blocking form, for start-up and callers outside the event loop."""
         worker = self._thread()
         fut = worker.submit(fn)
-        try:
-            return fut.result(self._timeout)
-        except TimeoutError:
-            raise self._overrun(worker) from None
+        while True:
+            try:
+                return fut.result(self._next_wait(worker))
+            except TimeoutError:
+                continue
 
     async def acall(self, fn: Callable[[S], T]) -> T:
         worker = self._thread()
         fut = asyncio.wrap_future(worker.submit(fn))
         # If this waiter is cancelled or times out, nobody else reads the result: mark it read.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), self._timeout)
-        except TimeoutError:
-            raise self._overrun(worker) from None
+        while True:
+            # asyncio.wait, not wait_for: it never cancels `fut` (the command keeps running on
+            # its thread regardless) and, on Python 3.11, wait_for can hang when its caller is
+            # cancelled just as the timeout fires.
+            done, _ = await asyncio.wait({fut}, timeout=self._next_wait(worker))
+            if done:
+                return fut.result()
 
     def reset(self) -> None:
         """Drop the connection; the next call reconnects (and runs `setup` again)."""

@@ -19,6 +19,7 @@ from ensign.attestors import _tpm_structs as ts
 from ensign.attestors._tpm_structs import EvidenceInvalid
 from ensign.attestors.base import AttestorError
 from ensign.attestors.tpm import TpmAttestor, TpmConfig
+from ensign.daemon.errors import InvalidRequest
 from ensign.daemon.models import Caller
 from ensign.daemon.tpm_emulator import SwtpmEmulator
 from ensign.daemon.tpm_errors import TpmSealError, TpmUnavailable
@@ -281,6 +282,37 @@ def test_watchdog_abandons_a_hung_tpm_and_recovers(swtpm: SwtpmEmulator, data_di
             await wait_for(lambda: svc.available, timeout=10)  # the background loop retries
         finally:
             resume(swtpm)
+            await svc.aclose()
+
+    run(go)
+
+
+def test_queued_work_and_garbage_are_not_taken_for_a_dead_tpm(
+        swtpm: SwtpmEmulator, data_dir: Path) -> None:
+    async def go() -> None:
+        svc = service(data_dir, command_timeout=timedelta(seconds=1.5), **external(swtpm))
+        await svc.start()
+        try:
+            session = svc.session
+            # 3s of queued commands, none longer than 0.1s: the watchdog times each command,
+            # not its wait in the queue (a burst of requests is not a hung TPM)
+            t0 = time.monotonic()
+            await asyncio.gather(*(svc.worker.acall(lambda s: time.sleep(0.1))
+                                   for _ in range(30)), svc.refresh(), svc.status())
+            assert time.monotonic() - t0 > 3.0 and svc.available
+            with pytest.raises(InvalidRequest, match="malformed credential challenge"):
+                await svc.evidence(b"n" * 16, (b"\x00\x09junk", b"\x00\x01x"))
+            with pytest.raises(InvalidRequest, match="does not activate on this TPM"):
+                await svc.evidence(b"n" * 16, (b"\x00\x05junk!", b"\x00\x01x"))
+            await svc.refresh()
+            assert svc.available and svc.session is session  # never reconnected
+            # one command that does overrun, with others queued behind it
+            slow = svc.worker.acall(lambda s: time.sleep(2.0))
+            queued = svc.worker.acall(lambda s: None)
+            results = await asyncio.gather(slow, queued, return_exceptions=True)
+            assert all(isinstance(r, TpmUnavailable) for r in results), results
+            await wait_for(lambda: svc.available)  # a fresh connection once it returns
+        finally:
             await svc.aclose()
 
     run(go)
