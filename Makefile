@@ -4,7 +4,7 @@ BIN     := $(VENV)/bin
 # the strict editable install links files, so a new or removed module means re-running it
 FILES   := $(shell find daemon attestors proto -name '*.py' -o -name '*.pyi' 2>/dev/null | sort | md5sum | cut -c1-10)
 
-.PHONY: run test lint typecheck proto proto-check unit bench bench-quick clean deb
+.PHONY: run test lint typecheck proto proto-check unit bench bench-quick clean soak deb
 
 STAMP   := $(VENV)/.installed-$(FILES)
 
@@ -28,6 +28,10 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py --check
+
+# the long forms of tests/hardening: 32 clients x 60 s, 100 kill -9, 10x the fuzz examples
+soak: $(STAMP)
+	ENSIGN_SOAK=1 $(BIN)/pytest -q tests/hardening
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
