@@ -1,10 +1,10 @@
 """The audit log: append-only JSON-lines segments, hash-chained, with signed checkpoints.
 
-Records are written by one writer task with group commit: every record queued while the
-previous batch was being fsynced goes out in the next write and shares its fsync. `record()`
-returns only once its record is on disk, so callers release a credential after that and never
-before. If the log cannot be written, `record()` raises AuditUnavailable and the daemon stops
-issuing (fail closed) until a write succeeds again.
+Records are sealed onto the chain as they come and written by one writer thread with group
+commit: every record sealed while the previous write was on its way to disk goes out in the
+next write and shares its sync. `record()` returns only once its record is on disk, so callers
+release a credential after that and never before. If the log cannot be written, `record()`
+raises AuditUnavailable and the daemon stops issuing (fail closed) until a write succeeds again.
 
 Layout under `data_dir/audit/`: `segment-00000001.jsonl ...`, `checkpoints.jsonl`, and
 `audit-key.pub.pem`; the signing key lives apart from the CA's, in `data_dir/audit-key/` (0600).
@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+import queue
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import keys
-from .audit_event import GENESIS, AuditEvent, canonical, seal
+from .audit_event import GENESIS, AuditEvent, canonical, seal_line
 from .config import AuditConfig
 from .errors import AuditUnavailable
 from .files import ensure_private_dir, write_private
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 SEGMENT = re.compile(r"^segment-(\d{8})\.jsonl$")
 CHECKPOINTS = "checkpoints.jsonl"
 PUBLIC_KEY = "audit-key.pub.pem"
+MAX_LOOKS = 4
 
 
 def segment_name(n: int) -> str:
@@ -88,6 +92,8 @@ class AuditLog:
         self._key: ec.EllipticCurvePrivateKey | None = None
         self._public_pem = b""
         self.chain = ""
+        # The file and the head of the chain belong to the writer thread while a batch is out;
+        # the loop reads the head only between batches.
         self._fd = -1
         self._segment = 0
         self._size = 0
@@ -95,9 +101,17 @@ class AuditLog:
         self._head = GENESIS
         self._cp_seq = 0
         self._cp_time = 0.0
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        # Event loop: the next batch, and who waits for it (future, records up to theirs).
+        self._bodies: list[dict[str, Any]] = []
+        self._waiters: list[tuple[asyncio.Future[int], int]] = []
+        self._busy = False  # a batch is with the writer thread
+        self._flush_soon = False
+        self._seen = 0  # records in the next batch when _flush last looked
+        self._looks = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.problem: str | None = None
         self.on_health_change: Callable[[], None] = lambda: None
 
@@ -106,20 +120,28 @@ class AuditLog:
     def open(self) -> None:
         """Load the key and find the chain's head. An unwritable log does not stop the daemon:
         it serves health and refuses to issue until the log can be written."""
+        self._loop = asyncio.get_running_loop()
         self._load_key()
         try:
-            self._prepare_sync()
+            self._note_recovered(self._prepare_sync())
         except OSError as e:
             self._set_problem(f"audit log not writable: {e.strerror or e}")
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        # One long-lived thread does every write, checkpoint and rotation, in order.
+        self._thread = threading.Thread(target=self._serve, name="audit-writer", daemon=True)
+        self._thread.start()
+        self._tick()
 
-    def _prepare_sync(self) -> None:
+    def _prepare_sync(self) -> int:
+        """Open the current segment; returns how many bytes of a torn record were set aside."""
         ensure_private_dir(self.dir)
         pub_path = self.dir / PUBLIC_KEY
         if not pub_path.exists() or pub_path.read_bytes() != self._public_pem:
             write_private(pub_path, self._public_pem)
         discarded = self._recover_tail()
         self._open_segment(self._segment)
+        return discarded
+
+    def _note_recovered(self, discarded: int) -> None:
         if discarded:
             self.record_nowait(AuditEvent(
                 type="audit.recovered", result="failure",
@@ -127,15 +149,19 @@ class AuditLog:
             ))
 
     async def close(self) -> None:
-        if self._writer is None:
+        if self._thread is None:
             return
         with contextlib.suppress(AuditUnavailable):
             await self.record(AuditEvent(type="daemon.stop"))
-            await asyncio.to_thread(self._checkpoint_sync)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        self._writer = None
+            try:
+                await self._in_writer(self._checkpoint_sync)
+            except OSError as e:
+                log.warning("final audit checkpoint failed", extra={"error": str(e)})
+        if self._timer is not None:
+            self._timer.cancel()
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -144,64 +170,137 @@ class AuditLog:
     def seq(self) -> int:
         return self._seq
 
-    # -- appending -------------------------------------------------------------------------
+    # -- appending (event loop) ------------------------------------------------------------
+
+    def durable(self, events: Sequence[AuditEvent]) -> asyncio.Future[int]:
+        """Append `events` to one batch; the future resolves once all are on disk.
+
+        Its result is the last record's sequence number; it fails with AuditUnavailable if
+        they could not be written.
+        """
+        assert self._loop is not None, "open() first"
+        future = self._loop.create_future()
+        if not events:
+            future.set_result(self._seq)
+            return future
+        self._bodies.extend(e.body() for e in events)
+        self._waiters.append((future, len(self._bodies)))
+        self._schedule_flush()
+        return future
 
     async def record(self, event: AuditEvent) -> int:
         """Append and wait until the record is durable; return its sequence number."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((event.body(), future))
-        self._wake.set()
-        return await future
+        return await self.durable((event,))
 
     def record_nowait(self, event: AuditEvent) -> None:
         """Append without waiting (for records that release nothing); failures are logged."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
-        self._pending.append((event.body(), future))
-        self._wake.set()
+        self._bodies.append(event.body())
+        self._schedule_flush()
 
-    async def _write_loop(self) -> None:
-        interval = self._cfg.checkpoint_interval.total_seconds()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._write_batch(batch)
-            await self._maybe_checkpoint()
+    def _schedule_flush(self) -> None:
+        if not self._busy and not self._flush_soon and self._loop is not None:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
 
-    async def _write_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
-        seq, head, now = self._seq, self._head, self._clock()
-        lines = []
-        for body, _ in batch:
-            seq += 1
-            record = seal(body, seq=seq, prev=head, chain=self.chain, at=now)
-            head = record["hash"]
-            lines.append(canonical(record) + b"\n")
-        try:
-            await asyncio.to_thread(self._append_sync, b"".join(lines))
-        except OSError as e:
-            self._set_problem(f"audit log not writable: {e.strerror or e}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(AuditUnavailable(self.problem or "audit log failed"))
+    def _flush(self) -> None:
+        """Hand the next batch to the writer once a pass of the loop added nothing to it.
+
+        Requests that arrived together are handled in one pass or two: waiting for a quiet
+        pass (at most MAX_LOOKS) puts them in one batch, and a batch costs a sync.
+        """
+        self._flush_soon = False
+        if self._busy or not self._bodies:
             return
-        first = self._seq + 1
-        self._seq, self._head = seq, head
-        self._set_problem(None)
-        for i, (_, future) in enumerate(batch):
-            if not future.done():
-                future.set_result(first + i)
+        assert self._loop is not None
+        if len(self._bodies) != self._seen and self._looks < MAX_LOOKS:
+            self._seen, self._looks, self._flush_soon = len(self._bodies), self._looks + 1, True
+            self._loop.call_soon(self._flush)
+            return
+        bodies, waiters, at = self._bodies, self._waiters, self._clock()
+        self._bodies, self._waiters, self._seen, self._looks = [], [], 0, 0
+        seq, head, lines = self._seq, self._head, []
+        for body in bodies:
+            seq += 1
+            line, head = seal_line(body, seq=seq, prev=head, chain=self.chain, at=at)
+            lines.append(line)
+        self._busy = True
+        self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
+                                         (self._seq, self._head), (seq, head), waiters))
+
+    def _batch_done(self, waiters: list[tuple[asyncio.Future[int], int]], first: int,
+                    problem: str | None) -> None:
+        self._busy = False
+        self._set_problem(problem)
+        for future, n in waiters:
+            if future.done():
+                continue
+            if problem is None:
+                future.set_result(first + n - 1)
+            else:
+                future.set_exception(AuditUnavailable(problem))
+        if self._bodies:
+            self._schedule_flush()
+
+    def _tick(self) -> None:
+        """Checkpoint an idle log now and then."""
+        assert self._loop is not None
+        self._jobs.put(self._checkpoint_if_due_sync)
+        self._timer = self._loop.call_later(self._cfg.checkpoint_interval.total_seconds(),
+                                            self._tick)
+
+    def _in_writer(self, job: Callable[[], None]) -> asyncio.Future[None]:
+        assert self._loop is not None
+        loop, future = self._loop, self._loop.create_future()
+
+        def run() -> None:
+            try:
+                job()
+            except Exception as e:  # handed to the waiting coroutine
+                loop.call_soon_threadsafe(_settle, future, e)
+            else:
+                loop.call_soon_threadsafe(_settle, future, None)
+
+        self._jobs.put(run)
+        return future
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:
+                log.exception("audit writer job failed")
+
+    def _write_batch_sync(self, data: bytes, base: tuple[int, str], end: tuple[int, str],
+                          waiters: list[tuple[asyncio.Future[int], int]]) -> None:
+        """Append records sealed onto `base` (seq, hash), ending at `end`; report back."""
+        assert self._loop is not None
+        problem: str | None = None
+        try:
+            if self._fd < 0:
+                discarded = self._prepare_sync()  # also sets aside what a failed write left
+                self._loop.call_soon_threadsafe(self._note_recovered, discarded)
+                if (self._seq, self._head) != base:
+                    raise _Moved
+            self._append_sync(data)
+            self._seq, self._head = end
+        except _Moved:
+            problem = "audit log reopened at another record; retry"
+        except OSError as e:
+            problem = f"audit log not writable: {e.strerror or e}"
+        except Exception as e:
+            log.exception("audit write failed")
+            problem = f"audit log failed: {e}"
+        self._loop.call_soon_threadsafe(self._batch_done, waiters, base[0] + 1, problem)
+        if problem is None:
+            self._checkpoint_if_due_sync()  # while the next batch gathers
 
     def _append_sync(self, data: bytes) -> None:
-        if self._fd < 0:
-            self._prepare_sync()  # also sets aside what a failed write left behind
         try:
             view = memoryview(data)
-            while view:
+            while view:  # O_DSYNC: each write returns once its data is on disk
                 view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
         except OSError:
             # Take back a partial write so the segment still ends on a whole record.
             try:
@@ -212,10 +311,10 @@ class AuditLog:
             raise
         self._size += len(data)
 
-    # -- checkpoints and rotation ----------------------------------------------------------
+    # -- checkpoints and rotation (writer thread) ------------------------------------------
 
-    async def _maybe_checkpoint(self) -> None:
-        if self._seq == self._cp_seq:
+    def _checkpoint_if_due_sync(self) -> None:
+        if self._seq == self._cp_seq or self._fd < 0:
             return
         due_by_count = self._seq - self._cp_seq >= self._cfg.checkpoint_every
         due_by_time = (self._clock().timestamp() - self._cp_time
@@ -223,11 +322,13 @@ class AuditLog:
         rotate = self._size >= self._cfg.segment_size
         if due_by_count or due_by_time or rotate:
             try:
-                await asyncio.to_thread(self._checkpoint_sync)
+                self._checkpoint_sync()
                 if rotate:
-                    await asyncio.to_thread(self._rotate_sync)
+                    self._rotate_sync()
             except OSError as e:
-                self._set_problem(f"audit checkpoint not writable: {e.strerror or e}")
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(
+                    self._set_problem, f"audit checkpoint not writable: {e.strerror or e}")
 
     def _checkpoint_sync(self) -> None:
         if self._seq == self._cp_seq or self._key is None:
@@ -307,7 +408,10 @@ class AuditLog:
 
     def _open_segment(self, n: int) -> None:
         path = self.dir / segment_name(n)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_DSYNC makes write() also flush the data and the new size (what fdatasync would do):
+        # one blocking call per batch, so the writer thread takes the GIL back once, not twice.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_DSYNC
+        self._fd = os.open(path, flags, 0o600)
         self._size = os.fstat(self._fd).st_size
         dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -323,3 +427,16 @@ class AuditLog:
             else:
                 log.info("audit log writable again")
             self.on_health_change()
+
+
+class _Moved(Exception):
+    """Reopening found the chain's tail elsewhere than where the batch was sealed onto."""
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

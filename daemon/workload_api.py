@@ -8,7 +8,6 @@ identity goes away.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -104,7 +103,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
 
     async def _durably(self, events: list[AuditEvent]) -> None:
         """Wait until every record is on disk: only then may the credentials be released."""
-        await asyncio.gather(*(self._audit.record(e) for e in events))
+        await self._audit.durable(events)
 
     def _identities(self, attested: AttestedCaller) -> list[Entry]:
         entries = self._registry.match(attested.selectors)
