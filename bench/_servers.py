@@ -96,13 +96,14 @@ def _admin(admin_socket: Path, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def daemon(tmp: Path, python_args: Sequence[str] = ()) -> Iterator[Running]:
+def daemon(tmp: Path, python_args: Sequence[str] = (), extra_config: str = "") -> Iterator[Running]:
     """Run `ensign daemon` on a fresh config in `tmp`, this uid registered as agent `bench`.
 
     Yields the Workload API socket and the pid. `python_args` go before `-m ensign.daemon`, e.g.
-    `("-m", "cProfile", "-o", "x.prof")` to profile it.
+    `("-m", "cProfile", "-o", "x.prof")` to profile it. `extra_config` (TOML) is appended to the
+    config, e.g. `'[svid]\nx509_ttl = "30s"\n'`.
     """
-    (tmp / "ensign.toml").write_text(DAEMON_CONFIG.format(tmp=tmp))
+    (tmp / "ensign.toml").write_text(DAEMON_CONFIG.format(tmp=tmp) + extra_config)
     sock, admin, log = tmp / "agent.sock", tmp / "admin.sock", tmp / "daemon.log"
     argv = [sys.executable, *python_args, "-m", "ensign.daemon", "daemon",
             "--config", str(tmp / "ensign.toml")]
