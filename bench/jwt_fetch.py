@@ -25,6 +25,7 @@ from ._clients import ClientPool, Task
 from ._stats import meets, ratio, summarize
 
 NAME = "jwt_fetch_8_clients"
+CPU_NAME = "jwt_cpu_per_1000_fetches"
 CLIENTS = 8
 METHOD = "/SpiffeWorkloadAPI/FetchJWTSVID"
 METADATA = (("workload.spiffe.io", "true"),)
@@ -107,4 +108,13 @@ def run(quick: bool) -> dict[str, dict[str, Any]]:
                       f" baseline {cpu['baseline']['median']:.0f} us")
     if samples:
         figure["error_samples"] = samples[:10]
-    return {NAME: figure}
+    # The same rounds, read as server CPU (utime + stime from /proc) per 1,000 calls: us per
+    # call is numerically ms per 1,000 calls.
+    e_cpu, b_cpu = cpu["ensign"], cpu["baseline"]
+    cpu_figure: dict[str, Any] = {
+        "unit": "CPU ms", "ensign": e_cpu, "baseline": b_cpu,
+        "ratio": ratio(e_cpu["median"], b_cpu["median"]), "target": "report", "met": True,
+        "note": f"server CPU per 1,000 JWT fetches (8 clients, saturated): ensign "
+                f"{e_cpu['median'] / 1000:.3f} s, bare grpclib echo {b_cpu['median'] / 1000:.3f} s",
+    }
+    return {NAME: figure, CPU_NAME: cpu_figure}
