@@ -20,13 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import audit_append, jwt_fetch, registry_match, sigstore_attest, tpm_quotes
+from . import (
+    audit_append,
+    first_svid,
+    jwt_fetch,
+    registry_match,
+    sigstore_attest,
+    streams,
+    svid_mint,
+    tpm_quotes,
+)
 
 Figure = dict[str, Any]
 Benchmark = Callable[[bool], dict[str, Figure]]
 
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
+    svid_mint.run, first_svid.run, streams.run,
 ]
 
 
