@@ -19,7 +19,7 @@ from ensign.attestors._procfs import read_status
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminBase
 
-from . import registry_apply
+from . import audit_records, registry_apply
 from .admin_convert import (
     entry_to_pb,
     pb_to_role,
@@ -29,6 +29,7 @@ from .admin_convert import (
     update_changes,
 )
 from .audit_event import canonical
+from .audit_log import AuditLog
 from .audit_query import AuditFilter, query
 from .errors import CallerGone, InvalidRequest, PermissionDenied
 from .events import Action
@@ -49,8 +50,9 @@ class AdminApi(AdminBase):
     def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
                  grants: GrantBook, audit_dir: Path,
                  status: Callable[[], pb.StatusResponse] = pb.StatusResponse,
-                 admin_gid: int | None = None) -> None:
+                 admin_gid: int | None = None, audit: AuditLog | None = None) -> None:
         self._tracker = tracker
+        self._audit = audit
         self._admin_gid = admin_gid
         self._status = status
         self._grants = grants
@@ -65,10 +67,13 @@ class AdminApi(AdminBase):
         if conn.caller is None:
             raise CallerGone(conn.problem or "caller unknown")
         if conn.caller.uid not in (0, self._own_uid) and not self._in_admin_group(conn.caller):
-            raise PermissionDenied(
+            err = PermissionDenied(
                 f"uid {conn.caller.uid} may not use the admin API (root, uid {self._own_uid}"
                 + (f" or members of gid {self._admin_gid})" if self._admin_gid is not None
                    else ")"))
+            if self._audit is not None:
+                self._audit.record_nowait(audit_records.denied("admin", conn.caller, err))
+            raise err
         return request, conn.caller.uid
 
     def _in_admin_group(self, caller: Caller) -> bool:

@@ -114,7 +114,7 @@ class Daemon:
             config.admin_socket_path, ADMIN_SOCKET_MODE if admin_gid is None else 0o660,
             [AdminApi(tracker=self.tracker, registry=self.registry, roles=self.roles,
                       grants=self.grants, audit_dir=self.audit.dir, status=self.status,
-                      admin_gid=admin_gid)],
+                      admin_gid=admin_gid, audit=self.audit)],
             self.tracker, gid=admin_gid,
         )
         self._started = time.time()

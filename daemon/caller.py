@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from .attestation import AttestationPipeline
-from .errors import CallerGone
+from .errors import CallerGone, InvalidRequest
 from .limits import RateLimited
 from .models import AttestedCaller
 from .peercred import Connection, PeerTracker
@@ -21,7 +19,8 @@ def check_security_header(stream: Stream[Any, Any]) -> None:
     """Exactly one `workload.spiffe.io: true`, as the Workload API requires of every request."""
     values = stream.metadata.getall(SECURITY_HEADER, []) if stream.metadata else []
     if values != ["true"]:
-        raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        # An EnsignError (not a bare GRPCError) so the refusal reaches the audit trail.
+        raise InvalidRequest("security header missing from request")
 
 
 async def attest_stream(stream: Stream[Any, Any], tracker: PeerTracker,
