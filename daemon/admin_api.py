@@ -72,7 +72,10 @@ class AdminApi(AdminBase):
                 + (f" or members of gid {self._admin_gid})" if self._admin_gid is not None
                    else ")"))
             if self._audit is not None:
-                self._audit.record_nowait(audit_records.denied("admin", conn.caller, err))
+                # NOTE: grpclib keeps the RPC path private; it names the refused call.
+                method = str(getattr(stream, "_method_name", "")).rsplit("/", 1)[-1]
+                self._audit.record_nowait(audit_records.denied(f"admin.{method}", conn.caller,
+                                                               err))
             raise err
         return request, conn.caller.uid
 

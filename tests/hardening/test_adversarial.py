@@ -116,8 +116,6 @@ def test_other_uid_cannot_use_the_admin_api_even_on_a_misconfigured_socket(
     assert d.cli("agent", "show", str(root_entry["id"])).returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="daemon gap: an admin call refused for its uid "
-                   "(PERMISSION_DENIED) is logged but leaves no audit record")
 @ROOT_ONLY
 def test_refused_admin_calls_are_audited(node: tuple[Daemon, dict[str, Any]]) -> None:
     d, _ = node
