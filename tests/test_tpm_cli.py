@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import io
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from grpclib.server import Server
 from ensign.attestors import _tpm_structs as ts
 from ensign.attestors.tpm import TpmConfig
 from ensign.daemon.attestation_api import AttestationApi
+from ensign.daemon.cli import main as cli_main
 from ensign.daemon.tpm_policy import PcrPolicy
 from ensign.daemon.tpm_service import TpmService
 
@@ -68,10 +72,30 @@ class Node:
         self.thread.join(5)
         self.loop.close()
 
-    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*ENSIGN, "tpm", *args], capture_output=True, text=True,
-                                timeout=30, env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{self.socket}",
-                                                 "PATH": "/usr/bin:/bin"})
+    def cli(self, *args: str, ok: bool = True, subprocess_: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        """`ensign tpm ARGS`: in this process (the CLI's own main(), quick), or as a real
+        subprocess of the console entry point."""
+        if subprocess_:
+            result = subprocess.run(
+                [*ENSIGN, "tpm", *args], capture_output=True, text=True, timeout=30,
+                env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{self.socket}", "PATH": "/usr/bin:/bin"})
+        else:
+            out, err = io.StringIO(), io.StringIO()
+            old = os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+            os.environ["SPIFFE_ENDPOINT_SOCKET"] = f"unix://{self.socket}"
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    try:
+                        code = cli_main(["tpm", *args])
+                    except SystemExit as e:  # argparse usage errors
+                        code = int(e.code or 0)
+            finally:
+                if old is None:
+                    del os.environ["SPIFFE_ENDPOINT_SOCKET"]
+                else:
+                    os.environ["SPIFFE_ENDPOINT_SOCKET"] = old
+            result = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
         if ok:
             assert result.returncode == 0, result.stderr
         return result
@@ -94,7 +118,7 @@ def refuse(node: Node, *args: str) -> str:
 
 
 def test_status_policy_and_fresh_evidence_verify(node: Node, tmp_path: Path) -> None:
-    out = node.cli("status").stdout
+    out = node.cli("status", subprocess_=True).stdout  # the console entry point, for real
     assert "available           yes" in out and "chains to CN=swtpm-localca-rootca" in out
     assert "2 executables in PCR 23" in out and "PCR 23" in out
     status = json.loads(node.cli("status", "-o", "json", "--ak-pub-out",
