@@ -116,8 +116,6 @@ class TpmService(EvidenceMixin):
         self._anchors = load_certificates(self.config.ek_ca_files)
         self.log.load()
         if self.emulator is not None:
-            self._anchors += load_certificates(self.emulator.ca_files) if all(
-                p.exists() for p in self.emulator.ca_files) else []
             await self._start_emulator()
         with contextlib.suppress(EnsignError):
             await self.refresh()
@@ -130,7 +128,7 @@ class TpmService(EvidenceMixin):
         except TpmUnavailable as e:
             self._set_unavailable(e)
             return
-        if not self._anchors or not self._intermediates:  # the local CA exists now
+        if not self._intermediates:  # the emulator's local CA exists once it is manufactured
             self._anchors = load_certificates([*self.config.ek_ca_files,
                                                *self.emulator.ca_files])
             self._intermediates = load_certificates(self.emulator.intermediate_files)
@@ -146,7 +144,7 @@ class TpmService(EvidenceMixin):
         self._available, self._selectors, self._problem = False, frozenset(), "stopped"
 
     def poke(self) -> None:
-        """Quote now instead of at the next interval (tests, `ensign tpm quote`)."""
+        """Quote now instead of at the next interval."""
         self._wake.set()
 
     async def _run(self) -> None:
