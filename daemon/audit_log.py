@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import keys
-from .audit_event import GENESIS, AuditEvent, canonical, seal_line
+from .audit_event import GENESIS, AuditEvent, Sealer, canonical
 from .config import AuditConfig
 from .errors import AuditUnavailable
 from .files import ensure_private_dir, write_private
@@ -43,6 +43,7 @@ SEGMENT = re.compile(r"^segment-(\d{8})\.jsonl$")
 CHECKPOINTS = "checkpoints.jsonl"
 PUBLIC_KEY = "audit-key.pub.pem"
 MAX_LOOKS = 4
+MAX_SEALERS = 256
 
 
 def segment_name(n: int) -> str:
@@ -102,7 +103,8 @@ class AuditLog:
         self._cp_seq = 0
         self._cp_time = 0.0
         # Event loop: the next batch, and who waits for it (future, records up to theirs).
-        self._bodies: list[dict[str, Any]] = []
+        self._pending: list[Sealer] = []
+        self._sealers: dict[int, tuple[AuditEvent, Sealer]] = {}  # by id() of the event
         self._waiters: list[tuple[asyncio.Future[int], int]] = []
         self._busy = False  # a batch is with the writer thread
         self._flush_soon = False
@@ -113,6 +115,7 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.problem: str | None = None
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         self.on_health_change: Callable[[], None] = lambda: None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -183,8 +186,9 @@ class AuditLog:
         if not events:
             future.set_result(self._seq)
             return future
-        self._bodies.extend(e.body() for e in events)
-        self._waiters.append((future, len(self._bodies)))
+        for e in events:
+            self._append(e)
+        self._waiters.append((future, len(self._pending)))
         self._schedule_flush()
         return future
 
@@ -194,8 +198,30 @@ class AuditLog:
 
     def record_nowait(self, event: AuditEvent) -> None:
         """Append without waiting (for records that release nothing); failures are logged."""
-        self._bodies.append(event.body())
+        self._append(event)
         self._schedule_flush()
+
+    def _append(self, event: AuditEvent) -> None:
+        sealer = self._sealer(event)
+        self._pending.append(sealer)
+        # Observers (metrics, anomaly detection) see every decision as it is recorded; they
+        # must be cheap, and one that fails must not stop the record.
+        for observe in self.observers:
+            try:
+                observe(sealer.body)
+            except Exception:
+                log.exception("audit observer failed")
+
+    def _sealer(self, event: AuditEvent) -> Sealer:
+        """Events are immutable once recorded: one recorded again is encoded once."""
+        hit = self._sealers.get(id(event))
+        if hit is not None and hit[0] is event:  # held here, so its id() is not reused
+            return hit[1]
+        if len(self._sealers) >= MAX_SEALERS:
+            self._sealers.clear()
+        sealer = Sealer(event.body(), self.chain)
+        self._sealers[id(event)] = (event, sealer)
+        return sealer
 
     def _schedule_flush(self) -> None:
         if not self._busy and not self._flush_soon and self._loop is not None:
@@ -209,19 +235,19 @@ class AuditLog:
         pass (at most MAX_LOOKS) puts them in one batch, and a batch costs a sync.
         """
         self._flush_soon = False
-        if self._busy or not self._bodies:
+        if self._busy or not self._pending:
             return
         assert self._loop is not None
-        if len(self._bodies) != self._seen and self._looks < MAX_LOOKS:
-            self._seen, self._looks, self._flush_soon = len(self._bodies), self._looks + 1, True
+        if len(self._pending) != self._seen and self._looks < MAX_LOOKS:
+            self._seen, self._looks, self._flush_soon = len(self._pending), self._looks + 1, True
             self._loop.call_soon(self._flush)
             return
-        bodies, waiters, at = self._bodies, self._waiters, self._clock()
-        self._bodies, self._waiters, self._seen, self._looks = [], [], 0, 0
+        pending, waiters, at = self._pending, self._waiters, self._clock()
+        self._pending, self._waiters, self._seen, self._looks = [], [], 0, 0
         seq, head, lines = self._seq, self._head, []
-        for body in bodies:
+        for sealer in pending:
             seq += 1
-            line, head = seal_line(body, seq=seq, prev=head, chain=self.chain, at=at)
+            line, head = sealer.seal(seq=seq, prev=head, at=at)
             lines.append(line)
         self._busy = True
         self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
@@ -238,7 +264,7 @@ class AuditLog:
                 future.set_result(first + n - 1)
             else:
                 future.set_exception(AuditUnavailable(problem))
-        if self._bodies:
+        if self._pending:
             self._schedule_flush()
 
     def _tick(self) -> None:

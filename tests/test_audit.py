@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ensign.daemon.audit_event import canonical, record_hash, seal, seal_line
+from ensign.daemon.audit_event import Sealer, canonical, record_hash, seal, seal_line
 from ensign.daemon.audit_query import read_records
 from ensign.daemon.audit_verify import verify
 from ensign.daemon.svid import split_der
@@ -285,12 +285,26 @@ _VALUE = st.recursive(
 )
 
 
-@given(body=st.dictionaries(_TEXT, _VALUE, max_size=8))
-def test_seal_line_is_the_canonical_sealed_record(body: dict[str, Any]) -> None:
+@given(body=st.dictionaries(_TEXT, _VALUE, max_size=8),
+       prev=st.sampled_from(["ab" * 32, "0" * 64, 'x"\\y\n']))
+def test_seal_line_is_the_canonical_sealed_record(body: dict[str, Any], prev: str) -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    line, digest = seal_line(body, seq=7, prev="ab" * 32, chain="cd" * 16, at=at)
-    record = seal(body, seq=7, prev="ab" * 32, chain="cd" * 16, at=at)
+    line, digest = seal_line(body, seq=7, prev=prev, chain="cd" * 16, at=at)
+    record = seal(body, seq=7, prev=prev, chain="cd" * 16, at=at)
     assert line == canonical(record) + b"\n"
     assert digest == record["hash"] == record_hash(json.loads(line))
+    sealer = Sealer(body, "cd" * 16)
+    assert sealer.seal(seq=7, prev=prev, at=at) == (line, digest)
+    assert sealer.seal(seq=8, prev=digest, at=at) == seal_line(body, seq=8, prev=digest,
+                                                                chain="cd" * 16, at=at)
     assert canonical(body) == json.dumps(body, sort_keys=True, separators=(",", ":"),
                                          ensure_ascii=False).encode()
+
+
+def test_a_body_holding_the_sealer_hole_is_still_sealed_canonically() -> None:
+    from ensign.daemon.audit_event import _HOLE
+
+    body = {"reason": f"{_HOLE}s", "type": "anomaly"}
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    assert Sealer(body, "c").seal(seq=1, prev="0" * 64, at=at) == seal_line(
+        body, seq=1, prev="0" * 64, chain="c", at=at)
