@@ -44,6 +44,7 @@ class AttestationPipeline:
         self._proc = proc_root
         self._proc_prefix = f"{proc_root}/"
         self._timeout = timeout
+        # Cached as served on a hit (fresh=False), so a hit builds nothing.
         self._cache: OrderedDict[_CacheKey, tuple[float, AttestedCaller]] = OrderedDict()
 
     @property
@@ -57,7 +58,7 @@ class AttestationPipeline:
             hit = self._cache.get(key)
             if hit is not None and now - hit[0] < CACHE_TTL:
                 check_alive(caller, self._proc)
-                return replace(hit[1], fresh=False)
+                return hit[1]
         results = await asyncio.gather(
             *(self._run(a, caller) for a in self._attestors), return_exceptions=True
         )
@@ -78,7 +79,7 @@ class AttestationPipeline:
             raise AttestationError("all attestors failed: " + "; ".join(failures))
         attested = AttestedCaller(caller=caller, selectors=frozenset(selectors), evidence=evidence)
         if key is not None and not failures:
-            self._cache[key] = (now, attested)
+            self._cache[key] = (now, replace(attested, fresh=False))
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return attested

@@ -37,7 +37,7 @@ from .peercred import PeerTracker
 from .registry import Entry, Registry
 from .roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
 from .spiffe_id import SpiffeId
-from .svid import X509Svid, validate_jwt_svid
+from .svid import JwtSvid, X509Svid, validate_jwt_svid
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ SECURITY_HEADER = "workload.spiffe.io"
 MAX_AUDIENCES = 32
 MAX_AUDIENCE_BYTES = 512
 MAX_TOKEN_BYTES = 16 * 1024
+MAX_ISSUED_EVENTS = 1024
 
 
 class WorkloadApi(SpiffeWorkloadAPIBase):
@@ -73,6 +74,8 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self._broadcast = broadcast
         self._clock = clock
         self._td_id = str(SpiffeId.for_trust_domain(config.trust_domain))
+        self._issued: dict[tuple[int, int, int],
+                           tuple[AttestedCaller, Entry, JwtSvid, AuditEvent]] = {}
 
     # -- caller ----------------------------------------------------------------------------
 
@@ -95,15 +98,32 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         try:
             yield seen
         except EnsignError as err:
-            if not isinstance(err, AuditUnavailable):
-                caller = self._tracker.connection_of(stream).caller
-                self._audit.record_nowait(audit_records.denied(
-                    method, caller, err, seen.attested, seen.entry, seen.audience))
+            self._refused(stream, method, seen, err)
             raise
+
+    def _refused(self, stream: Stream[Any, Any], method: str, seen: _Seen,
+                 err: EnsignError) -> None:
+        if not isinstance(err, AuditUnavailable):
+            caller = self._tracker.connection_of(stream).caller
+            self._audit.record_nowait(audit_records.denied(
+                method, caller, err, seen.attested, seen.entry, seen.audience))
 
     async def _durably(self, events: list[AuditEvent]) -> None:
         """Wait until every record is on disk: only then may the credentials be released."""
         await self._audit.durable(events)
+
+    def _jwt_issued(self, attested: AttestedCaller, entry: Entry, svid: JwtSvid) -> AuditEvent:
+        """The same event object for the same caller, entry and cached token: the audit log
+        then reuses its encoding."""
+        key = (id(attested), id(entry), id(svid))
+        hit = self._issued.get(key)
+        if hit is not None and hit[0] is attested and hit[1] is entry and hit[2] is svid:
+            return hit[3]
+        if len(self._issued) >= MAX_ISSUED_EVENTS:
+            self._issued.clear()
+        event = audit_records.jwt_issued(attested, entry, svid)
+        self._issued[key] = (attested, entry, svid, event)  # held, so the ids stay theirs
+        return event
 
     def _identities(self, attested: AttestedCaller) -> list[Entry]:
         entries = self._registry.match(attested.selectors)
@@ -193,8 +213,12 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
     async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
         request = await stream.recv_message()
         assert request is not None
-        async with self._audited(stream, "FetchJWTSVID") as seen:
+        seen = _Seen()  # the hot path: what _audited does, without a context manager
+        try:
             await self._fetch_jwt(stream, request, seen)
+        except EnsignError as err:
+            self._refused(stream, "FetchJWTSVID", seen, err)
+            raise
 
     async def _fetch_jwt(
         self,
@@ -224,11 +248,11 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
                 seen.entry = e
                 continue
             jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
-            records.append(audit_records.jwt_issued(attested, e, jwt_svid))
+            records.append(self._jwt_issued(attested, e, jwt_svid))
             svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
         if not svids and denied is not None:
             raise denied
-        await self._durably(records)
+        await self._audit.durable(records)  # on disk before the tokens leave: fail closed
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
     @translate
