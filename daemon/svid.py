@@ -75,6 +75,31 @@ class JwtSvid:
     expiry: datetime
 
 
+# The leaf extensions every X509-SVID carries, built once (immutable values).
+_LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=True,
+    data_encipherment=False, key_agreement=True, key_cert_sign=False,
+    crl_sign=False, encipher_only=False, decipher_only=False,
+)
+_LEAF_EKU = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ensign")
+_AKI_CACHE: dict[int, x509.AuthorityKeyIdentifier] = {}
+
+
+def _aki(authority: SigningAuthority) -> x509.AuthorityKeyIdentifier:
+    """The authority key id is the same for every leaf an authority signs: compute it once."""
+    key = authority.cert.serial_number  # random 159 bits: one per authority
+    hit = _AKI_CACHE.get(key)
+    if hit is None:
+        if len(_AKI_CACHE) > 64:
+            _AKI_CACHE.clear()
+        hit = _AKI_CACHE[key] = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            authority.key.public_key())
+    return hit
+
+
 def mint_x509_svid(
     *,
     authority: SigningAuthority,
@@ -87,7 +112,7 @@ def mint_x509_svid(
     if not spiffe_id.is_workload:
         raise ValueError("an X509-SVID needs a SPIFFE ID with a path")
     not_after = min(now + ttl, authority.cert.not_valid_after_utc)
-    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ensign")]
+    subject = [_ORG]
     if dns_names:
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0]))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
@@ -101,27 +126,12 @@ def mint_x509_svid(
         .serial_number(x509.random_serial_number())
         .not_valid_before(max(now - NOT_BEFORE_CUSHION, authority.cert.not_valid_before_utc))
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=True,
-                data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(_LEAF_CONSTRAINTS, critical=True)
+        .add_extension(_LEAF_USAGE, critical=True)
+        .add_extension(_LEAF_EKU, critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
-            critical=False,
-        )
+        .add_extension(_aki(authority), critical=False)
     )
     cert = builder.sign(authority.key, keys.signature_hash(authority.key))
     return X509Svid(spiffe_id=str(spiffe_id), cert=cert, chain=authority.chain, key=key)
