@@ -173,7 +173,7 @@ class Detector:
             return [Finding("rate", agent_id, f"{rate.count} requests/s for {aud}",
                             f"at most {cfg.rate_ceiling}/s (hard ceiling)",
                             "runaway or abused agent", uid, {"count": rate.count})]
-        if not learned or rate.samples < 10:
+        if not learned or rate.samples < 3:
             return []
         limit = max(cfg.rate_min, rate.mean * cfg.rate_factor,
                     rate.mean + cfg.rate_sigma * math.sqrt(max(rate.var, 0.0)))

@@ -25,8 +25,9 @@ from ensign.proto.admin_pb2 import StatusResponse
 
 from . import audit_records, metrics
 from .admin_api import AdminApi
+from .anomaly import Detector, Finding
 from .attestation import AttestationPipeline
-from .audit_event import AuditEvent
+from .audit_event import AuditEvent, Process
 from .audit_log import AuditLog
 from .ca import CertificateAuthority, utcnow
 from .cache import Broadcast, SvidCache
@@ -94,6 +95,10 @@ class Daemon:
                 attestors.append(factory(section))
         self.pipeline = AttestationPipeline(attestors)
         self.audit = AuditLog(config.audit, data, clock)
+        self.detector = Detector(config.anomaly, time.time) if config.anomaly.enabled else None
+        self._anomaly_state = data / "anomaly.json"
+        self._anomaly_saved = 0.0
+        self._prune_scheduled = False
         self._draining = False
         workload = WorkloadApi(
             config=config, tracker=self.tracker, pipeline=self.pipeline,
@@ -134,6 +139,10 @@ class Daemon:
         self.grants.load()
         self.ca.load_or_create()
         self.audit.open()
+        self.audit.observers.append(metrics.observe_audit)
+        if self.detector is not None:
+            self.detector.load(self._anomaly_state)
+            self.audit.observers.append(self._observe_anomaly)
         await self.issuers.start()
         self.audit.record_nowait(AuditEvent(type="daemon.start", details={
             "trust_domain": self.config.trust_domain, "attestors": self.pipeline.names}))
@@ -169,6 +178,49 @@ class Daemon:
         log.info("stopping", extra={"signal": sig.name})
         self._stop.set()
         self._wake.set()
+
+    def _observe_anomaly(self, body: dict[str, Any]) -> None:
+        if self.detector is None or body.get("type") == "anomaly":
+            return
+        for finding in self.detector.observe(body):
+            # Respond after the current record is queued: suspending emits records itself.
+            asyncio.get_running_loop().call_soon(self._respond, finding)
+
+    def _respond(self, f: Finding) -> None:
+        entry = None
+        if f.agent_id:
+            with contextlib.suppress(EnsignError):
+                entry = self.registry.get(f.agent_id)
+        action: str = self.config.anomaly.action
+        if entry is not None:
+            action = entry.metadata.get("anomaly.action", action)
+        if action == "off":
+            return
+        suspend = action == "suspend" and entry is not None and entry.state == "active"
+        self.audit.record_nowait(AuditEvent(
+            type="anomaly", result="failure", reason=f.line(), agent_id=f.agent_id,
+            spiffe_id=entry.spiffe_id if entry else "",
+            process=Process(pid=0, uid=f.uid, gid=0) if f.uid is not None else None,
+            details={"signal": f.signal, "seen": f.seen, "expected": f.expected, "why": f.why,
+                     "values": f.values, "action": "suspend" if suspend else "alert"}))
+        log.warning("anomaly", extra={"signal": f.signal, "agent": f.agent_id,
+                                      "finding": f.line(), "action": action})
+        if suspend and entry is not None:
+            self.registry.transition(entry.id, "suspend", "ensign",
+                                     f"anomaly {f.signal}: {f.line()}")
+
+    def _prune(self) -> None:
+        self._prune_scheduled = False
+        self.cache.prune(self.registry.live_ids())
+
+    def _save_anomaly_state(self, force: bool = False) -> None:
+        if self.detector is None or (not force and time.time() - self._anomaly_saved < 30):
+            return
+        self._anomaly_saved = time.time()
+        try:
+            self.detector.save(self._anomaly_state)
+        except OSError as e:
+            log.warning("cannot save anomaly baselines", extra={"error": str(e)})
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config. Applied at once: log_level and the delegation issuers'
@@ -226,7 +278,11 @@ class Daemon:
         # wake, recompute, and end with PermissionDenied when no identity is left.
         if event.action.startswith("role_"):
             self.cache.forget_jwts()
-        self.cache.prune(self.registry.live_ids())
+        # One prune per loop pass, however many changes a bulk apply emits (10,000 agents
+        # in one transaction would otherwise rebuild the live set 10,000 times).
+        if not self._prune_scheduled:
+            self._prune_scheduled = True
+            asyncio.get_running_loop().call_soon(self._prune)
         log.info("registry changed", extra={
             "action": event.action, "subject": event.subject, "actor": event.actor,
             "reason": event.reason})
@@ -236,6 +292,7 @@ class Daemon:
         """Rotate the CA and SVIDs when due and wake the streams that must see it."""
         while not self._stop.is_set():
             self.registry.expire_due()
+            self._save_anomaly_state()
             changed = False
             if self.ca.maintain():
                 self.cache.forget_all()
@@ -267,6 +324,7 @@ class Daemon:
         for server in (self._workload_server, self._admin_server):
             await server.wait_closed()
         await self.pipeline.aclose()
+        self._save_anomaly_state(force=True)
         await self.issuers.aclose()
         await self.audit.close()
         self.tracker.close_all()
