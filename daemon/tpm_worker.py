@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")  # the session state `setup` builds on a fresh context
 T = TypeVar("T")
 
+SETUP_TIMEOUT = 60.0
 _RC_LAYER_MASK = 0xFF0000  # TSS2_RC: bits 16..23 name the layer; 0 is the TPM itself
 
 
@@ -59,6 +60,7 @@ class _Thread(Generic[S]):
             queue.SimpleQueue())
         self.abandoned = False
         self.running_since: float | None = None  # monotonic start of the command in progress
+        self.in_setup = False  # connecting: deriving an RSA EK can take a hardware TPM seconds
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -98,12 +100,16 @@ class _Thread(Generic[S]):
     def _call(self, fn: Callable[[S], T]) -> T:
         try:
             if self._state is None:
+                self.in_setup = True
                 try:
                     self._ctx = ESAPI(self._tcti)
                     self._state = self._setup(self._ctx)
                 except BaseException:
                     self._drop()  # never keep a context whose setup did not finish
                     raise
+                finally:
+                    self.in_setup = False
+                self.running_since = time.monotonic()  # the command's own deadline starts now
             return fn(self._state)
         except TSS2_Exception as e:
             if is_transport_error(e) or self._state is None:
@@ -125,6 +131,8 @@ class TpmWorker(Generic[S]):
         self.tcti = tcti
         self._setup = setup
         self._timeout = timeout
+        # Connecting may create primary keys (an RSA EK from its template): slow on real TPMs.
+        self._setup_timeout = max(SETUP_TIMEOUT, timeout)
         self._mutex = threading.Lock()  # guards the two fields below (loop and CLI threads)
         self._current: _Thread[S] | None = None
         self._stuck: _Thread[S] | None = None
@@ -162,10 +170,11 @@ class TpmWorker(Generic[S]):
     def _next_wait(self, worker: _Thread[S]) -> float:
         if worker.abandoned and not worker.thread.is_alive():  # our job was never run
             raise TpmUnavailable(f"TPM ({self.tcti}) connection was abandoned (watchdog)")
+        limit = self._setup_timeout if worker.in_setup else self._timeout
         busy = worker.busy_for()
-        if busy >= self._timeout:
+        if busy >= limit:
             raise self._overrun(worker)
-        return self._timeout - busy
+        return limit - busy
 
     def call(self, fn: Callable[[S], T]) -> T:
         """Blocking form, for start-up and callers outside the event loop."""
