@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,7 +102,7 @@ class AuditLog:
         self._seq = 0
         self._head = GENESIS
         self._cp_seq = 0
-        self._cp_time = 0.0
+        self._cp_due = 0.0  # time.monotonic() when a checkpoint is due however few records
         # Event loop: the next batch, and who waits for it (future, records up to theirs).
         self._pending: list[Sealer] = []
         self._sealers: dict[int, tuple[AuditEvent, Sealer]] = {}  # by id() of the event
@@ -323,10 +324,12 @@ class AuditLog:
             self._checkpoint_if_due_sync()  # while the next batch gathers
 
     def _append_sync(self, data: bytes) -> None:
-        try:
-            view = memoryview(data)
-            while view:  # O_DSYNC: each write returns once its data is on disk
-                view = view[os.write(self._fd, view):]
+        try:  # O_DSYNC: each write returns once its data is on disk
+            written = os.write(self._fd, data)
+            if written < len(data):
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view):]
         except OSError:
             # Take back a partial write so the segment still ends on a whole record.
             try:
@@ -342,11 +345,9 @@ class AuditLog:
     def _checkpoint_if_due_sync(self) -> None:
         if self._seq == self._cp_seq or self._fd < 0:
             return
-        due_by_count = self._seq - self._cp_seq >= self._cfg.checkpoint_every
-        due_by_time = (self._clock().timestamp() - self._cp_time
-                       >= self._cfg.checkpoint_interval.total_seconds())
         rotate = self._size >= self._cfg.segment_size
-        if due_by_count or due_by_time or rotate:
+        if (self._seq - self._cp_seq >= self._cfg.checkpoint_every or rotate
+                or time.monotonic() >= self._cp_due):
             try:
                 self._checkpoint_sync()
                 if rotate:
@@ -371,7 +372,8 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._cp_seq, self._cp_time = self._seq, now.timestamp()
+        self._cp_seq = self._seq
+        self._cp_due = time.monotonic() + self._cfg.checkpoint_interval.total_seconds()
 
     def _rotate_sync(self) -> None:
         os.close(self._fd)
