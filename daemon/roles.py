@@ -101,13 +101,17 @@ def jwt_ttl_cap(
         )
     cap: int | None = None
     for audience in audiences:
-        granting = [r for r in held if r.allows(audience)]
-        if not granting:
+        best: int | None = None  # the most generous cap of the roles allowing it; 0: none
+        for r in held:
+            if audience in r.audiences or r.allows(audience):  # exact first: the usual case
+                if r.max_ttl == 0:
+                    best = 0
+                    break
+                best = r.max_ttl if best is None else max(best, r.max_ttl)
+        if best is None:
             raise AudienceDenied(f"audience {audience!r} is not allowed by the agent's roles "
                                  f"({', '.join(r.name for r in held)})")
-        caps = [r.max_ttl for r in granting]
-        best = None if 0 in caps else max(caps)
-        if best is not None:
+        if best:
             cap = best if cap is None else min(cap, best)
     return None if cap is None else timedelta(seconds=cap)
 
