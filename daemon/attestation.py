@@ -51,14 +51,21 @@ class AttestationPipeline:
     def names(self) -> list[str]:
         return [a.name for a in self._attestors]
 
+    def cached(self, caller: Caller) -> AttestedCaller | None:
+        """The cached result for this very process image if still fresh, without awaiting."""
+        key = self._cache_key(caller)
+        hit = self._cache.get(key) if key is not None else None
+        if hit is None or time.monotonic() - hit[0] >= CACHE_TTL:
+            return None
+        check_alive(caller, self._proc)
+        return hit[1]
+
     async def attest(self, caller: Caller) -> AttestedCaller:
+        hit = self.cached(caller)
+        if hit is not None:
+            return hit
         key = self._cache_key(caller)
         now = time.monotonic()
-        if key is not None:
-            hit = self._cache.get(key)
-            if hit is not None and now - hit[0] < CACHE_TTL:
-                check_alive(caller, self._proc)
-                return hit[1]
         results = await asyncio.gather(
             *(self._run(a, caller) for a in self._attestors), return_exceptions=True
         )

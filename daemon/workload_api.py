@@ -32,7 +32,7 @@ from .config import Config
 from .errors import AuditUnavailable, CallerGone, EnsignError, InvalidRequest, NoIdentity
 from .grpc_errors import translate
 from .keys import to_pkcs8_der
-from .models import AttestedCaller
+from .models import AttestedCaller, Caller
 from .peercred import PeerTracker
 from .registry import Entry, Registry
 from .roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
@@ -80,13 +80,20 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
     # -- caller ----------------------------------------------------------------------------
 
     async def _attest(self, stream: Stream[Any, Any]) -> AttestedCaller:
+        caller = self._caller(stream)
+        return self._pipeline.cached(caller) or await self._attest_anew(caller)
+
+    def _caller(self, stream: Stream[Any, Any]) -> Caller:
         values = stream.metadata.getall(SECURITY_HEADER, []) if stream.metadata else []
         if values != ["true"]:
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         conn = self._tracker.connection_of(stream)
         if conn.caller is None:
             raise CallerGone(conn.problem or "caller unknown")
-        attested = await self._pipeline.attest(conn.caller)
+        return conn.caller
+
+    async def _attest_anew(self, caller: Caller) -> AttestedCaller:
+        attested = await self._pipeline.attest(caller)
         if attested.fresh:
             self._audit.record_nowait(audit_records.attestation(attested))
         return attested
@@ -230,7 +237,9 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         wanted: SpiffeId | None = None
         if request.spiffe_id:
             wanted = SpiffeId.parse(request.spiffe_id)
-        attested = seen.attested = await self._attest(stream)
+        caller = self._caller(stream)  # the cache hit without awaiting: the usual case
+        attested = self._pipeline.cached(caller) or await self._attest_anew(caller)
+        seen.attested = attested
         entries = self._identities(attested)
         if wanted is not None:
             entries = [e for e in entries if e.spiffe_id == str(wanted)]
