@@ -121,9 +121,11 @@ def test_swtpm_outage_fails_only_tpm_identities_and_recovers(
                 assert time.monotonic() < deadline, "TPM identities did not come back"
                 time.sleep(0.2)
     finally:
-        if d.alive():
-            d.stop()
-        emu.stop()
+        try:
+            if d.alive():
+                d.stop()
+        finally:
+            emu.stop()
 
 
 def test_remote_evidence_lists_exactly_the_attested_executables(
@@ -152,6 +154,7 @@ def test_sealed_ca_key_refuses_to_issue_after_a_pcr_change(
     shutil.copytree(manufactured_tpm, emu.dir)
     emu.start()
     config = _tpm_config(short_tmp, tcti=f'"{emu.tcti}"') + "\n[ca]\nseal_with_tpm = true\n"
+    d: Daemon | None = None
     try:
         d = make_daemon(short_tmp, config)
         d.register("me", "unix:uid:0")
@@ -164,4 +167,8 @@ def test_sealed_ca_key_refuses_to_issue_after_a_pcr_change(
         assert result.returncode != 0
         assert "cannot unseal" in result.stderr and "PCR 7" in result.stderr
     finally:
-        emu.stop()
+        try:
+            if d is not None and d.alive():
+                d.stop()
+        finally:
+            emu.stop()
