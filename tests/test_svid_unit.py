@@ -55,7 +55,7 @@ def test_jwt_svid_header_and_claims(authority) -> None:  # type: ignore[no-untyp
         spiffe_id=WORKLOAD,
         audience=("a", "b"),
         ttl=timedelta(minutes=5),
-        now=NOW,
+        now=datetime.now(UTC),  # py-spiffe checks expiry against the wall clock
         issuer="https://agents.example.org",
     )
     header = pyjwt.get_unverified_header(svid.token)
