@@ -141,19 +141,23 @@ class Sealer:
     def body(self) -> dict[str, Any]:
         return self._body
 
-    def seal(self, *, seq: int, prev: str, at: datetime) -> tuple[bytes, str]:
-        """The record's JSON line (with newline) and its hash."""
+    def seal(self, *, seq: int, prev: str, at: datetime, stamp: str = "") -> tuple[bytes, str]:
+        """The record's JSON line (with newline) and its hash. `stamp`: record_time(at), if a
+        batch sealed at one time has it already."""
         if self._parts is None or not prev.isalnum():  # prev would need escaping
             return seal_line(self._body, seq=seq, prev=prev, chain=self._chain, at=at)
         a, b, c, d, e = self._parts
-        rest = f"{b}{prev}{c}{seq}{d}{at.astimezone(UTC).isoformat(timespec='microseconds')}{e}"
+        rest = f"{b}{prev}{c}{seq}{d}{stamp or record_time(at)}{e}"
         digest = hashlib.sha256(f"{a}{rest}".encode()).hexdigest()
         return f'{a}"hash":"{digest}",{rest}\n'.encode(), digest
 
 
+def record_time(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _placed(body: dict[str, Any], seq: int, prev: str, chain: str, at: datetime) -> dict[str, Any]:
-    return {**body, "seq": seq, "time": at.astimezone(UTC).isoformat(timespec="microseconds"),
-            "chain": chain, "prev": prev}
+    return {**body, "seq": seq, "time": record_time(at), "chain": chain, "prev": prev}
 
 
 def record_hash(record: dict[str, Any]) -> str:

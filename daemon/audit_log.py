@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import keys
-from .audit_event import GENESIS, AuditEvent, Sealer, canonical
+from .audit_event import GENESIS, AuditEvent, Sealer, canonical, record_time
 from .config import AuditConfig
 from .errors import AuditUnavailable
 from .files import ensure_private_dir, write_private
@@ -245,10 +245,10 @@ class AuditLog:
             return
         pending, waiters, at = self._pending, self._waiters, self._clock()
         self._pending, self._waiters, self._seen, self._looks = [], [], 0, 0
-        seq, head, lines = self._seq, self._head, []
+        seq, head, lines, stamp = self._seq, self._head, [], record_time(at)
         for sealer in pending:
             seq += 1
-            line, head = sealer.seal(seq=seq, prev=head, at=at)
+            line, head = sealer.seal(seq=seq, prev=head, at=at, stamp=stamp)
             lines.append(line)
         self._busy = True
         self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),

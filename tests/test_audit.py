@@ -20,7 +20,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ensign.daemon.audit_event import Sealer, canonical, record_hash, seal, seal_line
+from ensign.daemon.audit_event import (
+    Sealer,
+    canonical,
+    record_hash,
+    record_time,
+    seal,
+    seal_line,
+)
 from ensign.daemon.audit_query import read_records
 from ensign.daemon.audit_verify import verify
 from ensign.daemon.svid import split_der
@@ -295,8 +302,8 @@ def test_seal_line_is_the_canonical_sealed_record(body: dict[str, Any], prev: st
     assert digest == record["hash"] == record_hash(json.loads(line))
     sealer = Sealer(body, "cd" * 16)
     assert sealer.seal(seq=7, prev=prev, at=at) == (line, digest)
-    assert sealer.seal(seq=8, prev=digest, at=at) == seal_line(body, seq=8, prev=digest,
-                                                                chain="cd" * 16, at=at)
+    assert sealer.seal(seq=8, prev=digest, at=at, stamp=record_time(at)) == seal_line(
+        body, seq=8, prev=digest, chain="cd" * 16, at=at)
     assert canonical(body) == json.dumps(body, sort_keys=True, separators=(",", ":"),
                                          ensure_ascii=False).encode()
 
