@@ -27,6 +27,7 @@ from . import audit_records, metrics
 from .admin_api import AdminApi
 from .anomaly import Detector, Finding
 from .attestation import AttestationPipeline
+from .attestation_api import AttestationApi
 from .audit_event import AuditEvent, Process
 from .audit_log import AuditLog
 from .ca import CertificateAuthority, utcnow
@@ -34,7 +35,7 @@ from .cache import Broadcast, SvidCache
 from .config import Config
 from .config import load as load_config
 from .delegation_api import DelegationApi
-from .errors import EnsignError
+from .errors import ConfigError, EnsignError
 from .events import ChangeEvent, EventHub
 from .grants import GrantBook
 from .health import HealthService
@@ -45,6 +46,7 @@ from .registry import Registry
 from .roles import RoleBook
 from .server import ADMIN_SOCKET_MODE, WORKLOAD_SOCKET_MODE, UnixServer
 from .store import Store
+from .tpm_service import TpmEvent, TpmService
 from .workload_api import WorkloadApi
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,12 @@ class Daemon:
         self.registry = Registry(self.store, self.roles, self.events, config.trust_domain)
         self.grants = GrantBook(self.store, self.events)
         self.issuers = TrustedIssuers(config.delegation)
-        self.ca = CertificateAuthority(config.ca, config.trust_domain, data, clock)
+        self.tpm: TpmService | None = None
+        if config.attestors.tpm.enabled:
+            self.tpm = TpmService(config.attestors.tpm, data, on_change=self._on_tpm_change,
+                                  on_event=self._on_tpm_event)
+        self.ca = CertificateAuthority(config.ca, config.trust_domain, data, clock,
+                                       sealer=self.tpm if config.ca.seal_with_tpm else None)
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
         lim = config.limits
@@ -91,9 +98,10 @@ class Daemon:
         attestors: list[Attestor] = []
         for name, factory in BUILTIN.items():
             section = getattr(config.attestors, name)
-            if section.enabled:
+            if section.enabled and name != "tpm":  # tpm: node selectors merged at match time
                 attestors.append(factory(section))
-        self.pipeline = AttestationPipeline(attestors)
+        self.pipeline = AttestationPipeline(
+            attestors, measure=self.tpm.measure if self.tpm is not None else None)
         self.audit = AuditLog(config.audit, data, clock)
         self.detector = Detector(config.anomaly, time.time) if config.anomaly.enabled else None
         self._anomaly_state = data / "anomaly.json"
@@ -103,7 +111,7 @@ class Daemon:
         workload = WorkloadApi(
             config=config, tracker=self.tracker, pipeline=self.pipeline,
             registry=self.registry, roles=self.roles, cache=self.cache, ca=self.ca,
-            audit=self.audit, broadcast=self.broadcast, clock=clock,
+            audit=self.audit, broadcast=self.broadcast, clock=clock, node=self.tpm,
         )
         self._workload_server = UnixServer(
             config.socket_path, WORKLOAD_SOCKET_MODE,
@@ -111,7 +119,7 @@ class Daemon:
                 config=config, tracker=self.tracker, pipeline=self.pipeline,
                 registry=self.registry, roles=self.roles, grants=self.grants,
                 issuers=self.issuers, cache=self.cache, ca=self.ca, audit=self.audit,
-                clock=clock)],
+                clock=clock), AttestationApi(self.tpm)],
             self.tracker,
         )
         admin_gid = _group_id(config.admin_group)
@@ -137,8 +145,12 @@ class Daemon:
         self.roles.load()
         self.registry.load()
         self.grants.load()
+        if self.config.ca.seal_with_tpm and self.tpm is None:
+            raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
+        self.audit.open()  # first: the TPM and the CA record events as they start
+        if self.tpm is not None:
+            await self.tpm.start()
         self.ca.load_or_create()
-        self.audit.open()
         self.audit.observers.append(metrics.observe_audit)
         if self.detector is not None:
             self.detector.load(self._anomaly_state)
@@ -272,6 +284,13 @@ class Daemon:
             return "shutting down"
         return self.audit.problem
 
+    def _on_tpm_change(self) -> None:
+        self.broadcast.publish()  # streams re-match against the new node selectors
+
+    def _on_tpm_event(self, e: TpmEvent) -> None:
+        self.audit.record_nowait(AuditEvent(type="tpm", result=e.result, reason=e.reason,
+                                            details={"event": e.type, **e.details}))
+
     def _on_change(self, event: ChangeEvent) -> None:
         self.audit.record_nowait(audit_records.change(event))
         # Suspended, decommissioned or deleted entries lose their cached SVIDs at once; streams
@@ -324,6 +343,8 @@ class Daemon:
         for server in (self._workload_server, self._admin_server):
             await server.wait_closed()
         await self.pipeline.aclose()
+        if self.tpm is not None:
+            await self.tpm.aclose()
         self._save_anomaly_state(force=True)
         await self.issuers.aclose()
         await self.audit.close()

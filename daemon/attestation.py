@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ensign.attestors.base import Attestor, AttestorError
 
@@ -39,7 +40,9 @@ class AttestationPipeline:
         *,
         proc_root: Path = Path("/proc"),
         timeout: float = ATTESTOR_TIMEOUT,
+        measure: Any = None,
     ) -> None:
+        self._measure = measure  # TpmService.measure(sha256_hex, path): measured launches
         self._attestors = list(attestors)
         self._proc = proc_root
         self._proc_prefix = f"{proc_root}/"
@@ -85,6 +88,12 @@ class AttestationPipeline:
         if failures and len(failures) == len(self._attestors):
             raise AttestationError("all attestors failed: " + "; ".join(failures))
         attested = AttestedCaller(caller=caller, selectors=frozenset(selectors), evidence=evidence)
+        sha = evidence.get("unix.exe_sha256")
+        if self._measure is not None and sha:
+            try:
+                await self._measure(sha, evidence.get("unix.exe_path", ""))
+            except Exception as e:  # the TPM being down must not fail non-TPM identities
+                log.warning("measured launch failed", extra={"sha256": sha, "error": str(e)})
         if key is not None and not failures:
             self._cache[key] = (now, replace(attested, fresh=False))
             if len(self._cache) > CACHE_SIZE:

@@ -37,8 +37,14 @@ class EvidenceSource(Protocol):
 
 
 class AttestationApi(AttestationBase):
-    def __init__(self, source: EvidenceSource) -> None:
+    def __init__(self, source: EvidenceSource | None) -> None:
         self._source = source
+
+    def _node(self) -> EvidenceSource:
+        if self._source is None:
+            raise GRPCError(Status.UNAVAILABLE, "this node has no TPM attestation "
+                                                "([attestors.tpm] enabled = false)")
+        return self._source
 
     @staticmethod
     def _check_header(stream: Stream[Any, Any]) -> None:
@@ -54,14 +60,14 @@ class AttestationApi(AttestationBase):
         challenge = None
         if request.HasField("challenge"):
             challenge = (request.challenge.credential_blob, request.challenge.encrypted_secret)
-        ev = await self._source.evidence(request.nonce, challenge)
+        ev = await self._node().evidence(request.nonce, challenge)
         await stream.send_message(evidence_to_pb(ev))
 
     @translate
     async def GetStatus(self, stream: Stream[pb.GetStatusRequest, pb.TpmStatus]) -> None:
         await stream.recv_message()
         self._check_header(stream)
-        await stream.send_message(status_to_pb(await self._source.status()))
+        await stream.send_message(status_to_pb(await self._node().status()))
 
 
 def evidence_to_pb(ev: Evidence) -> pb.Evidence:

@@ -28,6 +28,7 @@ EventType = Literal[
     "daemon.start",
     "daemon.stop",
     "audit.recovered",    # an incomplete trailing record from a crash was set aside
+    "tpm",                # node attestation: policy pass/fail, TPM lost/back, measured launch
 ]
 Result = Literal["success", "denied", "failure"]
 GENESIS = "0" * 64

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -189,8 +190,10 @@ class CertificateAuthority:
     """Owns the authorities of one trust domain. Not thread-safe: used from the event loop."""
 
     def __init__(
-        self, config: CaConfig, trust_domain: str, data_dir: Path, clock: Clock = utcnow
+        self, config: CaConfig, trust_domain: str, data_dir: Path, clock: Clock = utcnow,
+        sealer: Any = None,
     ) -> None:
+        self._sealer = sealer  # TpmService when [ca] seal_with_tpm: seal(bytes)/unseal(bytes)
         self._config = config
         self._td = trust_domain
         self._dir = data_dir / "ca"
@@ -208,7 +211,10 @@ class CertificateAuthority:
         ensure_private_dir(self._dir)
         if self._path.exists():
             try:
-                self._authorities = _decode(self._path.read_bytes())
+                raw = self._path.read_bytes()
+                if self._sealer is not None:
+                    raw = self._sealer.unseal(raw)  # TpmSealError (a SigningError) on mismatch
+                self._authorities = _decode(raw)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise SigningError(f"cannot load CA state {self._path}: {e}") from None
             log.info("loaded CA state", extra={"authorities": len(self._authorities)})
@@ -239,7 +245,10 @@ class CertificateAuthority:
         changed = [a.jwt_kid for a in live] != before
         if changed:
             self._authorities = live
-            write_private(self._path, _encode(live))
+            data = _encode(live)
+            if self._sealer is not None:
+                data = self._sealer.seal(data)
+            write_private(self._path, data)
         return changed or self._activation_passed(now)
 
     def _activation_passed(self, now: datetime) -> bool:

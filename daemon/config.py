@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..attestors.sigstore import SigstoreConfig
 from ..attestors.systemd import SystemdConfig
 from ..attestors.tpm import TpmConfig
+from ..attestors.tpm import dev_config as tpm_dev_config
 from ..attestors.unix import UnixConfig
 from .config_types import Duration, Size, StrictModel
 from .errors import ConfigError, InvalidRequest
@@ -218,6 +219,7 @@ def dev_config(state_dir: Path) -> Config:
             "socket_path": str(state_dir / "agent.sock"),
             "admin_socket_path": str(state_dir / "admin.sock"),
             "data_dir": str(state_dir / "data"),
+            "attestors": {"tpm": tpm_dev_config()},
         },
         "embedded dev config",
     )

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -203,6 +203,9 @@ class Registry:
     def live_ids(self) -> set[str]:
         now = self._clock()
         return {e.id for e in self._entries.values() if e.is_live(now)}
+
+    def active_selector_sets(self) -> Iterator[tuple[str, ...]]:
+        return (e.selectors for e in self._entries.values() if e.state == "active")
 
     def holders(self, role: str) -> list[str]:
         return sorted(e.id for e in self._entries.values()

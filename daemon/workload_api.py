@@ -62,7 +62,9 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         audit: AuditLog,
         broadcast: Broadcast,
         clock: Any,
+        node: Any = None,
     ) -> None:
+        self._node = node  # TpmService: node selectors, current at every match
         self._cfg = config
         self._tracker = tracker
         self._pipeline = pipeline
@@ -133,7 +135,17 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         return event
 
     def _identities(self, attested: AttestedCaller) -> list[Entry]:
-        entries = self._registry.match(attested.selectors)
+        selectors = attested.selectors
+        if self._node is not None:
+            selectors = frozenset(s for s in selectors if not s.startswith("tpm:"))
+            selectors |= self._node.node_selectors()
+        entries = self._registry.match(selectors)
+        if not entries and self._node is not None and not self._node.available:
+            from ensign.attestors.tpm import matches_with_tpm
+
+            from .tpm_errors import TpmUnavailable
+            if matches_with_tpm(self._registry.active_selector_sets(), selectors):
+                raise TpmUnavailable(f"TPM unavailable: {self._node.problem}")
         if not entries:
             raise NoIdentity(f"no entry matches pid {attested.caller.pid} "
                              f"selectors {sorted(attested.selectors)}")

@@ -1,9 +1,8 @@
 """Issue 6 acceptance against the full daemon: TPM selectors on streams, swtpm outages,
 measured launches in remote evidence, the sealed CA key.
 
-These need TpmService wired into app.py, workload_api.py, attestation.py and ca.py (see the
-integration notes of the TPM work); until then the module is skipped. Remove the skip marker
-when the wiring lands.
+TpmService is wired into app.py (start/stop, events, evidence service), workload_api.py (node
+selectors merged at match time), attestation.py (measured launches) and ca.py (sealing).
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ from .test_agents import _Stream
 from .test_workload_api import _NOBODY_CLIENT
 from .tpm_fixtures import ca_files, extend_out_of_band, manufactured_tpm, needs_swtpm
 
-pytestmark = [needs_swtpm, pytest.mark.timeout(90),
-              pytest.mark.skip(reason="needs app wiring")]
+pytestmark = [needs_swtpm, pytest.mark.timeout(90)]
 __all__ = ["manufactured_tpm"]  # a fixture used by name
 
 ZERO = bytes(32)
