@@ -112,6 +112,7 @@ class Daemon:
             config=config, tracker=self.tracker, pipeline=self.pipeline,
             registry=self.registry, roles=self.roles, cache=self.cache, ca=self.ca,
             audit=self.audit, broadcast=self.broadcast, clock=clock, node=self.tpm,
+            on_validated=self._jwt_validated,
         )
         self._workload_server = UnixServer(
             config.socket_path, WORKLOAD_SOCKET_MODE,
@@ -196,6 +197,13 @@ class Daemon:
             return
         for finding in self.detector.observe(body):
             # Respond after the current record is queued: suspending emits records itself.
+            asyncio.get_running_loop().call_soon(self._respond, finding)
+
+    def _jwt_validated(self, jti: str, subject: str) -> None:
+        if self.detector is None:
+            return
+        owner = next((e.id for e in self.registry.entries() if e.spiffe_id == subject), "")
+        for finding in self.detector.validated(jti, owner):
             asyncio.get_running_loop().call_soon(self._respond, finding)
 
     def _respond(self, f: Finding) -> None:

@@ -28,6 +28,7 @@ from .audit_event import AuditEvent
 from .audit_log import AuditLog
 from .ca import CertificateAuthority
 from .cache import Broadcast, SvidCache
+from .caller import check_limits, check_security_header
 from .config import Config
 from .errors import AuditUnavailable, CallerGone, EnsignError, InvalidRequest, NoIdentity
 from .grpc_errors import translate
@@ -63,8 +64,10 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         broadcast: Broadcast,
         clock: Any,
         node: Any = None,
+        on_validated: Callable[[str, str], None] | None = None,
     ) -> None:
         self._node = node  # TpmService: node selectors, current at every match
+        self._on_validated = on_validated  # (jti, subject): replay detection
         self._cfg = config
         self._tracker = tracker
         self._pipeline = pipeline
@@ -86,12 +89,11 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         return self._pipeline.cached(caller) or await self._attest_anew(caller)
 
     def _caller(self, stream: Stream[Any, Any]) -> Caller:
-        values = stream.metadata.getall(SECURITY_HEADER, []) if stream.metadata else []
-        if values != ["true"]:
-            raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        check_security_header(stream)  # an EnsignError: refusals reach the audit trail
         conn = self._tracker.connection_of(stream)
         if conn.caller is None:
             raise CallerGone(conn.problem or "caller unknown")
+        check_limits(self._tracker, conn)  # [limits]: per-uid connections and request rate
         return conn.caller
 
     async def _attest_anew(self, caller: Caller) -> AttestedCaller:
@@ -311,6 +313,8 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         sub, claims = validate_jwt_svid(
             request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain, now
         )
+        if self._on_validated is not None:
+            self._on_validated(str(claims.get("jti", "")), str(sub))
         response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
         response.claims.update(claims)
         await stream.send_message(response)

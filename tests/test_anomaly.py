@@ -147,3 +147,18 @@ print(n)
         assert bursts and "20 refusals" in bursts[0]["reason"]
     finally:
         d.stop()
+
+
+def test_jti_replay_at_validation(short_tmp: Path) -> None:
+    d = make_daemon(short_tmp, FAST)
+    try:
+        rec = d.register("validator", "unix:uid:0")
+        token = fetch_jwt(str(d.socket), "svc").svids[0].svid
+        d.cli("validate", "jwt", "--audience", "svc", "--token", token)
+        assert not _findings(d)
+        d.cli("validate", "jwt", "--audience", "svc", "--token", token)
+        time.sleep(0.2)
+        replay = [f for f in _findings(d) if f["details"]["signal"] == "jti-replay"]
+        assert replay and replay[0]["agent_id"] == rec["id"]
+    finally:
+        d.stop()

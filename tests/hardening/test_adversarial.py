@@ -237,8 +237,6 @@ def test_missing_doubled_or_false_security_header_is_refused(
     assert d.alive()
 
 
-@pytest.mark.xfail(strict=True, reason="daemon gap: a request without the security header is "
-                   "refused (INVALID_ARGUMENT) but leaves no audit record")
 def test_missing_security_header_is_audited(node: tuple[Daemon, dict[str, Any]]) -> None:
     d, _ = node
     code, _, _ = call(d.socket, "/SpiffeWorkloadAPI/FetchJWTSVID",
@@ -441,9 +439,6 @@ def test_slowloris_clients_do_not_starve_others(node: tuple[Daemon, dict[str, An
 
 LIMITS_SKIP = pytest.mark.skipif(importlib.util.find_spec("ensign.daemon.limits") is None,
                                  reason="needs [limits] in the daemon")
-LIMITS_BYPASS = pytest.mark.xfail(strict=True, reason="daemon bug: WorkloadApi._attest never "
-                                   "calls caller.check_limits, so [limits] applies to "
-                                   "ExchangeToken only; Workload API calls are never capped")
 _HOLDER = """
 import sys, time, grpc
 sock, n = sys.argv[1], int(sys.argv[2])
@@ -463,7 +458,6 @@ sys.stdin.read()
 
 
 @LIMITS_SKIP
-@LIMITS_BYPASS
 @ROOT_ONLY
 def test_connection_cap_per_uid(short_tmp: Path) -> None:
     """`[limits] max_connections_per_uid = 4`: the 5th concurrent connection of one uid gets
@@ -511,7 +505,6 @@ print(codes)
 
 
 @LIMITS_SKIP
-@LIMITS_BYPASS
 @ROOT_ONLY
 def test_request_rate_limit_per_uid(short_tmp: Path) -> None:
     """`[limits] requests_per_second_per_uid = 5`, `burst_per_uid = 5`: a burst of 40 from one
