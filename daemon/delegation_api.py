@@ -145,8 +145,13 @@ class DelegationApi(DelegationBase):
             return Delegator(subject=prev.subject, issuer=str(prev.claims.get("sub_iss", "")),
                              scopes=prev.scopes, expires_at=prev.expires_at, previous=prev)
         human = self._issuers.validate(token, now)
-        scope = human.claims.get("scope", human.claims.get("scp", ""))
-        scopes = tuple(scope.split() if isinstance(scope, str) else map(str, scope))
+        scope = human.claims.get("scope", human.claims.get("scp")) or ""
+        if isinstance(scope, str):
+            scopes = tuple(scope.split())
+        elif isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scopes = tuple(scope)
+        else:
+            raise DelegationDenied("subject token's scope claim is neither a string nor a list")
         return Delegator(subject=human.subject, issuer=human.issuer, scopes=scopes,
                          expires_at=int(human.claims["exp"]), may_act=human.claims.get("may_act"))
 

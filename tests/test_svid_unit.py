@@ -71,30 +71,31 @@ def test_jwt_svid_header_and_claims(authority) -> None:  # type: ignore[no-untyp
 
 
 def test_validation_failures() -> None:
-    a = new_authority(TD, "ec-p256", timedelta(hours=1), NOW)
+    now = datetime.now(UTC)  # pyjwt checks expiry against the wall clock
+    a = new_authority(TD, "ec-p256", timedelta(hours=1), now)
     keyset = {a.jwt_kid: a.jwt_key.public_key()}
     token = mint_jwt_svid(
         authority=a.signing(),
         spiffe_id=WORKLOAD,
         audience=("x",),
         ttl=timedelta(minutes=5),
-        now=NOW,
+        now=now,
     ).token
-    sub, claims = validate_jwt_svid(token, "x", keyset, TD, NOW)
+    sub, claims = validate_jwt_svid(token, "x", keyset, TD, now)
     assert sub == WORKLOAD and claims["aud"] == ["x"]
     with pytest.raises(TokenInvalid, match="audience"):
-        validate_jwt_svid(token, "y", keyset, TD, NOW)
+        validate_jwt_svid(token, "y", keyset, TD, now)
     with pytest.raises(TokenInvalid, match="not found"):
-        validate_jwt_svid(token, "x", {}, TD, NOW)
+        validate_jwt_svid(token, "x", {}, TD, now)
     old = mint_jwt_svid(
         authority=a.signing(),
         spiffe_id=WORKLOAD,
         audience=("x",),
         ttl=timedelta(seconds=1),
-        now=NOW - timedelta(minutes=10),
+        now=now - timedelta(minutes=10),
     ).token
     with pytest.raises(TokenInvalid, match="expired"):
-        validate_jwt_svid(old, "x", keyset, TD, NOW)
+        validate_jwt_svid(old, "x", keyset, TD, now)
     hmac = pyjwt.encode(
         {"sub": str(WORKLOAD), "aud": "x", "exp": 9999999999},
         "k" * 32,
@@ -102,16 +103,16 @@ def test_validation_failures() -> None:
         headers={"kid": a.jwt_kid},
     )
     with pytest.raises(TokenInvalid, match="algorithm"):
-        validate_jwt_svid(hmac, "x", keyset, TD, NOW)
+        validate_jwt_svid(hmac, "x", keyset, TD, now)
     foreign = mint_jwt_svid(
         authority=a.signing(),
         spiffe_id=SpiffeId.parse("spiffe://other.org/w"),
         audience=("x",),
         ttl=timedelta(minutes=5),
-        now=NOW,
+        now=now,
     ).token
     with pytest.raises(TokenInvalid, match="trust domain"):
-        validate_jwt_svid(foreign, "x", keyset, TD, NOW)
+        validate_jwt_svid(foreign, "x", keyset, TD, now)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,8 @@ class CliParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 64."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+        print(f"{self.prog}: error: {one_line}", file=sys.stderr)
         sys.exit(64)
 
 

@@ -176,6 +176,9 @@ def _serving(d: Daemon) -> None:
 
 
 def _check(code: grpc.StatusCode, details: str, what: str) -> None:
+    if what.startswith("/ensign.attestation.v1.") and code == grpc.StatusCode.UNAVAILABLE:
+        assert "no TPM" in details or "TPM" in details, details  # this node has no TPM
+        return
     assert code in SENSIBLE, f"{what}: {code.name} {details!r}"
 
 
