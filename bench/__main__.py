@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    anomaly_overhead,
     audit_append,
     first_svid,
     jwt_fetch,
@@ -36,7 +37,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
-    svid_mint.run, first_svid.run, streams.run,
+    svid_mint.run, first_svid.run, streams.run, anomaly_overhead.run,
 ]
 
 
