@@ -56,7 +56,9 @@ class AttestationPipeline:
 
     def cached(self, caller: Caller) -> AttestedCaller | None:
         """The cached result for this very process image if still fresh, without awaiting."""
-        key = self._cache_key(caller)
+        return self._hit(caller, self._cache_key(caller))
+
+    def _hit(self, caller: Caller, key: _CacheKey | None) -> AttestedCaller | None:
         hit = self._cache.get(key) if key is not None else None
         if hit is None or time.monotonic() - hit[0] >= CACHE_TTL:
             return None
@@ -64,10 +66,10 @@ class AttestationPipeline:
         return hit[1]
 
     async def attest(self, caller: Caller) -> AttestedCaller:
-        hit = self.cached(caller)
+        key = self._cache_key(caller)
+        hit = self._hit(caller, key)
         if hit is not None:
             return hit
-        key = self._cache_key(caller)
         now = time.monotonic()
         results = await asyncio.gather(
             *(self._run(a, caller) for a in self._attestors), return_exceptions=True

@@ -1,10 +1,11 @@
 """The audit log: append-only JSON-lines segments, hash-chained, with signed checkpoints.
 
-Records are sealed onto the chain as they come and written by one writer thread with group
-commit: every record sealed while the previous write was on its way to disk goes out in the
-next write and shares its sync. `record()` returns only once its record is on disk, so callers
-release a credential after that and never before. If the log cannot be written, `record()`
-raises AuditUnavailable and the daemon stops issuing (fail closed) until a write succeeds again.
+Records are written by one long-lived writer thread with group commit: every record queued
+while the previous batch was on its way to disk is sealed into the next write and shares its
+sync (segments are opened O_DSYNC). `record()` returns only once its record is on disk, so
+callers release a credential after that and never before. If the log cannot be written,
+`record()` raises AuditUnavailable and the daemon stops issuing (fail closed) until a write
+succeeds again.
 
 Layout under `data_dir/audit/`: `segment-00000001.jsonl ...`, `checkpoints.jsonl`, and
 `audit-key.pub.pem`; the signing key lives apart from the CA's, in `data_dir/audit-key/` (0600).
