@@ -283,14 +283,27 @@ class Daemon:
             "ca_expiry_timestamp": current.not_after.timestamp(),
             "ca_next_event_timestamp": self.ca.next_event_at().timestamp(),
             "audit_sequence": float(self.audit.seq),
+            "audit_queue_depth": float(self.audit.queue_depth),
+            "cache_x509_svids": float(self.cache.sizes()[0]),
+            "cache_jwt_svids": float(self.cache.sizes()[1]),
+            "tpm_available": 1.0 if self.tpm is not None and self.tpm.available else 0.0,
             "audit_writable": 0.0 if self.audit.problem else 1.0,
             "serving": 0.0 if self._problem() else 1.0,
         }
 
     def _problem(self) -> str | None:
+        """Why the daemon cannot issue right now (None: serving). Health reports it."""
         if self._draining:
             return "shutting down"
-        return self.audit.problem
+        if self.audit.problem:
+            return self.audit.problem
+        if self.tpm is not None and not self.tpm.available:
+            return f"TPM unavailable: {self.tpm.problem or 'not connected'}"
+        try:
+            self.ca.current()
+        except EnsignError as e:
+            return f"CA unusable: {e.diagnostics()}"
+        return None
 
     def _on_tpm_change(self) -> None:
         self.broadcast.publish()  # streams re-match against the new node selectors

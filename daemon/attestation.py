@@ -20,6 +20,7 @@ from typing import Any
 
 from ensign.attestors.base import Attestor, AttestorError
 
+from . import metrics
 from .errors import AttestationError
 from .models import Attestation, AttestedCaller, Caller
 from .peercred import check_alive
@@ -103,10 +104,14 @@ class AttestationPipeline:
         return attested
 
     async def _run(self, attestor: Attestor, caller: Caller) -> Attestation:
+        started = time.perf_counter()
         try:
             return await asyncio.wait_for(attestor.attest(caller), self._timeout)
         except TimeoutError:
             raise AttestorError(f"timed out after {self._timeout:g}s") from None
+        finally:
+            metrics.ATTESTATION_SECONDS.labels(attestor.name).observe(
+                time.perf_counter() - started)
 
     def _cache_key(self, caller: Caller) -> _CacheKey | None:
         # execve keeps the pid and start time, so the executable's identity is part of the key.

@@ -172,6 +172,11 @@ class AuditLog:
             self._fd = -1
 
     @property
+    def queue_depth(self) -> int:
+        """Records accepted but not yet handed to the writer (a metric)."""
+        return len(self._pending)
+
+    @property
     def seq(self) -> int:
         return self._seq
 

@@ -178,6 +178,10 @@ class SvidCache:
             self._jwt.popitem(last=False)
         return svid
 
+    def sizes(self) -> tuple[int, int]:
+        """Cached X.509-SVIDs and JWT-SVIDs (a metric)."""
+        return len(self._x509), len(self._jwt)
+
     # -- invalidation ----------------------------------------------------------------------
 
     def forget_jwts(self) -> None:

@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     w.set_defaults(func=watch)
 
     h = with_socket(sub.add_parser("healthcheck", help="check the daemon is serving"))
+    h.add_argument("--verbose", action="store_true", help="also print the socket and the reason")
     h.set_defaults(func=healthcheck)
 
 
@@ -225,4 +226,6 @@ async def healthcheck(args: argparse.Namespace) -> int:
         print_json({"status": name, "reason": reason})
     else:
         print("healthy" if serving else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
+        if args.verbose:
+            print(f"socket: {_sock(args)}\nstatus: {name}\nreason: {reason or '-'}")
     return 0 if serving else 1
