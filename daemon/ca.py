@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from . import keys
+from .ca_offline import load_external
 from .config import CaConfig
 from .errors import SigningError
 from .files import ensure_private_dir, write_private
@@ -202,6 +203,8 @@ class CertificateAuthority:
         self._authorities: list[Authority] = []
         self._signing_kid: str | None = None
         self._upstream: Upstream | None = None
+        self._fixed: Authority | None = None  # an offline-signed node CA (ca install-signed)
+        self._fixed_root: x509.Certificate | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -209,7 +212,15 @@ class CertificateAuthority:
         if self._config.upstream_cert is not None and self._config.upstream_key is not None:
             self._upstream = Upstream.load(self._config.upstream_cert, self._config.upstream_key)
         ensure_private_dir(self._dir)
-        if self._path.exists():
+        external = load_external(self._dir.parent)
+        if external is not None:
+            cert, key, jwt_key, kid, root = external
+            self._fixed = Authority(cert=cert, key=key, jwt_key=jwt_key, jwt_kid=kid,
+                                    active_from=cert.not_valid_before_utc)
+            self._fixed_root = root
+            log.info("using the offline-signed node CA", extra={
+                "not_after": cert.not_valid_after_utc.isoformat()})
+        if self._path.exists() and self._fixed is None:
             try:
                 raw = self._path.read_bytes()
                 if self._sealer is not None:
@@ -223,6 +234,9 @@ class CertificateAuthority:
     def maintain(self) -> bool:
         """Prune expired authorities, prepare and activate the next. Return True if changed."""
         now = self._clock()
+        if self._fixed is not None:  # signed offline: nothing to rotate here
+            self._authorities = [self._fixed]
+            return self._activation_passed(now)
         before = [a.jwt_kid for a in self._authorities]
         # Authorities not issued by the configured upstream (or, without one, not self-signed)
         # would not verify against the bundle we publish: replace them.
@@ -267,6 +281,8 @@ class CertificateAuthority:
         """When maintain() next has work: preparing, activating or pruning an authority."""
         now = self._clock()
         current = self.current()
+        if self._fixed is not None:
+            return max(now, self._fixed.not_after)
         lifetime = current.not_after - current.not_before
         times = [a.not_after for a in self._authorities]
         times += [a.active_from for a in self._authorities if a.active_from > now]
@@ -293,6 +309,8 @@ class CertificateAuthority:
 
     def bundle_certs(self) -> list[x509.Certificate]:
         """The trust bundle: the org CA when there is one (the same on every node), else ours."""
+        if self._fixed_root is not None:
+            return [self._fixed_root]
         if self._upstream is not None:
             return [self._upstream.cert]
         return [a.cert for a in self.authorities()]

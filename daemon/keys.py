@@ -6,6 +6,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -54,3 +55,11 @@ def from_pem(data: bytes) -> PrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError(f"unsupported key type {type(key).__name__}")
     return key
+
+
+def public_spki(key: PrivateKey | PublicKey | CertificatePublicKeyTypes) -> bytes:
+    """DER SubjectPublicKeyInfo of a key (private or public), to compare keys."""
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) \
+        else key
+    return public.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -98,3 +98,50 @@ def test_bad_upstream_is_a_clear_startup_error(tmp_path: Path, short_tmp: Path) 
     assert out.returncode != 0
     assert "is not the key of" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _sign_csr(csr_pem: bytes, org_key_path: Path, org: x509.Certificate) -> bytes:
+    csr = x509.load_pem_x509_csr(csr_pem)
+    key = serialization.load_pem_private_key(org_key_path.read_bytes(), password=None)
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(org.subject)
+               .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=1))
+               .not_valid_after(now + dt.timedelta(days=7)))
+    for ext in csr.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                                  False, False), critical=True)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+
+
+def test_offline_root_signs_a_node_ca_through_a_csr(short_tmp: Path, tmp_path: Path) -> None:
+    from .conftest import Daemon
+
+    cert, key, org = _org_ca(tmp_path)
+    d = Daemon(root=short_tmp)
+    d.write_config()
+    csr = tmp_path / "node.csr"
+    d.cli("ca", "request-csr", "--config", str(d.config_path), "-o", str(csr))
+    signed = tmp_path / "node.pem"
+    signed.write_bytes(_sign_csr(csr.read_bytes(), key, org))
+    # A certificate for some other key is refused; the right one installs.
+    other = tmp_path / "other.pem"
+    other.write_bytes(org.public_bytes(serialization.Encoding.PEM))
+    bad = d.cli("ca", "install-signed", str(other), "--root", str(cert), "--config",
+                str(d.config_path), check=False)
+    assert bad.returncode == 64 and "not for the pending CA key" in bad.stderr
+    d.cli("ca", "install-signed", str(signed), "--root", str(cert), "--config",
+          str(d.config_path))
+    d.start()
+    try:
+        d.register("offline", "unix:uid:0")
+        out = tmp_path / "svid"
+        d.cli("fetch", "x509", "--write", str(out))
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "bundle.0.pem"),
+                                 "-untrusted", str(out / "svid.0.pem"), str(out / "svid.0.pem")],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert (out / "bundle.0.pem").read_bytes() == cert.read_bytes()
+    finally:
+        d.stop()

@@ -32,6 +32,19 @@ def register(sub: Any) -> None:
     defaults = csub.add_parser("defaults", help="print every key with its default value")
     defaults.set_defaults(func=config_defaults)
 
+    ca = sub.add_parser("ca", help="a node CA signed by an offline organisation root")
+    casub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND",
+                              parser_class=type(ca))
+    req = casub.add_parser("request-csr", help="make the node CA key and a CSR for the org root")
+    req.add_argument("-o", "--out", type=Path, required=True, help="where to write the CSR (PEM)")
+    inst = casub.add_parser("install-signed", help="install the certificate the org root signed")
+    inst.add_argument("cert", type=Path, help="the signed node CA certificate (PEM)")
+    inst.add_argument("--root", type=Path, required=True, help="the org root certificate (PEM)")
+    for p in (req, inst):
+        p.add_argument("--config", type=Path, help="config naming data_dir and trust_domain")
+    req.set_defaults(func=ca_request_csr)
+    inst.set_defaults(func=ca_install_signed)
+
 
 def run_daemon(args: argparse.Namespace) -> int:
     if args.dev and args.config:
@@ -77,4 +90,28 @@ def config_check(args: argparse.Namespace) -> int:
 
 def config_defaults(args: argparse.Namespace) -> int:
     sys.stdout.write(config_mod.to_toml(config_mod.Config()))
+    return 0
+
+
+def ca_request_csr(args: argparse.Namespace) -> int:
+    from ..ca_offline import request_csr
+
+    cfg = config_mod.load(args.config)
+    args.out.write_bytes(request_csr(cfg.data_dir, cfg.trust_domain, cfg.ca.key_type))
+    print(f"wrote {args.out}: have the organisation root sign it, then "
+          "`ensign ca install-signed CERT --root ROOT`")
+    return 0
+
+
+def ca_install_signed(args: argparse.Namespace) -> int:
+    from ..ca_offline import install_signed
+
+    cfg = config_mod.load(args.config)
+    try:
+        cert, root = args.cert.read_bytes(), args.root.read_bytes()
+    except OSError as e:
+        print(f"ensign: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 66
+    until = install_signed(cfg.data_dir, cfg.trust_domain, cert, root)
+    print(f"installed the node CA (valid until {until}); restart the daemon to use it")
     return 0
