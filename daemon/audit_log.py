@@ -224,6 +224,8 @@ class AuditLog:
         hit = self._sealers.get(id(event))
         if hit is not None and hit[0] is event:  # held here, so its id() is not reused
             return hit[1]
+        if not self.chain:  # sealers carry the chain id: none before the key is loaded
+            raise RuntimeError("the audit log is not open")
         if len(self._sealers) >= MAX_SEALERS:
             self._sealers.clear()
         sealer = Sealer(event.body(), self.chain)
