@@ -64,12 +64,16 @@ while time.monotonic() < stop:
     fresh = rng.random() < 0.3          # connection churn: a new channel for 30% of calls
     ch = grpc.insecure_channel("unix:" + sock) if fresh else shared
     op = rng.choice(["jwt", "jwt", "validate", "x509", "jwt-bundles", "x509-bundles", "health"])
+    # JWT-SVIDs live 2 s and are reused until half life: validate only a token fetched just now,
+    # or a slow client (the soak form runs 32 of them on 2 cores) would present an expired one.
+    if op == "validate" and (token is None or time.monotonic() - token[2] > 0.5):
+        op = "jwt"
     try:
         if op == "jwt":
             aud = rng.choice(["a", "b", "c", "d"])
             raw = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")(
                 pb.JWTSVIDRequest(audience=[aud]).SerializeToString(), metadata=H, timeout=T)
-            token = (aud, pb.JWTSVIDResponse.FromString(raw).svids[0].svid)
+            token = (aud, pb.JWTSVIDResponse.FromString(raw).svids[0].svid, time.monotonic())
         elif op == "validate" and token is not None:
             raw = ch.unary_unary("/SpiffeWorkloadAPI/ValidateJWTSVID")(
                 pb.ValidateJWTSVIDRequest(audience=token[0], svid=token[1]).SerializeToString(),
