@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 PREPARE_AT = 0.4  # of the lifetime: publish the next authority before it signs anything
 ACTIVATE_AT = 0.5  # of the lifetime: rotation at half life
-BACKDATE = timedelta(seconds=60)
+BACKDATE = timedelta(seconds=60)  # for peers with slow clocks; at most 5% of a short TTL
 
 Clock = Callable[[], datetime]
 
@@ -119,7 +119,7 @@ def new_authority(
         .issuer_name(upstream.cert.subject if upstream else name)
         .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
+        .not_valid_before(now - min(BACKDATE, ttl / 20))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0 if upstream else None),
                        critical=True)
@@ -153,6 +153,14 @@ def new_authority(
         jwt_kid=base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("="),
         active_from=active_from or now,
     )
+
+
+def _schedule(a: Authority) -> tuple[datetime, timedelta]:
+    """When an authority was issued and its TTL, undoing the notBefore backdating, so that
+    rotation follows the configured TTL however short it is."""
+    span = a.not_after - a.not_before  # ttl + min(BACKDATE, ttl / 20)
+    backdate = min(BACKDATE, span / 21)
+    return a.not_before + backdate, span - backdate
 
 
 def _encode(authorities: list[Authority]) -> bytes:
@@ -248,9 +256,9 @@ class CertificateAuthority:
         current = self._current(live, now)
         assert current is not None
         newest = live[-1]
-        lifetime = current.not_after - current.not_before
-        if newest is current and now >= current.not_before + lifetime * PREPARE_AT:
-            activate = max(now, current.not_before + lifetime * ACTIVATE_AT)
+        issued, lifetime = _schedule(current)
+        if newest is current and now >= issued + lifetime * PREPARE_AT:
+            activate = max(now, issued + lifetime * ACTIVATE_AT)
             live.append(new_authority(
                 self._td, self._config.key_type, self._config.ttl, now, active_from=activate,
                 upstream=self._upstream,
@@ -283,11 +291,11 @@ class CertificateAuthority:
         current = self.current()
         if self._fixed is not None:
             return max(now, self._fixed.not_after)
-        lifetime = current.not_after - current.not_before
+        issued, lifetime = _schedule(current)
         times = [a.not_after for a in self._authorities]
         times += [a.active_from for a in self._authorities if a.active_from > now]
         if self._authorities[-1] is current:
-            times.append(current.not_before + lifetime * PREPARE_AT)
+            times.append(issued + lifetime * PREPARE_AT)
         return min(t for t in times if t > now) if any(t > now for t in times) else now
 
     # -- views -----------------------------------------------------------------------------
