@@ -153,15 +153,20 @@ def timed_restart(d: Daemon) -> tuple[float, float]:
     return wall, waited
 
 
-def _bundle(d: Daemon) -> set[bytes]:
+def _bundle(d: Daemon) -> dict[bytes, float]:
     code, _, raw = call(d.socket, "/SpiffeWorkloadAPI/FetchX509Bundles", stream=True)
     assert code == grpc.StatusCode.OK, code
     der = next(iter(pb.X509BundlesResponse.FromString(raw).bundles.values()))
     from ensign.daemon.svid import load_der_chain
 
-    now = time.time()
-    return {c.tbs_certificate_bytes for c in load_der_chain(der)
-            if c.not_valid_after_utc.timestamp() > now + 2}
+    return {c.tbs_certificate_bytes: c.not_valid_after_utc.timestamp()
+            for c in load_der_chain(der)}
+
+
+def _still_valid(bundle: dict[bytes, float]) -> set[bytes]:
+    """Certificates that expire while the daemon restarts leave the bundle by design."""
+    now = time.time() + 1.0
+    return {c for c, not_after in bundle.items() if not_after > now}
 
 
 def test_kill_minus_9_at_random_points(short_tmp: Path) -> None:
@@ -193,7 +198,7 @@ def test_kill_minus_9_at_random_points(short_tmp: Path) -> None:
             restarts.append(timed_restart(d))
             if before is not None:
                 # The CA survived: what clients trusted before the kill is still in the bundle.
-                assert before <= _bundle(d)
+                assert _still_valid(before) <= set(_bundle(d))
         churn.stop.set()
         churner.join()
         # The log exactly as the last kill -9 left it verifies offline.
