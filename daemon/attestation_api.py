@@ -18,14 +18,12 @@ from grpclib.server import Stream
 from ensign.proto import attestation_pb2 as pb
 from ensign.proto.attestation_grpc import AttestationBase
 
+from .caller import check_security_header
 from .grpc_errors import translate
 from .tpm_evidence import Evidence
 from .tpm_measure import Epoch, Measurement
 
 log = logging.getLogger(__name__)
-
-SECURITY_HEADER = "workload.spiffe.io"
-
 
 class EvidenceSource(Protocol):
     """What the servicer needs (ensign.daemon.tpm_service.TpmService provides it)."""
@@ -48,9 +46,7 @@ class AttestationApi(AttestationBase):
 
     @staticmethod
     def _check_header(stream: Stream[Any, Any]) -> None:
-        values = stream.metadata.getall(SECURITY_HEADER, []) if stream.metadata else []
-        if values != ["true"]:
-            raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        check_security_header(stream)
 
     @translate
     async def GetEvidence(self, stream: Stream[pb.GetEvidenceRequest, pb.Evidence]) -> None:
