@@ -20,6 +20,10 @@ class Attestor(Protocol):
         """Return selector values like "uid:1000" and evidence; raise AttestorError on failure."""
         ...
 
+    def state(self) -> str:
+        """One line for `ensign status`: is this attestor able to vouch for callers now?"""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -210,6 +210,11 @@ class SigstoreAttestor:
                 continue
         return None
 
+    def state(self) -> str:
+        if self._verifier_error is not None:
+            return f"failing: {self._verifier_error}"
+        return f"ready, {len(self._cache)} verdicts cached"
+
     async def aclose(self) -> None:
         self._cache.clear()
 

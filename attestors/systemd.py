@@ -65,5 +65,8 @@ class SystemdAttestor:
             return Attestation(evidence={"note": "no cgroup v2 hierarchy"})
         return Attestation(selectors=tuple(unit_selectors(path)), evidence={"cgroup": path})
 
+    def state(self) -> str:
+        return "ready"
+
     async def aclose(self) -> None:
         return None

@@ -127,6 +127,11 @@ class NodeState(Protocol):
     @property
     def quote_digest(self) -> str: ...
 
+    @property
+    def quote_age(self) -> float | None:
+        """Seconds since the last verified quote (None: none yet)."""
+        ...
+
 
 class TpmAttestor:
     name: ClassVar[str] = "tpm"
@@ -147,6 +152,15 @@ class TpmAttestor:
             # the audit trail keeps "tpm.quote_digest": which verified quote vouched for the node
             evidence={"quote_digest": self._service.quote_digest},
         )
+
+    def state(self) -> str:
+        if self._service is None:
+            return "not running"
+        if not self._service.available:
+            return f"unavailable: {self._service.problem or 'not ready'}"
+        age = self._service.quote_age
+        when = "no quote yet" if age is None else f"last quote {age:.0f}s ago"
+        return f"ready, {when}, digest {self._service.quote_digest[:16]}"
 
     async def aclose(self) -> None:
         return None  # the service owns the TPM connection

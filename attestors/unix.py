@@ -134,5 +134,8 @@ class UnixAttestor:
         finally:
             os.close(fd)
 
+    def state(self) -> str:
+        return f"ready, {len(self._hashes)} executable hashes cached"
+
     async def aclose(self) -> None:
         self._hashes.clear()

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ensign.attestors import BUILTIN
+from ensign.attestors import BUILTIN, TpmAttestor
 from ensign.attestors.base import Attestor
 from ensign.proto.admin_pb2 import StatusResponse
 
@@ -153,6 +153,7 @@ class Daemon:
             await self.tpm.start()
         self.ca.load_or_create()
         self.audit.observers.append(metrics.observe_audit)
+        self.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
         if self.detector is not None:
             self.detector.load(self._anomaly_state)
             self.audit.observers.append(self._observe_anomaly)
@@ -270,7 +271,7 @@ class Daemon:
             connections=len(self.tracker), ca_not_after=int(current.not_after.timestamp()),
             ca_next_event=int(self.ca.next_event_at().timestamp()),
             attestors=self.pipeline.names, audit_sequence=self.audit.seq,
-            problem=self._problem() or "",
+            problem=self._problem() or "", attestor_state=self._attestor_states(),
             log_level=logging.getLevelName(logging.getLogger().level).lower(),
         )
 
@@ -287,9 +288,24 @@ class Daemon:
             "cache_x509_svids": float(self.cache.sizes()[0]),
             "cache_jwt_svids": float(self.cache.sizes()[1]),
             "tpm_available": 1.0 if self.tpm is not None and self.tpm.available else 0.0,
+            **self._optional_gauges(),
             "audit_writable": 0.0 if self.audit.problem else 1.0,
             "serving": 0.0 if self._problem() else 1.0,
         }
+
+    def _attestor_states(self) -> dict[str, str]:
+        states = self.pipeline.states()
+        if self.tpm is not None:  # the node's attestor: merged at match time, not in the pipeline
+            states["tpm"] = TpmAttestor(self.config.attestors.tpm, service=self.tpm).state()
+        return states
+
+    def _optional_gauges(self) -> dict[str, float]:
+        gauges: dict[str, float] = {}
+        if self.tpm is not None and (age := self.tpm.quote_age) is not None:
+            gauges["tpm_quote_age_seconds"] = age
+        if (expiry := self.cache.earliest_x509_expiry()) is not None:
+            gauges["svid_x509_earliest_expiry_timestamp"] = expiry.timestamp()
+        return gauges
 
     def _problem(self) -> str | None:
         """Why the daemon cannot issue right now (None: serving). Health reports it."""

@@ -55,6 +55,9 @@ class AttestationPipeline:
     def names(self) -> list[str]:
         return [a.name for a in self._attestors]
 
+    def states(self) -> dict[str, str]:
+        return {a.name: a.state() for a in self._attestors}
+
     def cached(self, caller: Caller) -> AttestedCaller | None:
         """The cached result for this very process image if still fresh, without awaiting."""
         return self._hit(caller, self._cache_key(caller))

@@ -118,6 +118,8 @@ class AuditLog:
         self._timer: asyncio.TimerHandle | None = None
         self.problem: str | None = None
         self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # Called from the writer thread with the seconds each durable write took (metrics).
+        self.write_timer: Callable[[float], None] | None = None
         self.on_health_change: Callable[[], None] = lambda: None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -332,6 +334,7 @@ class AuditLog:
             self._checkpoint_if_due_sync()  # while the next batch gathers
 
     def _append_sync(self, data: bytes) -> None:
+        started = time.perf_counter()
         try:  # O_DSYNC: each write returns once its data is on disk
             written = os.write(self._fd, data)
             if written < len(data):
@@ -347,6 +350,8 @@ class AuditLog:
                 self._fd = -1  # reopened (and its tail recovered) on the next attempt
             raise
         self._size += len(data)
+        if self.write_timer is not None:
+            self.write_timer(time.perf_counter() - started)
 
     # -- checkpoints and rotation (writer thread) ------------------------------------------
 

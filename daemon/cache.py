@@ -127,6 +127,10 @@ class SvidCache:
         self._watchers.subtract(entry_ids)
         self._watchers += Counter()  # drop zero counts
 
+    def earliest_x509_expiry(self) -> datetime | None:
+        """When the first cached X.509-SVID expires: a stalled rotation shows here first."""
+        return min((c.svid.not_after for c in self._x509.values()), default=None)
+
     def next_refresh_at(self) -> datetime | None:
         times = [c.refresh_at for eid, c in self._x509.items() if self._watchers[eid] > 0]
         return min(times) if times else None

@@ -36,6 +36,10 @@ ANOMALIES = Counter("ensign_anomalies_total", "anomaly findings, by signal", ["s
 ATTESTATION_SECONDS = Histogram("ensign_attestation_seconds", "time per attestor",
                                 ["attestor"], buckets=_LATENCY, registry=REGISTRY)
 
+AUDIT_WRITE_SECONDS = Histogram("ensign_audit_write_seconds",
+                                "time to make one batch of audit records durable (O_DSYNC write)",
+                                buckets=_LATENCY, registry=REGISTRY)
+
 
 def observe_audit(body: dict[str, Any]) -> None:
     kind, result = str(body.get("type", "")), str(body.get("result", ""))

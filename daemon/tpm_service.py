@@ -103,6 +103,12 @@ class TpmService(EvidenceMixin):
         """sha256 of the last verified quote (TPMS_ATTEST): the evidence behind the selectors."""
         return self.last.attest_sha256 if self.last else ""
 
+    @property
+    def quote_age(self) -> float | None:
+        if self.last is None:
+            return None
+        return (datetime.now(UTC) - self.last.at).total_seconds()
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:

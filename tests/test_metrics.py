@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -47,5 +48,11 @@ def test_metrics_parse_and_move(short_tmp: Path) -> None:
         assert ("ensign_attestation_seconds_count", (("attestor", "unix"),)) in after
         svids = ("ensign_svids_issued_total", (("kind", "jwt"),))
         assert after[svids] - before.get(svids, 0) == 5
+        # every issuance waited for a durable audit write, and the time it took is recorded
+        writes = ("ensign_audit_write_seconds_count", ())
+        assert after[writes] - before.get(writes, 0) >= 1
+        d.cli("fetch", "x509")
+        expiry = _scrape(port)[("ensign_svid_x509_earliest_expiry_timestamp", ())]
+        assert expiry > time.time()
     finally:
         d.stop()

@@ -86,6 +86,7 @@ def test_status(daemon: Daemon) -> None:
     st = json.loads(daemon.cli("status", "-o", "json").stdout)
     assert st["trust_domain"] == "example.org" and st["entries"] == "1"
     assert st["problem"] == "" and "unix" in st["attestors"]
+    assert st["attestor_state"]["unix"].startswith("ready"), st
     assert "serving" in daemon.cli("status").stdout
 
 

@@ -102,11 +102,16 @@ def test_swtpm_outage_fails_only_tpm_identities_and_recovers(
         d.register("on-tpm", "unix:uid:0", "tpm:policy:pass")  # this process (root)
         d.register("plain", f"unix:uid:{NOBODY}")  # another agent, no TPM selector
         assert fetch_jwt(str(d.socket), "a").svids
+        state = json.loads(d.cli("status", "-o", "json").stdout)["attestor_state"]
+        assert state["tpm"].startswith("ready, last quote"), state
         os.kill(emu.pid or 0, signal.SIGKILL)
         emu.reap()
         time.sleep(1.5)  # one quote period: the daemon notices
         code, details = status_of(fetch_jwt, str(d.socket), "a")
         assert code == grpc.StatusCode.UNAVAILABLE, details
+        # the operator sees which attestor is down, and why
+        state = json.loads(d.cli("status", "-o", "json").stdout)["attestor_state"]
+        assert state["tpm"].startswith("unavailable: "), state
         other = run_as(NOBODY, _NOBODY_CLIENT, str(d.socket), "a")
         assert other.stdout.startswith("OK"), other.stdout + other.stderr
         emu.start()
