@@ -209,6 +209,7 @@ class CertificateAuthority:
         self._path = self._dir / "state.json"
         self._clock = clock
         self._authorities: list[Authority] = []
+        self._bundle_der: tuple[tuple[x509.Certificate, ...], bytes] | None = None
         self._signing_kid: str | None = None
         self._upstream: Upstream | None = None
         self._fixed: Authority | None = None  # an offline-signed node CA (ca install-signed)
@@ -324,7 +325,12 @@ class CertificateAuthority:
         return [a.cert for a in self.authorities()]
 
     def x509_bundle_der(self) -> bytes:
-        return b"".join(c.public_bytes(Encoding.DER) for c in self.bundle_certs())
+        """The same bytes object while the bundle is unchanged: every X.509 response carries it,
+        and callers may cache what they build from it by identity."""
+        certs = tuple(self.bundle_certs())
+        if self._bundle_der is None or self._bundle_der[0] != certs:
+            self._bundle_der = (certs, b"".join(c.public_bytes(Encoding.DER) for c in certs))
+        return self._bundle_der[1]
 
     def x509_bundle_pem(self) -> bytes:
         return b"".join(c.public_bytes(Encoding.PEM) for c in self.bundle_certs())

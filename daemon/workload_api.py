@@ -81,6 +81,9 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self._td_id = str(SpiffeId.for_trust_domain(config.trust_domain))
         self._issued: dict[tuple[int, int, int],
                            tuple[AttestedCaller, Entry, JwtSvid, AuditEvent]] = {}
+        # entry id -> (svid, bundle, hint, message): serializing the key and chain once per SVID.
+        # Served only while the cache still hands out that very SVID; bounded like _issued.
+        self._x509_messages: dict[str, tuple[X509Svid, bytes, str, pb.X509SVID]] = {}
 
     # -- caller ----------------------------------------------------------------------------
 
@@ -196,14 +199,20 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         for e in entries:
             svid = self._cache.x509_for(e, x509_ttl_cap(e.roles, self._roles.all))
             issued.append((e, svid))
-            svids.append(pb.X509SVID(
-                spiffe_id=svid.spiffe_id,
-                x509_svid=svid.chain_der(),
-                x509_svid_key=to_pkcs8_der(svid.key),
-                bundle=bundle,
-                hint=e.hint,
-            ))
+            svids.append(self._x509_message(e, svid, bundle))
         return pb.X509SVIDResponse(svids=_unique_hints(svids)), issued
+
+    def _x509_message(self, entry: Entry, svid: X509Svid, bundle: bytes) -> pb.X509SVID:
+        hit = self._x509_messages.get(entry.id)
+        if hit is not None and hit[0] is svid and hit[1] is bundle and hit[2] == entry.hint:
+            return hit[3]
+        if len(self._x509_messages) >= MAX_ISSUED_EVENTS:
+            self._x509_messages.clear()
+        message = pb.X509SVID(spiffe_id=svid.spiffe_id, x509_svid=svid.chain_der(),
+                              x509_svid_key=to_pkcs8_der(svid.key), bundle=bundle,
+                              hint=entry.hint)
+        self._x509_messages[entry.id] = (svid, bundle, entry.hint, message)
+        return message
 
     @translate
     async def FetchX509Bundles(
@@ -355,9 +364,12 @@ def _check_audience(audience: list[str]) -> tuple[str, ...]:
 def _unique_hints(svids: list[pb.X509SVID]) -> list[pb.X509SVID]:
     """Hints must be unique within a response (Workload API §5.2.1): keep the first holder."""
     seen: set[str] = set()
+    out = []
     for s in svids:
         if s.hint in seen:
-            s.hint = ""
+            s = pb.X509SVID(spiffe_id=s.spiffe_id, x509_svid=s.x509_svid,
+                            x509_svid_key=s.x509_svid_key, bundle=s.bundle)  # cached: not edited
         elif s.hint:
             seen.add(s.hint)
-    return svids
+        out.append(s)
+    return out

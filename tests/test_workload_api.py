@@ -289,3 +289,18 @@ def test_jwt_ttl_cap_follows_the_rule(roles: dict[str, tuple[list[str], int]], h
     except AudienceDenied:
         got = AudienceDenied
     assert got == expected
+
+
+def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -> None:
+    # Hints are unique within a response (Workload API 5.2.1). The second answer is built from
+    # the per-SVID messages the daemon keeps: clearing a duplicate must not edit those.
+    daemon.register("first", "unix:uid:0", extra=("--hint", "same"))
+    daemon.register("second", "unix:uid:0", extra=("--hint", "same"))
+    answers = []
+    for _ in range(2):
+        with channel(str(daemon.socket)) as ch:
+            raw = next(stream(ch, "FetchX509SVID", timeout=10))
+        answers.append(pb.X509SVIDResponse.FromString(raw))
+    for answer in answers:
+        assert sorted(s.hint for s in answer.svids) == ["", "same"]
+    assert answers[0].svids[0].x509_svid == answers[1].svids[0].x509_svid  # the cached SVID
