@@ -10,6 +10,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import h2.connection
 from grpclib.config import Configuration
 
 from .errors import ConfigError
@@ -17,6 +18,15 @@ from .peercred import PeerTracker, TrackingServer
 
 WORKLOAD_SOCKET_MODE = 0o666
 ADMIN_SOCKET_MODE = 0o600
+
+# h2 remembers how each closed stream ended, up to 65,536 per connection, to answer late frames
+# precisely. A client that keeps one connection and makes many calls (every SPIFFE client does)
+# grew the daemon by ~150 bytes per call until that bound, several MiB per connection: a local
+# caller could spend the daemon's memory. A late frame on a forgotten stream is answered with a
+# stream error instead, which is all a peer needs. grpclib builds its H2Connection itself, so
+# the bound is set on the class (this process serves nothing else over HTTP/2).
+CLOSED_STREAMS_REMEMBERED = 256
+h2.connection.H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_REMEMBERED
 
 
 def bind_unix(path: Path, mode: int, gid: int | None = None) -> socket.socket:
