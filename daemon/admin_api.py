@@ -19,7 +19,7 @@ from ensign.attestors._procfs import read_status
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminBase
 
-from . import audit_records, registry_apply
+from . import audit_records, message_limit, registry_apply
 from .admin_convert import (
     entry_to_pb,
     pb_to_role,
@@ -47,6 +47,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class AdminApi(AdminBase):
+    # Only root and the admin group reach it; `agent apply` of a whole fleet is one message.
+    max_request_bytes = message_limit.ADMIN_MAX_REQUEST_BYTES
+
     def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
                  grants: GrantBook, audit_dir: Path,
                  status: Callable[[], pb.StatusResponse] = pb.StatusResponse,

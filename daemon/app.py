@@ -23,7 +23,7 @@ from ensign.attestors import BUILTIN, TpmAttestor
 from ensign.attestors.base import Attestor
 from ensign.proto.admin_pb2 import StatusResponse
 
-from . import audit_records, metrics
+from . import audit_records, message_limit, metrics
 from .admin_api import AdminApi
 from .anomaly import Detector, Finding
 from .attestation import AttestationPipeline
@@ -93,6 +93,7 @@ class Daemon:
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
         lim = config.limits
+        message_limit.configure(lim.max_request_bytes)
         self.tracker = PeerTracker(limits=UidLimits(
             lim.max_connections_per_uid, lim.requests_per_second_per_uid, lim.burst_per_uid))
         attestors: list[Attestor] = []

@@ -118,6 +118,8 @@ class LimitsConfig(StrictModel):
     max_connections_per_uid: int = Field(default=1024, ge=0)  # 0 = no cap
     requests_per_second_per_uid: float = Field(default=0.0, ge=0)  # 0 = no rate limit
     burst_per_uid: float = Field(default=200.0, ge=1)  # requests allowed at once
+    # One request message on the Workload API socket (RESOURCE_EXHAUSTED above it)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 class MetricsConfig(StrictModel):

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from . import metrics
+from . import message_limit, metrics
 from .errors import (
     AuditUnavailable,
     Conflict,
@@ -51,6 +51,10 @@ def translate(
         status = "OK"
         started = time.perf_counter()
         inflight.inc()
+        # A servicer may accept larger requests than the Workload API socket's bound (admin).
+        limit = getattr(self, "max_request_bytes", None)
+        if limit is not None:
+            message_limit.request_limit.set(limit)  # this request's task only
         try:
             await _run(self, stream)
         except GRPCError as e:

@@ -13,6 +13,7 @@ from typing import Any
 import h2.connection
 from grpclib.config import Configuration
 
+from . import message_limit
 from .errors import ConfigError
 from .peercred import PeerTracker, TrackingServer
 
@@ -74,6 +75,7 @@ class UnixServer:
         self.path = path
         self._mode = mode
         self._gid = gid
+        message_limit.install()  # request messages are bounded before they are buffered
         self._server = TrackingServer(handlers, tracker, config=Configuration())
 
     async def start(self) -> None:

@@ -32,7 +32,7 @@ from ensign.proto import delegation_pb2, workload_pb2
 from ..conftest import ENSIGN, NOBODY, Daemon, make_daemon, run_as
 from ..sigstore_fixture import GHA, PrivateSigstore
 from ..test_peer_identity import _HANDOFF
-from .support import HEADER, audit, call, fd_count, healthy, settle_fds
+from .support import HEADER, audit, call, fd_count, healthy, rss_kib, settle_fds
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other uids, groups)")
 
@@ -528,6 +528,36 @@ def test_request_rate_limit_per_uid(short_tmp: Path) -> None:
         d.stop()
 
 
+def test_oversized_request_is_refused_before_it_is_read(short_tmp: Path, tmp_path: Path) -> None:
+    """`[limits] max_request_bytes = 4096`: a larger request gets RESOURCE_EXHAUSTED naming the
+    limit, also one of 64 MiB (refused on its length prefix, so the daemon never buffers it);
+    small requests go on being served, and the admin socket still takes a larger `agent apply`."""
+    d = make_daemon(short_tmp, "[limits]\nmax_request_bytes = 4096\n")
+    try:
+        d.register("me", f"unix:uid:{os.getuid()}")
+        assert d.proc is not None
+        rss_before = rss_kib(d.proc.pid)
+        for size in (5000, 64 * 1024 * 1024):
+            big = workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="e" * size)
+            code, details, _ = call(d.socket, "/SpiffeWorkloadAPI/ValidateJWTSVID",
+                                    big.SerializeToString(), timeout=60)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (size, code, details)
+            assert "over the 4096-byte limit" in details, details
+        # The 64 MiB body was refused, not held: the daemon grew far less than the message.
+        assert rss_kib(d.proc.pid) - rss_before < 32 * 1024
+        code, _, _ = call(d.socket, "/SpiffeWorkloadAPI/FetchJWTSVID", b"\n\x01a")
+        assert code == grpc.StatusCode.OK
+        agents = "".join(f'[[agent]]\nname = "bulk-{i}"\nowner = "ops@example.org"\n'
+                         f'purpose = "{"p" * 64}"\nselectors = ["unix:uid:{20000 + i}"]\n\n'
+                         for i in range(60))
+        assert len(agents) > 8192
+        (tmp_path / "agents.toml").write_text(agents)
+        d.cli("agent", "apply", "-f", str(tmp_path / "agents.toml"))
+        assert len(json.loads(d.cli("agent", "list", "-o", "json").stdout)) == 61
+    finally:
+        d.stop()
+
+
 @LIMITS_SKIP
 @pytest.mark.parametrize(("body", "ok"), [
     ("max_connections_per_uid = 64\nrequests_per_second_per_uid = 50\nburst_per_uid = 10\n",
@@ -537,6 +567,8 @@ def test_request_rate_limit_per_uid(short_tmp: Path) -> None:
     ('requests_per_second_per_uid = "fast"\n', False),
     ("burst_per_uid = 0\n", False),
     ("max_conections_per_uid = 4\n", False),
+    ("max_request_bytes = 65536\n", True),
+    ("max_request_bytes = 10\n", False),
 ])
 def test_limits_config_is_validated(tmp_path: Path, body: str, ok: bool) -> None:
     cfg = tmp_path / "ensign.toml"

@@ -312,6 +312,8 @@ def test_oversized_messages_are_refused_and_daemon_serves(fuzzed: Daemon, size: 
     ]:
         code, details, _ = call(fuzzed.socket, path, raw, timeout=30)
         assert code in SENSIBLE - {grpc.StatusCode.OK}, (path, size, code, details)
+        if len(raw) > 1024 * 1024:  # `[limits] max_request_bytes`, refused on the length prefix
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (path, size, code, details)
     _serving(fuzzed)
 
 
