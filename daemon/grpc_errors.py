@@ -65,7 +65,7 @@ def translate(
             raise
         finally:
             inflight.dec()
-            metrics.RPCS.labels(name, status).inc()
+            metrics.rpc_counter(name, status).inc()
             seconds.observe(time.perf_counter() - started)
 
     async def _run(self: S, stream: Any) -> None:

@@ -41,15 +41,32 @@ AUDIT_WRITE_SECONDS = Histogram("ensign_audit_write_seconds",
                                 buckets=_LATENCY, registry=REGISTRY)
 
 
+# Label children by label values: `labels()` takes a lock and validates on every call, and
+# observe_audit runs for every audit record on the issuing path. The label sets are small.
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
+
+def rpc_counter(method: str, status: str) -> Any:
+    return _child(RPCS, method, status)
+
+
 def observe_audit(body: dict[str, Any]) -> None:
     kind, result = str(body.get("type", "")), str(body.get("result", ""))
-    AUDIT_EVENTS.labels(kind, result).inc()
+    _child(AUDIT_EVENTS, kind, result).inc()
     if kind == "svid.issued":
-        SVIDS.labels(str((body.get("details") or {}).get("kind", ""))).inc()
+        _child(SVIDS, str((body.get("details") or {}).get("kind", ""))).inc()
     elif kind == "token.exchanged" and result == "success":
         TOKENS.inc()
     elif kind == "anomaly":
-        ANOMALIES.labels(str((body.get("details") or {}).get("signal", ""))).inc()
+        _child(ANOMALIES, str((body.get("details") or {}).get("signal", ""))).inc()
 
 
 class StateCollector(Collector):
