@@ -93,7 +93,7 @@ class Daemon:
         self.broadcast = Broadcast()
         self.cache = SvidCache(self.ca, config.svid, clock)
         lim = config.limits
-        message_limit.configure(lim.max_request_bytes)
+        message_limit.configure(lim.max_request_bytes, lim.max_pending_request_bytes)
         self.tracker = PeerTracker(limits=UidLimits(
             lim.max_connections_per_uid, lim.requests_per_second_per_uid, lim.burst_per_uid))
         attestors: list[Attestor] = []
@@ -286,6 +286,7 @@ class Daemon:
             "ca_next_event_timestamp": self.ca.next_event_at().timestamp(),
             "audit_sequence": float(self.audit.seq),
             "audit_queue_depth": float(self.audit.queue_depth),
+            "request_bytes_pending": float(message_limit.pending_bytes()),
             "cache_x509_svids": float(self.cache.sizes()[0]),
             "cache_jwt_svids": float(self.cache.sizes()[1]),
             "tpm_available": 1.0 if self.tpm is not None and self.tpm.available else 0.0,

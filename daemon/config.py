@@ -120,6 +120,14 @@ class LimitsConfig(StrictModel):
     burst_per_uid: float = Field(default=200.0, ge=1)  # requests allowed at once
     # One request message on the Workload API socket (RESOURCE_EXHAUSTED above it)
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Bytes of large (over 64 KiB) request messages being received at once, over all callers
+    max_pending_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> LimitsConfig:
+        if self.max_pending_request_bytes < self.max_request_bytes:
+            raise ValueError("max_pending_request_bytes must be at least max_request_bytes")
+        return self
 
 
 class MetricsConfig(StrictModel):

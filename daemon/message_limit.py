@@ -9,6 +9,11 @@ RESOURCE_EXHAUSTED as soon as the prefix arrives, before the body is buffered.
 The bound is `[limits] max_request_bytes` for every service on the Workload API socket. The
 admin API, which only root and the admin group reach, raises it for its own requests
 (`agent apply` of a large fleet is one message) through `ADMIN_MAX_REQUEST_BYTES`.
+
+Many callers each sending a large message slowly would still add up, so large messages (over
+`LARGE`) share a budget while they are being received, `[limits] max_pending_request_bytes`:
+one that does not fit is refused at once (RESOURCE_EXHAUSTED, retry later), and small ones,
+which every Workload API call is, never wait on it.
 """
 
 from __future__ import annotations
@@ -22,23 +27,26 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 ADMIN_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+LARGE = 64 * 1024
 
 _PREFIX = struct.Struct(">?I")  # compressed flag, message length
 _workload_limit = DEFAULT_MAX_REQUEST_BYTES
+_pending_budget = DEFAULT_MAX_PENDING_BYTES
+_pending = 0  # bytes of large Workload-socket messages being received now (event loop only)
 # Set per request (each runs in a task of its own) by handlers that accept larger messages.
 request_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "ensign_request_limit", default=None)
 
 
-def configure(max_request_bytes: int) -> None:
-    global _workload_limit
-    _workload_limit = max_request_bytes
+def configure(max_request_bytes: int, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
+    global _workload_limit, _pending_budget
+    _workload_limit, _pending_budget = max_request_bytes, max_pending_bytes
 
 
-def current_limit() -> int:
-    override = request_limit.get()
-    return _workload_limit if override is None else override
+def pending_bytes() -> int:
+    return _pending
 
 
 async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
@@ -49,14 +57,31 @@ async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
     compressed, length = _PREFIX.unpack(meta)
     if compressed:
         raise GRPCError(Status.UNIMPLEMENTED, "compressed request messages are not supported")
-    limit = current_limit()
+    override = request_limit.get()
+    limit = _workload_limit if override is None else override
     if length > limit:
         raise GRPCError(Status.RESOURCE_EXHAUSTED,
                         f"request message of {length} bytes is over the {limit}-byte limit")
-    body = await stream.recv_data(length)
+    if length <= LARGE or override is not None:  # the admin's requests are not budgeted
+        body = await stream.recv_data(length)
+    else:
+        body = await _budgeted(stream, length)
     if len(body) != length:
         raise GRPCError(Status.INVALID_ARGUMENT, "request message cut short")
     return codec.decode(body, message_type)
+
+
+async def _budgeted(stream: Any, length: int) -> bytes:
+    global _pending
+    if _pending + length > _pending_budget:
+        raise GRPCError(Status.RESOURCE_EXHAUSTED,
+                        "too many large requests are being received; retry later")
+    _pending += length
+    try:  # released however the read ends: done, cut short, or cancelled with the connection
+        body: bytes = await stream.recv_data(length)
+        return body
+    finally:
+        _pending -= length
 
 
 def install() -> None:

@@ -558,6 +558,79 @@ def test_oversized_request_is_refused_before_it_is_read(short_tmp: Path, tmp_pat
         d.stop()
 
 
+def _declared(path: Path, length: int) -> socket.socket:
+    """A ValidateJWTSVID whose message prefix promises `length` bytes, of which 1 is sent."""
+    headers = hpack.Encoder().encode([
+        (":method", "POST"), (":scheme", "http"), (":path", "/SpiffeWorkloadAPI/ValidateJWTSVID"),
+        (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
+        ("workload.spiffe.io", "true")])
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(path))
+    s.sendall(PREFACE + _frame(4, 0, 0, b"") + _frame(1, 4, 1, headers)
+              + _frame(0, 0, 1, b"\x00" + length.to_bytes(4, "big") + b"\x0a"))
+    return s
+
+
+def _grpc_status(s: socket.socket, timeout: float) -> str | None:
+    """The grpc-status the daemon ended stream 1 with, or None if it has not within `timeout`."""
+    s.settimeout(timeout)
+    buf, decoder = b"", hpack.Decoder()
+    try:
+        while True:
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                size, kind = int.from_bytes(buf[:3], "big"), buf[3]
+                payload, buf = buf[9:9 + size], buf[9 + size:]
+                if kind == 1:  # HEADERS (response headers, then the trailers)
+                    fields = dict(decoder.decode(payload))
+                    status = fields.get("grpc-status") or fields.get(b"grpc-status")
+                    if status is not None:
+                        return status.decode() if isinstance(status, bytes) else str(status)
+            chunk = s.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+    except TimeoutError:
+        return None
+
+
+def test_large_requests_share_a_budget_small_ones_never_wait(short_tmp: Path) -> None:
+    """`max_pending_request_bytes = 4 MiB`: four callers each sending a 1,000,000-byte message
+    slowly fill it; a fifth large message is refused at once (RESOURCE_EXHAUSTED), small calls go
+    on being served, and when the slow callers go away the budget is whole again."""
+    d = make_daemon(short_tmp, "[limits]\nmax_request_bytes = 1048576\n"
+                               "max_pending_request_bytes = 4194304\n")
+    held: list[socket.socket] = []
+    try:
+        d.register("me", f"unix:uid:{os.getuid()}")
+        held = [_declared(d.socket, 1_000_000) for _ in range(4)]
+        assert all(_grpc_status(s, 0.5) is None for s in held)  # accepted, waiting for the rest
+        fifth = _declared(d.socket, 1_000_000)
+        held.append(fifth)
+        assert _grpc_status(fifth, 10) == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        big = workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="e" * 200_000)
+        code, details, _ = call(d.socket, "/SpiffeWorkloadAPI/ValidateJWTSVID",
+                                big.SerializeToString())
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later" in details, details
+        code, _, _ = call(d.socket, "/SpiffeWorkloadAPI/FetchJWTSVID", b"\n\x01a")
+        assert code == grpc.StatusCode.OK  # small requests never wait on the budget
+        for s in held:
+            s.close()
+        held = []
+        deadline = time.monotonic() + 10
+        while True:  # the slow callers' share comes back once the daemon sees them go
+            code, details, _ = call(d.socket, "/SpiffeWorkloadAPI/ValidateJWTSVID",
+                                    big.SerializeToString())
+            if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                break
+            assert time.monotonic() < deadline, details
+            time.sleep(0.1)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details  # read whole, then judged
+    finally:
+        for s in held:
+            s.close()
+        d.stop()
+
+
 @LIMITS_SKIP
 @pytest.mark.parametrize(("body", "ok"), [
     ("max_connections_per_uid = 64\nrequests_per_second_per_uid = 50\nburst_per_uid = 10\n",
@@ -569,6 +642,7 @@ def test_oversized_request_is_refused_before_it_is_read(short_tmp: Path, tmp_pat
     ("max_conections_per_uid = 4\n", False),
     ("max_request_bytes = 65536\n", True),
     ("max_request_bytes = 10\n", False),
+    ("max_request_bytes = 2097152\nmax_pending_request_bytes = 1048576\n", False),
 ])
 def test_limits_config_is_validated(tmp_path: Path, body: str, ok: bool) -> None:
     cfg = tmp_path / "ensign.toml"
@@ -578,7 +652,7 @@ def test_limits_config_is_validated(tmp_path: Path, body: str, ok: bool) -> None
     if ok:
         assert out.returncode == 0, out.stderr
     else:
-        assert out.returncode == 78 and "limits." in out.stderr, out.stderr
+        assert out.returncode == 78 and "limits" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
 
 
