@@ -384,16 +384,18 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
         + payload
 
 
-def _half_request(path: Path) -> socket.socket:
-    """A request whose headers arrive and whose body never completes."""
+def _half_request(path: Path, method: str = "/SpiffeWorkloadAPI/FetchJWTSVID",
+                  declared: int = 256) -> socket.socket:
+    """A request whose headers arrive and whose body never completes: its message prefix
+    promises `declared` bytes, of which 1 is sent."""
     headers = hpack.Encoder().encode([
-        (":method", "POST"), (":scheme", "http"), (":path", "/SpiffeWorkloadAPI/FetchJWTSVID"),
+        (":method", "POST"), (":scheme", "http"), (":path", method),
         (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
         ("workload.spiffe.io", "true")])
     s = socket.socket(socket.AF_UNIX)
     s.connect(str(path))
     s.sendall(PREFACE + _frame(4, 0, 0, b"") + _frame(1, 4, 1, headers)
-              + _frame(0, 0, 1, b"\x00\x00\x00\x01\x00" + b"\x0a"))  # 256 bytes promised, 1 sent
+              + _frame(0, 0, 1, b"\x00" + declared.to_bytes(4, "big") + b"\x0a"))
     return s
 
 
@@ -558,19 +560,6 @@ def test_oversized_request_is_refused_before_it_is_read(short_tmp: Path, tmp_pat
         d.stop()
 
 
-def _declared(path: Path, length: int) -> socket.socket:
-    """A ValidateJWTSVID whose message prefix promises `length` bytes, of which 1 is sent."""
-    headers = hpack.Encoder().encode([
-        (":method", "POST"), (":scheme", "http"), (":path", "/SpiffeWorkloadAPI/ValidateJWTSVID"),
-        (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
-        ("workload.spiffe.io", "true")])
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(str(path))
-    s.sendall(PREFACE + _frame(4, 0, 0, b"") + _frame(1, 4, 1, headers)
-              + _frame(0, 0, 1, b"\x00" + length.to_bytes(4, "big") + b"\x0a"))
-    return s
-
-
 def _grpc_status(s: socket.socket, timeout: float) -> str | None:
     """The grpc-status the daemon ended stream 1 with, or None if it has not within `timeout`."""
     s.settimeout(timeout)
@@ -593,6 +582,9 @@ def _grpc_status(s: socket.socket, timeout: float) -> str | None:
         return None
 
 
+VALIDATE = "/SpiffeWorkloadAPI/ValidateJWTSVID"
+
+
 def test_large_requests_share_a_budget_small_ones_never_wait(short_tmp: Path) -> None:
     """`max_pending_request_bytes = 4 MiB`: four callers each sending a 1,000,000-byte message
     slowly fill it; a fifth large message is refused at once (RESOURCE_EXHAUSTED), small calls go
@@ -602,9 +594,9 @@ def test_large_requests_share_a_budget_small_ones_never_wait(short_tmp: Path) ->
     held: list[socket.socket] = []
     try:
         d.register("me", f"unix:uid:{os.getuid()}")
-        held = [_declared(d.socket, 1_000_000) for _ in range(4)]
+        held = [_half_request(d.socket, VALIDATE, 1_000_000) for _ in range(4)]
         assert all(_grpc_status(s, 0.5) is None for s in held)  # accepted, waiting for the rest
-        fifth = _declared(d.socket, 1_000_000)
+        fifth = _half_request(d.socket, VALIDATE, 1_000_000)
         held.append(fifth)
         assert _grpc_status(fifth, 10) == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
         big = workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="e" * 200_000)
