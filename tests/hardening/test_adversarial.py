@@ -585,6 +585,22 @@ def _grpc_status(s: socket.socket, timeout: float) -> str | None:
 VALIDATE = "/SpiffeWorkloadAPI/ValidateJWTSVID"
 
 
+def test_message_cut_short_is_invalid_argument(daemon: Daemon) -> None:
+    """A caller that ends its request before the message it announced gets INVALID_ARGUMENT
+    saying so; the daemon logs no internal error and goes on serving."""
+    daemon.register("me", f"unix:uid:{os.getuid()}")
+    for declared in (256, 200_000):  # a small message, and one counted in the large budget
+        s = _half_request(daemon.socket, VALIDATE, declared)
+        try:
+            s.sendall(_frame(0, 1, 1, b""))  # DATA, END_STREAM: nothing more is coming
+            assert _grpc_status(s, 10) == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        finally:
+            s.close()
+    code, _, _ = call(daemon.socket, "/SpiffeWorkloadAPI/FetchJWTSVID", b"\n\x01a")
+    assert code == grpc.StatusCode.OK
+    assert "internal error" not in daemon.log.read_text()
+
+
 def test_large_requests_share_a_budget_small_ones_never_wait(short_tmp: Path) -> None:
     """`max_pending_request_bytes = 4 MiB`: four callers each sending a 1,000,000-byte message
     slowly fill it; a fifth large message is refused at once (RESOURCE_EXHAUSTED), small calls go
