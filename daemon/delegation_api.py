@@ -36,6 +36,7 @@ from .models import AttestedCaller
 from .peercred import PeerTracker
 from .registry import Entry, Registry
 from .roles import RoleBook
+from .units import MAX_TTL_SECONDS
 
 log = logging.getLogger(__name__)
 MAX_TOKEN_BYTES = 16 * 1024
@@ -123,8 +124,9 @@ class DelegationApi(DelegationBase):
             raise InvalidRequest("audience must be specified")
         if any(not s or " " in s for s in r.scopes):
             raise InvalidRequest("scopes must be non-empty and contain no spaces")
-        if r.requested_ttl_seconds < 0:
-            raise InvalidRequest("requested TTL must not be negative")
+        if not 0 <= r.requested_ttl_seconds <= MAX_TTL_SECONDS:
+            raise InvalidRequest(f"requested TTL must be between 0 and {MAX_TTL_SECONDS} "
+                                 "seconds (3650 days)")
         ttl = timedelta(seconds=r.requested_ttl_seconds) if r.requested_ttl_seconds else None
         return Request(audience=r.audience, scopes=tuple(r.scopes), ttl=ttl,
                        allow_narrowing=r.allow_narrowing)

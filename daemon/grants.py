@@ -17,6 +17,7 @@ from ulid import ULID
 from .errors import InvalidRequest, InvalidTransition, NotFound
 from .events import ChangeEvent, EventHub
 from .store import Store
+from .units import MAX_TTL_SECONDS
 
 _COLUMNS = ("id", "subject", "issuer", "agent_id", "scopes", "created_at", "expires_at",
             "revoked_at", "created_by")
@@ -63,8 +64,8 @@ class GrantBook:
             raise InvalidRequest("a grant needs --subject, --issuer and --agent")
         if not grant.scopes or any(not s or " " in s for s in grant.scopes):
             raise InvalidRequest("a grant needs at least one scope (no spaces)")
-        if ttl < 0:
-            raise InvalidRequest("ttl must not be negative")
+        if not 0 <= ttl <= MAX_TTL_SECONDS:
+            raise InvalidRequest(f"ttl must be between 0 and {MAX_TTL_SECONDS} seconds (3650 days)")
         now = int(self._clock())
         g = replace(grant, id=f"grt_{ULID()}", created_at=now,
                     expires_at=now + ttl if ttl else 0, revoked_at=0, created_by=actor,

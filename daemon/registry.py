@@ -23,6 +23,7 @@ from .events import Action, ChangeEvent, EventHub
 from .roles import RoleBook
 from .spiffe_id import SpiffeId
 from .store import Statement, Store
+from .units import MAX_TIMESTAMP, MAX_TTL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
         raise InvalidRequest("SPIFFE ID needs a path; the bare trust domain ID is the CA's")
     if e.x509_ttl < 0 or e.jwt_ttl < 0 or e.expires_at < 0:
         raise InvalidRequest("TTLs and expiry must not be negative")
+    if max(e.x509_ttl, e.jwt_ttl) > MAX_TTL_SECONDS:
+        raise InvalidRequest(f"TTLs must be at most {MAX_TTL_SECONDS} seconds (3650 days)")
+    if e.expires_at > MAX_TIMESTAMP:
+        raise InvalidRequest("expiry must be before the year 10000")
     if e.state not in STATES:
         raise InvalidRequest(f"unknown state {e.state!r}")
     if len(e.hint.encode()) > 1024:

@@ -18,6 +18,7 @@ from typing import Any
 from .errors import InvalidRequest, NotFound, PermissionDenied
 from .events import ChangeEvent, EventHub
 from .store import Store
+from .units import MAX_TTL_SECONDS
 
 ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_AUDIENCES_PER_ROLE = 256
@@ -69,8 +70,9 @@ def validate_role(role: Role) -> Role:
     for s in role.scopes:
         if not s or any(c.isspace() for c in s) or len(s) > 256:
             raise InvalidRequest(f"role {role.name}: invalid scope {s!r} (no spaces)")
-    if role.max_ttl < 0:
-        raise InvalidRequest(f"role {role.name}: max_ttl must not be negative")
+    if not 0 <= role.max_ttl <= MAX_TTL_SECONDS:
+        raise InvalidRequest(f"role {role.name}: max_ttl must be between 0 and "
+                             f"{MAX_TTL_SECONDS} seconds (3650 days)")
     return replace(role, audiences=tuple(dict.fromkeys(role.audiences)),
                    scopes=tuple(dict.fromkeys(role.scopes)))
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+# The longest TTL anything may ask for (the config's bound too): beyond it timedelta overflows
+# long before a certificate could, and no credential should outlive a decade.
+MAX_TTL_SECONDS = 3650 * 86400
+# The last second datetime can hold: later expiry times cannot even be printed.
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
@@ -21,7 +27,10 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(
             f"invalid duration {text!r}: use a number and a unit, e.g. 30s, 5m, 1h, 7d"
         )
-    return timedelta(seconds=int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 def format_duration(value: timedelta) -> str:

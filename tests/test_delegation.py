@@ -115,6 +115,28 @@ def test_agent_acts_for_alice(world: Any, idp: Idp) -> None:
     assert refused.returncode == 64
 
 
+def test_absurd_ttls_are_refused_with_a_message(world: Any, idp: Idp) -> None:
+    # Past 3650 days a TTL overflows Python's timedelta: refused up front, never INTERNAL.
+    d, a, _, _ = world
+    token = idp.token(may_act={"sub": a["spiffe_id"]})
+    out = exchange(d, GID_A, token, "--audience", f"{CAL}/v1", "--scope", "calendar.read",
+                   "--ttl", "4000d")
+    assert out.returncode == 64 and "requested TTL must be between" in out.stderr, out.stderr
+    out = exchange(d, GID_A, token, "--audience", f"{CAL}/v1", "--ttl", "1000000000d")
+    assert out.returncode == 64 and "is too long" in out.stderr, out.stderr  # a usage error
+    grant = d.cli("delegation", "grant", "--subject", "alice", "--issuer", IDP, "--agent",
+                  a["id"], "--scope", "calendar.read", "--ttl", "4000d", check=False)
+    assert grant.returncode == 64 and "ttl must be between" in grant.stderr, grant.stderr
+    role = d.cli("role", "create", "forever", "--audience", "x", "--max-ttl", "4000d",
+                 check=False)
+    assert role.returncode == 64 and "max_ttl must be between" in role.stderr, role.stderr
+    agent = d.cli("agent", "register", "--name", "forever", "--owner", "o", "--selector",
+                  "unix:uid:9", "--x509-ttl", "4000d", check=False)
+    assert agent.returncode == 64 and "TTLs must be at most" in agent.stderr, agent.stderr
+    assert exchange(d, GID_A, token, "--audience", f"{CAL}/v1", "--scope",
+                    "calendar.read").returncode == 0  # and the daemon goes on serving
+
+
 @pytest.mark.parametrize(
     ("case", "expect"),
     [
