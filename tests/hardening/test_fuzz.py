@@ -554,7 +554,8 @@ _ARG = st.one_of(
     st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
             max_size=20),
     st.sampled_from(["json", "text", "jsonl", "ocsf", "-", "unix:uid:0", "1s", "-1s", "agt_x",
-                     "2026-13-45T99:00:00Z", "spiffe://", "../../etc/passwd", "nan", "1e999"]),
+                     "2026-13-45T99:00:00Z", "spiffe://", "../../etc/passwd", "nan", "1e999",
+                     "99999999999d", "4000d"]),
 )
 argvs = st.one_of(
     st.tuples(st.sampled_from(COMMANDS), st.lists(_ARG, max_size=6)).map(lambda t: t[0] + t[1]),
