@@ -10,7 +10,7 @@ from typing import Any
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from .common import admin_socket, channel, print_json
+from .common import admin_socket, channel, count, print_json
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -21,7 +21,7 @@ def register(sub: Any, common: Common) -> None:
                              parser_class=type(an))
     ls = common(asub.add_parser("list", help="findings, oldest first"))
     ls.add_argument("--agent", default="")
-    ls.add_argument("--limit", type=int, default=0)
+    ls.add_argument("--limit", type=count, default=0)
     ls.set_defaults(func=anomaly_list)
 
 

@@ -19,7 +19,7 @@ from ..audit_query import to_ocsf
 from ..audit_verify import verify
 from ..errors import EnsignError
 from ..units import parse_duration
-from .common import admin_socket, channel, print_json
+from .common import admin_socket, channel, count, print_json
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -58,7 +58,7 @@ def register(sub: Any, common: Common) -> None:
         p.add_argument("--result", default="", choices=["", "success", "denied", "failure"])
         p.add_argument("--since", type=_when, metavar="TIME")
         p.add_argument("--until", type=_when, metavar="TIME")
-        p.add_argument("--limit", type=int, default=0)
+        p.add_argument("--limit", type=count, default=0)
 
     ls = common(asub.add_parser("list", help="records matching filters (admin socket)"))
     filters(ls)
@@ -71,7 +71,7 @@ def register(sub: Any, common: Common) -> None:
 
     arc = asub.add_parser("archive", help="move old segments and their checkpoints away")
     arc.add_argument("--to", type=Path, required=True, metavar="DIR")
-    arc.add_argument("--keep", type=int, default=1, help="newest segments to keep (default 1)")
+    arc.add_argument("--keep", type=count, default=1, help="newest segments to keep (default 1)")
     arc.add_argument("--config", type=Path, help="config naming data_dir")
     arc.add_argument("--data-dir", type=Path, help="data directory (instead of --config)")
     arc.set_defaults(func=audit_archive)
@@ -79,7 +79,7 @@ def register(sub: Any, common: Common) -> None:
     ver = asub.add_parser("verify", help="recompute the chain and checkpoints (offline)")
     ver.add_argument("--config", type=Path, help="config naming data_dir")
     ver.add_argument("--data-dir", type=Path, help="data directory (instead of --config)")
-    ver.add_argument("--from-checkpoint", type=int, metavar="SEQ",
+    ver.add_argument("--from-checkpoint", type=count, metavar="SEQ",
                      help="start at this checkpoint (earlier segments archived)")
     ver.add_argument("-o", "--output", choices=["text", "json"], default="text")
     ver.set_defaults(func=audit_verify)

@@ -78,6 +78,17 @@ async def channel(path: str) -> AsyncIterator[Channel]:
         ch.close()
 
 
+def count(text: str) -> int:
+    """A non-negative whole number that fits the int64 fields it is sent in."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0 to {2**63 - 1})")
+    return value
+
+
 def duration_seconds(text: str) -> int:
     try:
         return int(parse_duration(text).total_seconds())

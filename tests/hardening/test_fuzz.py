@@ -555,7 +555,7 @@ _ARG = st.one_of(
             max_size=20),
     st.sampled_from(["json", "text", "jsonl", "ocsf", "-", "unix:uid:0", "1s", "-1s", "agt_x",
                      "2026-13-45T99:00:00Z", "spiffe://", "../../etc/passwd", "nan", "1e999",
-                     "99999999999d", "4000d"]),
+                     "99999999999d", "4000d", "99999999999999999999999", "-1"]),
 )
 argvs = st.one_of(
     st.tuples(st.sampled_from(COMMANDS), st.lists(_ARG, max_size=6)).map(lambda t: t[0] + t[1]),
@@ -579,3 +579,18 @@ def test_tpm_commands_without_a_tpm_exit_cleanly(fuzzed: Daemon, argv: list[str]
     [r] = cli_batch(fuzzed, [argv], tmp_path)
     _assert_cli_result(r)
     assert os.WEXITSTATUS(r["status"]) == 69 and "tpm" in r["stderr"].lower(), r
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "list", "--limit", "99999999999999999999999"],
+    ["audit", "verify", "--from-checkpoint", "-1"],
+    ["token", "exchange", "--audience", "a", "--ttl", "99999999999d"],
+    ["role", "create", "r", "--audience", "a", "--max-ttl", "99999999999999999999s"],
+], ids=["limit", "checkpoint", "ttl", "max-ttl"])
+def test_out_of_range_numbers_are_one_line_usage_errors(fuzzed: Daemon, argv: list[str],
+                                                        tmp_path: Path) -> None:
+    # These printed a traceback (int64 overflow in protobuf, timedelta overflow) before.
+    [r] = cli_batch(fuzzed, [argv], tmp_path)
+    _assert_cli_result(r)
+    assert os.WEXITSTATUS(r["status"]) == 64, r
+    assert "out of range" in r["stderr"] or "too long" in r["stderr"], r
