@@ -37,7 +37,7 @@ from .grants import Grant, GrantBook
 from .grpc_errors import translate
 from .models import Caller
 from .peercred import PeerTracker, check_alive
-from .registry import ListFilter, Registry
+from .registry import ListFilter, Registry, validate_filter
 from .roles import RoleBook
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,9 @@ class AdminApi(AdminBase):
     @translate
     async def ListAgents(self, stream: Stream[pb.ListAgentsRequest, pb.ListAgentsResponse]) -> None:
         r, _ = await self._begin(stream)
-        flt = ListFilter(state=r.state, owner=r.owner, capability=r.capability, role=r.role,
-                         kind=r.kind, selector=r.selector, name_prefix=r.name_prefix)
+        flt = validate_filter(ListFilter(
+            state=r.state, owner=r.owner, capability=r.capability, role=r.role, kind=r.kind,
+            selector=r.selector, name_prefix=r.name_prefix))
         entries = self._registry.entries(flt)
         await stream.send_message(pb.ListAgentsResponse(agents=[entry_to_pb(e) for e in entries]))
 

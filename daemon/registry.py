@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 SELECTOR_TYPES = frozenset({"unix", "systemd", "sigstore", "tpm"})
 KINDS = frozenset({"agent", "service"})
 STATES = ("active", "suspended", "decommissioned")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_SELECTORS = 64
 MAX_NAME = 128
 DAEMON_ACTOR = "ensign"
@@ -135,7 +137,22 @@ def validate_selector(text: str) -> str:
         )
     if len(text) > 1024 or any(c in text for c in "\n\r\0"):
         raise InvalidRequest(f"invalid selector {text[:40]!r}: too long or control characters")
+    # Values the attestor can only ever emit in one form: a typo here would never match.
+    key, _, value = rest.partition(":")
+    if kind == "unix" and key in ("uid", "gid") and not (
+            value.isascii() and value.isdigit() and int(value) < 2**32):
+        raise InvalidRequest(f"invalid selector {text!r}: {key} must be a number below 2^32")
+    if kind == "unix" and key == "sha256" and not _SHA256.fullmatch(value):
+        raise InvalidRequest(f"invalid selector {text!r}: sha256 must be 64 lowercase hex digits")
     return text
+
+
+def validate_filter(flt: ListFilter) -> ListFilter:
+    if flt.state and flt.state not in STATES:
+        raise InvalidRequest(f"unknown state {flt.state!r} (known: {', '.join(STATES)})")
+    if flt.kind and flt.kind not in KINDS:
+        raise InvalidRequest(f"unknown kind {flt.kind!r} (known: {', '.join(sorted(KINDS))})")
+    return flt
 
 
 def validate_entry(e: Entry, trust_domain: str) -> Entry:

@@ -203,8 +203,12 @@ def test_apply_dry_run_then_apply_then_noop(daemon: Daemon, tmp_path: Path) -> N
         (["--selector", "unix:uid:5", "--owner", "o", "--name", "taken"], "ALREADY_EXISTS"),
         (["--selector", "bogus:x", "--owner", "o"], "invalid selector"),
         (["--selector", "unix:uid:5"], "owner is required"),
+        (["--selector", "unix:sha256:zz", "--owner", "o"], "64 lowercase hex digits"),
+        (["--selector", "unix:uid:99999999999999", "--owner", "o"], "number below 2^32"),
+        (["--selector", "unix:gid:wheel", "--owner", "o"], "number below 2^32"),
     ],
-    ids=["unknown-role", "duplicate-name", "bad-selector", "no-owner"],
+    ids=["unknown-role", "duplicate-name", "bad-selector", "no-owner", "sha256-typo",
+         "uid-range", "gid-name"],
 )
 def test_bad_registrations_change_nothing(daemon: Daemon, args: list[str], expect: str) -> None:
     daemon.register("taken", "unix:uid:4")
@@ -244,3 +248,5 @@ def test_list_filters(daemon: Daemon) -> None:
     assert ids("--selector", "unix:uid:11") == [a["id"]]
     assert ids("--name-prefix", "alpha") == [a["id"]]
     assert ids("--state", "suspended") == []
+    typo = daemon.cli("agent", "list", "--state", "suspnded", check=False)
+    assert typo.returncode == 64 and "unknown state 'suspnded'" in _one_line(typo)

@@ -33,6 +33,8 @@ def _when(text: str) -> str:
     """RFC 3339, or a duration meaning that long ago (`1h`)."""
     try:
         return (datetime.now(UTC) - parse_duration(text)).isoformat(timespec="microseconds")
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"time {text!r} ago is out of range") from None
     except ValueError:
         pass
     try:

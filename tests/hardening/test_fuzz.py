@@ -586,7 +586,8 @@ def test_tpm_commands_without_a_tpm_exit_cleanly(fuzzed: Daemon, argv: list[str]
     ["audit", "verify", "--from-checkpoint", "-1"],
     ["token", "exchange", "--audience", "a", "--ttl", "99999999999d"],
     ["role", "create", "r", "--audience", "a", "--max-ttl", "99999999999999999999s"],
-], ids=["limit", "checkpoint", "ttl", "max-ttl"])
+    ["audit", "export", "--format", "ocsf", "--since", "99999999d"],
+], ids=["limit", "checkpoint", "ttl", "max-ttl", "since"])
 def test_out_of_range_numbers_are_one_line_usage_errors(fuzzed: Daemon, argv: list[str],
                                                         tmp_path: Path) -> None:
     # These printed a traceback (int64 overflow in protobuf, timedelta overflow) before.
