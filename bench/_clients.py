@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -134,11 +135,7 @@ class ClientPool:
     def close(self) -> None:
         for q in self._tasks:
             q.put(None)
-        for p in self._procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        stop_processes(self._procs)
 
     def __enter__(self) -> ClientPool:
         return self
@@ -147,3 +144,12 @@ class ClientPool:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def stop_processes(procs: Iterable[Any]) -> None:
+    """Join each client process; one that does not finish in 10 s is terminated."""
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.terminate()
+            p.join()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _servers
+from ._clients import stop_processes
 from ._stats import meets, ratio, summarize
 
 NAME_P50, NAME_P99 = "first_x509_svid_p50_ms", "first_x509_svid_p99_ms"
@@ -159,23 +160,19 @@ def run(quick: bool) -> dict[str, dict[str, Any]]:
     finally:
         for q in tasks:
             q.put(None)
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, dict[str, Any]] = {}
-    for name, runs, q in ((NAME_P50, p50, 50), (NAME_P99, p99, 99)):
+    for name, runs, pct in ((NAME_P50, p50, 50), (NAME_P99, p99, 99)):
         e, b = summarize(runs["ensign"]), summarize(runs["baseline"])
         value = ratio(e["median"], b["median"])
         figure: dict[str, Any] = {
             "unit": "ms", "ensign": e, "baseline": b, "ratio": value, "target": TARGET,
             "met": meets(value, TARGET) and not sum(errors.values()),
             "errors": sum(errors.values()),
-            "note": f"{CLIENTS} grpcio processes, fresh connection each; pooled p{q}: ensign "
-                    f"{_percentile(pooled['ensign'], q):.2f} ms over "
-                    f"{len(pooled['ensign'])}, baseline {_percentile(pooled['baseline'], q):.2f}"
+            "note": f"{CLIENTS} grpcio processes, fresh connection each; pooled p{pct}: ensign "
+                    f"{_percentile(pooled['ensign'], pct):.2f} ms over "
+                    f"{len(pooled['ensign'])}, baseline {_percentile(pooled['baseline'], pct):.2f}"
                     f" ms over {len(pooled['baseline'])}",
             "setup": {"clients": CLIENTS, "reps": plan.reps, "warmup_s": plan.warmup,
                       "duration_s": plan.duration, "cpus": os.cpu_count()},

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _servers
+from ._clients import stop_processes
 from ._stats import ratio, summarize
 
 RSS_NAME, STORM_NAME = "rss_10k_agents_streams_mb", "rotation_storm_spread_ms"
@@ -194,11 +195,7 @@ def run(quick: bool) -> dict[str, dict[str, Any]]:
             rss_after = _rss_mb(daemon.pid)
     finally:
         stop.set()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     updates = [m[base[k]][0] for k, m in got.received.items()
                if len(m) > base[k] and m[base[k]][1] not in held]
