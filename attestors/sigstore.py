@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from ensign.daemon import procfs as _procfs
 from ensign.daemon.config_types import StrictModel
 from ensign.daemon.models import Attestation, Caller
 
-from . import _procfs
 from ._sigstore_verify import DEFAULT_PREDICATE_TYPES, CheckFailed, Verified, load_verifier, verify
 from .base import value
 

@@ -20,10 +20,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ensign.daemon import procfs as _procfs
 from ensign.daemon.config_types import Size, StrictModel
 from ensign.daemon.models import Attestation, Caller
 
-from . import _procfs
 from .base import AttestorError, value
 
 log = logging.getLogger(__name__)

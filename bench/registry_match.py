@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ensign.attestors.unix import UnixAttestor, UnixConfig
-from ensign.daemon.attestation import AttestationPipeline
-from ensign.daemon.events import EventHub
+from ensign.daemon.identity.pipeline import AttestationPipeline
 from ensign.daemon.models import Caller
-from ensign.daemon.registry import Entry, Registry, insert_statement
-from ensign.daemon.roles import RoleBook
-from ensign.daemon.store import Store
+from ensign.daemon.registry.events import EventHub
+from ensign.daemon.registry.registry import Entry, Registry, insert_statement
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.registry.store import Store
 
 from ._stats import meets, ratio, summarize
 
@@ -53,7 +53,7 @@ def _registry(root: Path, n: int) -> Registry:
 
 async def _time(reg: Registry, n: int) -> float:
     pipeline = AttestationPipeline([UnixAttestor(UnixConfig())])
-    from ensign.attestors import _procfs
+    from ensign.daemon import procfs as _procfs
 
     caller = Caller(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(),
                     start_ticks=_procfs.read_stat(os.getpid()).start_ticks,

@@ -21,33 +21,34 @@ from typing import Any
 
 from ensign.attestors import BUILTIN, TpmAttestor
 from ensign.attestors.base import Attestor
+from ensign.daemon.anomaly.detector import Detector, Finding
+from ensign.daemon.api import _records as audit_records
+from ensign.daemon.api.admin import AdminApi
+from ensign.daemon.api.attestation import AttestationApi
+from ensign.daemon.api.delegation import DelegationApi
+from ensign.daemon.api.health import HealthService
+from ensign.daemon.api.workload import WorkloadApi
+from ensign.daemon.audit.event import AuditEvent, Process
+from ensign.daemon.audit.log import AuditLog
+from ensign.daemon.config import Config
+from ensign.daemon.config import load as load_config
+from ensign.daemon.delegation.idp import TrustedIssuers
+from ensign.daemon.errors import ConfigError, EnsignError
+from ensign.daemon.identity.pipeline import AttestationPipeline
+from ensign.daemon.issuing.ca import CertificateAuthority, utcnow
+from ensign.daemon.issuing.cache import Broadcast, SvidCache
+from ensign.daemon.observe import metrics
+from ensign.daemon.registry.events import ChangeEvent, EventHub
+from ensign.daemon.registry.grants import GrantBook
+from ensign.daemon.registry.registry import Registry
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.registry.store import Store
+from ensign.daemon.server import bounds as message_limit
+from ensign.daemon.server.limits import UidLimits
+from ensign.daemon.server.listener import ADMIN_SOCKET_MODE, WORKLOAD_SOCKET_MODE, UnixServer
+from ensign.daemon.server.peercred import PeerTracker
+from ensign.daemon.tpm.service import TpmEvent, TpmService
 from ensign.proto.admin_pb2 import StatusResponse
-
-from . import audit_records, message_limit, metrics
-from .admin_api import AdminApi
-from .anomaly import Detector, Finding
-from .attestation import AttestationPipeline
-from .attestation_api import AttestationApi
-from .audit_event import AuditEvent, Process
-from .audit_log import AuditLog
-from .ca import CertificateAuthority, utcnow
-from .cache import Broadcast, SvidCache
-from .config import Config
-from .config import load as load_config
-from .delegation_api import DelegationApi
-from .errors import ConfigError, EnsignError
-from .events import ChangeEvent, EventHub
-from .grants import GrantBook
-from .health import HealthService
-from .idp import TrustedIssuers
-from .limits import UidLimits
-from .peercred import PeerTracker
-from .registry import Registry
-from .roles import RoleBook
-from .server import ADMIN_SOCKET_MODE, WORKLOAD_SOCKET_MODE, UnixServer
-from .store import Store
-from .tpm_service import TpmEvent, TpmService
-from .workload_api import WorkloadApi
 
 log = logging.getLogger(__name__)
 

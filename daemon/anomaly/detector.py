@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import AnomalyConfig
+from ensign.daemon.config import AnomalyConfig
 
 JTI_MEMORY = 100_000
 EWMA_ALPHA = 0.1
@@ -260,7 +260,7 @@ class Detector:
                      "delegators": sorted(s.delegators), "max_depth": s.max_depth,
                      "rates": {a: [r.mean, r.var, r.samples] for a, r in s.rates.items()}}
                for aid, s in self._agents.items()}
-        from .files import write_private
+        from ensign.daemon.files import write_private
 
         write_private(path, json.dumps({"version": 1, "agents": doc}).encode())
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ensign.daemon.registry.registry import Entry, StateChange
+from ensign.daemon.registry.roles import Role
 from ensign.proto import admin_pb2 as pb
-
-from .registry import Entry, StateChange
-from .roles import Role
 
 
 def entry_to_pb(e: Entry, history: list[StateChange] | None = None) -> pb.Agent:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .audit_event import AuditEvent, EventType, Process
-from .errors import EnsignError
-from .events import ChangeEvent
-from .models import AttestedCaller, Caller
-from .registry import Entry
-from .svid import JwtSvid, X509Svid
+from ensign.daemon.audit.event import AuditEvent, EventType, Process
+from ensign.daemon.errors import EnsignError
+from ensign.daemon.issuing.svid import JwtSvid, X509Svid
+from ensign.daemon.models import AttestedCaller, Caller
+from ensign.daemon.registry.events import ChangeEvent
+from ensign.daemon.registry.registry import Entry
 
 # Evidence worth keeping: digests and names, not whole documents.
 _EVIDENCE_KEYS = ("unix.exe_sha256", "unix.exe_path", "unix.exe_error", "systemd.cgroup",

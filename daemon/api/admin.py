@@ -15,12 +15,8 @@ from typing import Any
 
 from grpclib.server import Stream
 
-from ensign.attestors._procfs import read_status
-from ensign.proto import admin_pb2 as pb
-from ensign.proto.admin_grpc import AdminBase
-
-from . import audit_records, message_limit, registry_apply
-from .admin_convert import (
+from ensign.daemon.api import _records as audit_records
+from ensign.daemon.api._admin_convert import (
     entry_to_pb,
     pb_to_role,
     role_changes,
@@ -28,17 +24,22 @@ from .admin_convert import (
     spec_to_entry,
     update_changes,
 )
-from .audit_event import canonical
-from .audit_log import AuditLog
-from .audit_query import AuditFilter, query
-from .errors import CallerGone, InvalidRequest, PermissionDenied
-from .events import Action
-from .grants import Grant, GrantBook
-from .grpc_errors import translate
-from .models import Caller
-from .peercred import PeerTracker, check_alive
-from .registry import ListFilter, Registry, validate_filter
-from .roles import RoleBook
+from ensign.daemon.audit.event import canonical
+from ensign.daemon.audit.log import AuditLog
+from ensign.daemon.audit.query import AuditFilter, query
+from ensign.daemon.errors import CallerGone, InvalidRequest, PermissionDenied
+from ensign.daemon.models import Caller
+from ensign.daemon.procfs import read_status
+from ensign.daemon.registry import apply as registry_apply
+from ensign.daemon.registry.events import Action
+from ensign.daemon.registry.grants import Grant, GrantBook
+from ensign.daemon.registry.registry import ListFilter, Registry, validate_filter
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.server import bounds as message_limit
+from ensign.daemon.server.peercred import PeerTracker, check_alive
+from ensign.daemon.server.translate import translate
+from ensign.proto import admin_pb2 as pb
+from ensign.proto.admin_grpc import AdminBase
 
 log = logging.getLogger(__name__)
 MAX_REASON = 512

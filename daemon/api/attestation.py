@@ -15,13 +15,12 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from ensign.daemon.api.front import check_security_header
+from ensign.daemon.server.translate import translate
+from ensign.daemon.tpm.evidence import Evidence
+from ensign.daemon.tpm.measure import Epoch, Measurement
 from ensign.proto import attestation_pb2 as pb
 from ensign.proto.attestation_grpc import AttestationBase
-
-from .caller import check_security_header
-from .grpc_errors import translate
-from .tpm_evidence import Evidence
-from .tpm_measure import Epoch, Measurement
 
 log = logging.getLogger(__name__)
 

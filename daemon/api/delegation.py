@@ -16,27 +16,27 @@ import jwt
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpclib.server import Stream
 
+from ensign.daemon.api import _records as audit_records
+from ensign.daemon.api.front import attest_stream
+from ensign.daemon.audit.event import AuditEvent
+from ensign.daemon.audit.log import AuditLog
+from ensign.daemon.config import Config
+from ensign.daemon.delegation import tokens
+from ensign.daemon.delegation.idp import TrustedIssuers
+from ensign.daemon.delegation.rules import Decision, DelegationDenied, Delegator, Request, decide
+from ensign.daemon.errors import EnsignError, InvalidRequest
+from ensign.daemon.identity.pipeline import AttestationPipeline
+from ensign.daemon.issuing.ca import CertificateAuthority
+from ensign.daemon.issuing.cache import SvidCache
+from ensign.daemon.models import AttestedCaller
+from ensign.daemon.registry.grants import GrantBook
+from ensign.daemon.registry.registry import Entry, Registry
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.server.peercred import PeerTracker
+from ensign.daemon.server.translate import translate
+from ensign.daemon.units import MAX_TTL_SECONDS
 from ensign.proto import delegation_pb2 as pb
 from ensign.proto.delegation_grpc import DelegationBase
-
-from . import audit_records, tokens
-from .attestation import AttestationPipeline
-from .audit_event import AuditEvent
-from .audit_log import AuditLog
-from .ca import CertificateAuthority
-from .cache import SvidCache
-from .caller import attest_stream
-from .config import Config
-from .delegation import Decision, DelegationDenied, Delegator, Request, decide
-from .errors import EnsignError, InvalidRequest
-from .grants import GrantBook
-from .grpc_errors import translate
-from .idp import TrustedIssuers
-from .models import AttestedCaller
-from .peercred import PeerTracker
-from .registry import Entry, Registry
-from .roles import RoleBook
-from .units import MAX_TTL_SECONDS
 
 log = logging.getLogger(__name__)
 MAX_TOKEN_BYTES = 16 * 1024

@@ -6,11 +6,11 @@ from typing import Any
 
 from grpclib.server import Stream
 
-from .attestation import AttestationPipeline
-from .errors import CallerGone, InvalidRequest
-from .limits import RateLimited
-from .models import AttestedCaller
-from .peercred import Connection, PeerTracker
+from ensign.daemon.errors import CallerGone, InvalidRequest
+from ensign.daemon.identity.pipeline import AttestationPipeline
+from ensign.daemon.models import AttestedCaller
+from ensign.daemon.server.limits import RateLimited
+from ensign.daemon.server.peercred import Connection, PeerTracker
 
 SECURITY_HEADER = "workload.spiffe.io"
 

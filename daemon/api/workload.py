@@ -19,26 +19,31 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from ensign.daemon.api import _records as audit_records
+from ensign.daemon.api.front import check_limits, check_security_header
+from ensign.daemon.audit.event import AuditEvent
+from ensign.daemon.audit.log import AuditLog
+from ensign.daemon.config import Config
+from ensign.daemon.errors import (
+    AuditUnavailable,
+    CallerGone,
+    EnsignError,
+    InvalidRequest,
+    NoIdentity,
+)
+from ensign.daemon.identity.pipeline import AttestationPipeline
+from ensign.daemon.issuing.ca import CertificateAuthority
+from ensign.daemon.issuing.cache import Broadcast, SvidCache
+from ensign.daemon.issuing.svid import JwtSvid, X509Svid, validate_jwt_svid
+from ensign.daemon.keys import to_pkcs8_der
+from ensign.daemon.models import AttestedCaller, Caller
+from ensign.daemon.registry.registry import Entry, Registry
+from ensign.daemon.registry.roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
+from ensign.daemon.server.peercred import PeerTracker
+from ensign.daemon.server.translate import translate
+from ensign.daemon.spiffe_id import SpiffeId
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
-
-from . import audit_records
-from .attestation import AttestationPipeline
-from .audit_event import AuditEvent
-from .audit_log import AuditLog
-from .ca import CertificateAuthority
-from .cache import Broadcast, SvidCache
-from .caller import check_limits, check_security_header
-from .config import Config
-from .errors import AuditUnavailable, CallerGone, EnsignError, InvalidRequest, NoIdentity
-from .grpc_errors import translate
-from .keys import to_pkcs8_der
-from .models import AttestedCaller, Caller
-from .peercred import PeerTracker
-from .registry import Entry, Registry
-from .roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
-from .spiffe_id import SpiffeId
-from .svid import JwtSvid, X509Svid, validate_jwt_svid
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +152,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         entries = self._registry.match(selectors)
         if not entries and self._node is not None and not self._node.available:
             from ensign.attestors.tpm import matches_with_tpm
-
-            from .tpm_errors import TpmUnavailable
+            from ensign.daemon.tpm.errors import TpmUnavailable
             if matches_with_tpm(self._registry.active_selector_sets(), selectors):
                 raise TpmUnavailable(f"TPM unavailable: {self._node.problem}")
         if not entries:

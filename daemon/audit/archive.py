@@ -10,8 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .audit_log import CHECKPOINTS, PUBLIC_KEY, segments
-from .errors import UsageError
+from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, segments
+from ensign.daemon.errors import UsageError
 
 
 def archive(audit_dir: Path, dest: Path, keep: int = 1) -> list[str]:

@@ -33,11 +33,11 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import keys
-from .audit_event import GENESIS, AuditEvent, Sealer, canonical, record_time
-from .config import AuditConfig
-from .errors import AuditUnavailable
-from .files import ensure_private_dir, write_private
+from ensign.daemon import keys
+from ensign.daemon.audit.event import GENESIS, AuditEvent, Sealer, canonical, record_time
+from ensign.daemon.config import AuditConfig
+from ensign.daemon.errors import AuditUnavailable
+from ensign.daemon.files import ensure_private_dir, write_private
 
 log = logging.getLogger(__name__)
 

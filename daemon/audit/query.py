@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .audit_log import segments
+from ensign.daemon.audit.log import segments
 
 
 @dataclass(frozen=True, slots=True)

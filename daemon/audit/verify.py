@@ -17,8 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .audit_event import GENESIS, canonical, record_hash
-from .audit_log import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
+from ensign.daemon.audit.event import GENESIS, canonical, record_hash
+from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
 
 
 @dataclass

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ..errors import EnsignError
+from ensign.daemon.errors import EnsignError
+
 from . import admin_cmds, daemon_cmds, tpm_cmds, verify_cmd, workload_cmds
 from .common import EXIT_FOR_STATUS, CliParser, Unreachable
 

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from ..errors import UsageError
 from . import anomaly_cmds, apply_file, audit_cmds, ops_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,

@@ -9,10 +9,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from ensign.daemon.config_types import Duration, StrictModel
+from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
-
-from ..config_types import Duration, StrictModel
-from ..errors import UsageError
 
 
 class RoleDoc(StrictModel):

@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 from grpclib.client import Channel
 from grpclib.const import Status
 
-from .. import config as config_mod
-from ..errors import ConfigError, UsageError
-from ..units import parse_duration
+from ensign.daemon import config as config_mod
+from ensign.daemon.errors import ConfigError, UsageError
+from ensign.daemon.units import parse_duration
 
 DEFAULT_SOCKET = "/run/ensign/agent.sock"
 DEFAULT_ADMIN_SOCKET = "/run/ensign/admin.sock"

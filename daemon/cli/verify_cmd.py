@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ensign.attestors._sigstore_verify import CheckFailed, identity_policy, load_verifier, verify
+from ensign.daemon.errors import EnsignError, UsageError
 
-from ..errors import EnsignError, UsageError
 from .common import add_output, print_json
 
 SYSTEM_ROOT = Path("/etc/ensign/sigstore/trusted_root.json")

@@ -20,8 +20,8 @@ from typing import Any
 
 import jwt
 
-from .config import DelegationConfig, DelegationIssuer
-from .errors import PermissionDenied
+from ensign.daemon.config import DelegationConfig, DelegationIssuer
+from ensign.daemon.errors import PermissionDenied
 
 log = logging.getLogger(__name__)
 

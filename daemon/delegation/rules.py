@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import PermissionDenied
-from .grants import Grant
-from .registry import Entry
-from .roles import Role
-from .tokens import DelegatedToken, new_jti
+from ensign.daemon.delegation.tokens import DelegatedToken, new_jti
+from ensign.daemon.errors import PermissionDenied
+from ensign.daemon.registry.grants import Grant
+from ensign.daemon.registry.registry import Entry
+from ensign.daemon.registry.roles import Role
 
 
 class DelegationDenied(PermissionDenied):

@@ -19,9 +19,9 @@ from typing import Any
 import jwt
 from jwt.types import Options
 
-from . import keys
-from .errors import TokenInvalid
-from .svid import SigningAuthority
+from ensign.daemon import keys
+from ensign.daemon.errors import TokenInvalid
+from ensign.daemon.issuing.svid import SigningAuthority
 
 TOKEN_TYPE = "at+jwt"
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"

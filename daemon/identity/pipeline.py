@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ensign.attestors.base import Attestor, AttestorError
-
-from . import metrics
-from .errors import AttestationError
-from .models import Attestation, AttestedCaller, Caller
-from .peercred import check_alive
+from ensign.daemon.errors import AttestationError
+from ensign.daemon.models import Attestation, AttestedCaller, Caller
+from ensign.daemon.observe import metrics
+from ensign.daemon.server.peercred import check_alive
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from . import keys
-from .ca_offline import load_external
-from .config import CaConfig
-from .errors import SigningError
-from .files import ensure_private_dir, write_private
-from .spiffe_id import SpiffeId
-from .svid import SigningAuthority, jwks
+from ensign.daemon import keys
+from ensign.daemon.config import CaConfig
+from ensign.daemon.errors import SigningError
+from ensign.daemon.files import ensure_private_dir, write_private
+from ensign.daemon.issuing.ca_offline import load_external
+from ensign.daemon.issuing.svid import SigningAuthority, jwks
+from ensign.daemon.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from . import keys
-from .errors import SigningError, UsageError
-from .files import ensure_private_dir, write_private
-from .spiffe_id import SpiffeId
+from ensign.daemon import keys
+from ensign.daemon.errors import SigningError, UsageError
+from ensign.daemon.files import ensure_private_dir, write_private
+from ensign.daemon.spiffe_id import SpiffeId
 
 PENDING = "pending-key.pem"
 EXTERNAL = "external.json"

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import keys
-from .ca import CertificateAuthority
-from .config import SvidConfig
-from .registry import Entry
-from .spiffe_id import SpiffeId
-from .svid import JwtSvid, X509Svid, mint_jwt_svid, mint_x509_svid
+from ensign.daemon import keys
+from ensign.daemon.config import SvidConfig
+from ensign.daemon.issuing.ca import CertificateAuthority
+from ensign.daemon.issuing.svid import JwtSvid, X509Svid, mint_jwt_svid, mint_x509_svid
+from ensign.daemon.registry.registry import Entry
+from ensign.daemon.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)
 

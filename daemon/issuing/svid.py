@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import keys
-from .errors import TokenInvalid
-from .spiffe_id import SpiffeId
+from ensign.daemon import keys
+from ensign.daemon.errors import TokenInvalid
+from ensign.daemon.spiffe_id import SpiffeId
 
 #: Backdate notBefore a little so peers with a slightly slow clock accept a fresh SVID (SPIRE: 10s).
 NOT_BEFORE_CUSHION = timedelta(seconds=10)

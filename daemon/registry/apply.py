@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import InvalidRequest, InvalidTransition
-from .events import Action
-from .registry import (
+from ensign.daemon.errors import InvalidRequest, InvalidTransition
+from ensign.daemon.registry.events import Action
+from ensign.daemon.registry.registry import (
     TRANSITIONS,
     BulkChange,
     Entry,
@@ -24,8 +24,8 @@ from .registry import (
     insert_statement,
     update_statement,
 )
-from .roles import Role, RoleBook, validate_role
-from .store import Statement
+from ensign.daemon.registry.roles import Role, RoleBook, validate_role
+from ensign.daemon.registry.store import Statement
 
 COMPARED = ("name", "kind", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
             "purpose", "capabilities", "roles", "metadata", "expires_at")

@@ -14,10 +14,10 @@ from typing import Any
 
 from ulid import ULID
 
-from .errors import InvalidRequest, InvalidTransition, NotFound
-from .events import ChangeEvent, EventHub
-from .store import Store
-from .units import MAX_TTL_SECONDS
+from ensign.daemon.errors import InvalidRequest, InvalidTransition, NotFound
+from ensign.daemon.registry.events import ChangeEvent, EventHub
+from ensign.daemon.registry.store import Store
+from ensign.daemon.units import MAX_TTL_SECONDS
 
 _COLUMNS = ("id", "subject", "issuer", "agent_id", "scopes", "created_at", "expires_at",
             "revoked_at", "created_by")

@@ -19,12 +19,12 @@ from typing import Any
 
 from ulid import ULID
 
-from .errors import InvalidRequest, InvalidTransition, NotFound
-from .events import Action, ChangeEvent, EventHub
-from .roles import RoleBook
-from .spiffe_id import SpiffeId
-from .store import Statement, Store
-from .units import MAX_TIMESTAMP, MAX_TTL_SECONDS
+from ensign.daemon.errors import InvalidRequest, InvalidTransition, NotFound
+from ensign.daemon.registry.events import Action, ChangeEvent, EventHub
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.registry.store import Statement, Store
+from ensign.daemon.spiffe_id import SpiffeId
+from ensign.daemon.units import MAX_TIMESTAMP, MAX_TTL_SECONDS
 
 log = logging.getLogger(__name__)
 

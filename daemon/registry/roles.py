@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from .errors import InvalidRequest, NotFound, PermissionDenied
-from .events import ChangeEvent, EventHub
-from .store import Store
-from .units import MAX_TTL_SECONDS
+from ensign.daemon.errors import InvalidRequest, NotFound, PermissionDenied
+from ensign.daemon.registry.events import ChangeEvent, EventHub
+from ensign.daemon.registry.store import Store
+from ensign.daemon.units import MAX_TTL_SECONDS
 
 ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_AUDIENCES_PER_ROLE = 256

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import Conflict, StoreError
+from ensign.daemon.errors import Conflict, StoreError
 
 SCHEMA_VERSION = 3
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from grpclib.const import Status
 
-from .errors import EnsignError
+from ensign.daemon.errors import EnsignError
 
 
 class RateLimited(EnsignError):

@@ -13,9 +13,9 @@ from typing import Any
 import h2.connection
 from grpclib.config import Configuration
 
-from . import message_limit
-from .errors import ConfigError
-from .peercred import PeerTracker, TrackingServer
+from ensign.daemon.errors import ConfigError
+from ensign.daemon.server import bounds as message_limit
+from ensign.daemon.server.peercred import PeerTracker, TrackingServer
 
 WORKLOAD_SOCKET_MODE = 0o666
 ADMIN_SOCKET_MODE = 0o600

@@ -23,11 +23,10 @@ from typing import Any
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
-from ensign.attestors import _procfs
-
-from .errors import CallerGone
-from .limits import UidLimits
-from .models import Caller
+from ensign.daemon import procfs as _procfs
+from ensign.daemon.errors import CallerGone
+from ensign.daemon.models import Caller
+from ensign.daemon.server.limits import UidLimits
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _UCRED = struct.Struct("3i")

@@ -17,8 +17,7 @@ from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from . import message_limit, metrics
-from .errors import (
+from ensign.daemon.errors import (
     AuditUnavailable,
     Conflict,
     EnsignError,
@@ -28,7 +27,9 @@ from .errors import (
     PermissionDenied,
     TokenInvalid,
 )
-from .limits import RateLimited
+from ensign.daemon.observe import metrics
+from ensign.daemon.server import bounds as message_limit
+from ensign.daemon.server.limits import RateLimited
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from cryptography.hazmat.primitives.serialization import Encoding
 from tpm2_pytss import TSS2_Exception
 
-from ensign.attestors import _tpm_structs as ts
 from ensign.attestors.tpm import TpmConfig
-
-from .errors import InvalidRequest
-from .tpm_emulator import SwtpmEmulator
-from .tpm_errors import TpmSealError, TpmUnavailable
-from .tpm_evidence import MAX_NONCE, MIN_NONCE, Evidence, activation_proof
-from .tpm_measure import Epoch, MeasurementLog
-from .tpm_ops import (
+from ensign.daemon.errors import InvalidRequest
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.emulator import SwtpmEmulator
+from ensign.daemon.tpm.errors import TpmSealError, TpmUnavailable
+from ensign.daemon.tpm.evidence import MAX_NONCE, MIN_NONCE, Evidence, activation_proof
+from ensign.daemon.tpm.measure import Epoch, MeasurementLog
+from ensign.daemon.tpm.ops import (
     TpmSession,
     activate,
     extend,
@@ -36,9 +35,9 @@ from .tpm_ops import (
     seal,
     unseal,
 )
-from .tpm_policy import Mismatch, PcrPolicy
-from .tpm_seal import SealedBlob, decrypt, encrypt
-from .tpm_worker import TpmWorker, is_transport_error
+from ensign.daemon.tpm.policy import Mismatch, PcrPolicy
+from ensign.daemon.tpm.seal import SealedBlob, decrypt, encrypt
+from ensign.daemon.tpm.worker import TpmWorker, is_transport_error
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -16,11 +16,10 @@ from typing import Any
 
 from cryptography import x509
 
-from ensign.attestors import _tpm_structs as ts
-from ensign.attestors._tpm_structs import EvidenceInvalid
-
-from .tpm_ekcert import verify_ek_certificate
-from .tpm_evidence import Evidence
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.ekcert import verify_ek_certificate
+from ensign.daemon.tpm.evidence import Evidence
+from ensign.daemon.tpm.structs import EvidenceInvalid
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 

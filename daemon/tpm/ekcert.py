@@ -17,10 +17,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ensign.attestors import _tpm_structs as ts
-from ensign.attestors._tpm_structs import EvidenceInvalid
-
-from .errors import ConfigError
+from ensign.daemon.errors import ConfigError
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.structs import EvidenceInvalid
 
 MAX_DEPTH = 6
 

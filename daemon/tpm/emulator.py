@@ -25,9 +25,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .errors import ConfigError
-from .files import ensure_private_dir
-from .tpm_errors import TpmUnavailable
+from ensign.daemon.errors import ConfigError
+from ensign.daemon.files import ensure_private_dir
+from ensign.daemon.tpm.errors import TpmUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import AttestationError, SigningError
+from ensign.daemon.errors import AttestationError, SigningError
 
 
 class TpmUnavailable(AttestationError):

@@ -27,12 +27,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ensign.attestors import _tpm_structs as ts
-from ensign.attestors._tpm_structs import EvidenceInvalid
-
-from .tpm_ekcert import verify_ek_certificate
-from .tpm_measure import ZERO, Epoch, Measurement
-from .tpm_policy import PcrPolicy
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.ekcert import verify_ek_certificate
+from ensign.daemon.tpm.measure import ZERO, Epoch, Measurement
+from ensign.daemon.tpm.policy import PcrPolicy
+from ensign.daemon.tpm.structs import EvidenceInvalid
 
 VERSION = 1
 KIND = "ensign-tpm-evidence"

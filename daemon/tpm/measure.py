@@ -23,9 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ensign.attestors import _tpm_structs as ts
-
-from .files import ensure_private_dir
+from ensign.daemon.files import ensure_private_dir
+from ensign.daemon.tpm import structs as ts
 
 log = logging.getLogger(__name__)
 

@@ -55,10 +55,9 @@ from tpm2_pytss.utils import (
     make_credential,
 )
 
-from ensign.attestors import _tpm_structs as ts
-
-from .files import ensure_private_dir, write_private
-from .tpm_errors import TpmCommandFailed
+from ensign.daemon.files import ensure_private_dir, write_private
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.errors import TpmCommandFailed
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ensign.daemon.errors import ConfigError
 
 BANK = "sha256"
 

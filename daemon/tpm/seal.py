@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .tpm_errors import TpmSealError
+from ensign.daemon.tpm.errors import TpmSealError
 
 KIND = "ensign-tpm-sealed"
 VERSION = 1

@@ -31,18 +31,17 @@ from typing import Any, Literal
 
 from cryptography import x509
 
-from ensign.attestors import _tpm_structs as ts
 from ensign.attestors.tpm import TpmConfig
-
-from .errors import ConfigError, EnsignError
-from .tpm_ekcert import load_certificates, verify_ek_certificate
-from .tpm_emulator import SwtpmEmulator
-from .tpm_errors import TpmUnavailable
-from .tpm_measure import ZERO, MeasurementLog
-from .tpm_ops import RawQuote, TpmSession, extend, open_session, quote
-from .tpm_policy import PcrPolicy
-from .tpm_service_ops import EvidenceMixin, LastQuote, TpmEvent
-from .tpm_worker import TpmWorker
+from ensign.daemon.errors import ConfigError, EnsignError
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm._service_ops import EvidenceMixin, LastQuote, TpmEvent
+from ensign.daemon.tpm.ekcert import load_certificates, verify_ek_certificate
+from ensign.daemon.tpm.emulator import SwtpmEmulator
+from ensign.daemon.tpm.errors import TpmUnavailable
+from ensign.daemon.tpm.measure import ZERO, MeasurementLog
+from ensign.daemon.tpm.ops import RawQuote, TpmSession, extend, open_session, quote
+from ensign.daemon.tpm.policy import PcrPolicy
+from ensign.daemon.tpm.worker import TpmWorker
 
 __all__ = ["LastQuote", "TpmEvent", "TpmService"]
 

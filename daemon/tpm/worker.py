@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .tpm_errors import TpmCommandFailed, TpmUnavailable
+from ensign.daemon.tpm.errors import TpmCommandFailed, TpmUnavailable
 
 # tpm2-tss logs every failing command (even expected ones) to stderr; set before loading it.
 os.environ.setdefault("TSS2_LOG", "all+NONE")

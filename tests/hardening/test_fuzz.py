@@ -32,9 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ensign.proto import admin_pb2, attestation_pb2, delegation_pb2, workload_pb2
-
-from ..conftest import REPO, Daemon, make_daemon
-from .support import HEADER, call, fd_count, healthy, settle_fds, soak
+from tests.support.daemon import REPO, Daemon, make_daemon
+from tests.support.hardening import HEADER, call, fd_count, healthy, settle_fds, soak
 
 EXAMPLES = soak(40, 400)
 SLOW_EXAMPLES = soak(8, 60)  # each example is a process or a connection

@@ -13,8 +13,8 @@ import jwt as pyjwt
 import pytest
 from spiffe import WorkloadApiClient
 
-from .clients import fetch_jwt, status_of
-from .conftest import Daemon, make_daemon
+from tests.support.clients import fetch_jwt, status_of
+from tests.support.daemon import Daemon, make_daemon
 
 
 @pytest.fixture

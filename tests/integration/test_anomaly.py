@@ -17,9 +17,8 @@ from typing import Any
 import grpc
 
 from ensign.proto import workload_pb2 as pb
-
-from .clients import HEADER, channel, fetch_jwt, stream
-from .conftest import Daemon, make_daemon
+from tests.support.clients import HEADER, channel, fetch_jwt, stream
+from tests.support.daemon import Daemon, make_daemon
 
 FAST = ('[anomaly]\nlearning_period = "3s"\ncooldown = "1s"\n'
         'burst_threshold = 20\nburst_window = "10s"\n')

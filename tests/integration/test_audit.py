@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ensign.daemon.audit_event import (
+from ensign.daemon.audit.event import (
     Sealer,
     canonical,
     record_hash,
@@ -28,13 +28,12 @@ from ensign.daemon.audit_event import (
     seal,
     seal_line,
 )
-from ensign.daemon.audit_query import read_records
-from ensign.daemon.audit_verify import verify
-from ensign.daemon.svid import split_der
+from ensign.daemon.audit.query import read_records
+from ensign.daemon.audit.verify import verify
+from ensign.daemon.issuing.svid import split_der
 from ensign.proto import workload_pb2 as pb
-
-from .clients import channel, fetch_jwt, status_of, stream
-from .conftest import Daemon, make_daemon
+from tests.support.clients import channel, fetch_jwt, status_of, stream
+from tests.support.daemon import Daemon, make_daemon
 
 
 def _records(d: Daemon, *args: str) -> list[dict[str, Any]]:
@@ -309,7 +308,7 @@ def test_seal_line_is_the_canonical_sealed_record(body: dict[str, Any], prev: st
 
 
 def test_a_body_holding_the_sealer_hole_is_still_sealed_canonically() -> None:
-    from ensign.daemon.audit_event import _HOLE
+    from ensign.daemon.audit.event import _HOLE
 
     body = {"reason": f"{_HOLE}s", "type": "anomaly"}
     at = datetime(2026, 1, 2, tzinfo=UTC)

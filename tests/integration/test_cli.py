@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENSIGN, Daemon
+from tests.support.daemon import ENSIGN, Daemon
 
 
 def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -170,7 +170,7 @@ except grpc.RpcError as e:
 def test_admin_group_members_may_use_the_admin_socket(short_tmp: Path) -> None:
     import grp
 
-    from .conftest import NOBODY, make_daemon, nobody_site_packages, run_as
+    from tests.support.daemon import NOBODY, make_daemon, nobody_site_packages, run_as
 
     if os.geteuid() != 0:
         pytest.skip("needs root to create a group")

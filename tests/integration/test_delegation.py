@@ -15,9 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.proto import workload_pb2 as pb
-
-from .clients import channel, stream
-from .conftest import ENSIGN, Daemon, make_daemon
+from tests.support.clients import channel, stream
+from tests.support.daemon import ENSIGN, Daemon, make_daemon
 
 IDP = "https://idp.example.org"
 CAL = "https://calendar.example.org"

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .conftest import Daemon, make_daemon
-from .test_spiffe_tls import _CLIENT, _SERVER, CLIENT_GID, SERVER_GID, _free_port
+from tests.integration.test_spiffe_tls import _CLIENT, _SERVER, CLIENT_GID, SERVER_GID, _free_port
+from tests.support.daemon import Daemon, make_daemon
 
 
 def _org_ca(d: Path) -> tuple[Path, Path, x509.Certificate]:
@@ -116,7 +116,7 @@ def _sign_csr(csr_pem: bytes, org_key_path: Path, org: x509.Certificate) -> byte
 
 
 def test_offline_root_signs_a_node_ca_through_a_csr(short_tmp: Path, tmp_path: Path) -> None:
-    from .conftest import Daemon
+    from tests.support.daemon import Daemon
 
     cert, key, org = _org_ca(tmp_path)
     d = Daemon(root=short_tmp)

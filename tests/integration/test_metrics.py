@@ -9,8 +9,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .clients import fetch_jwt
-from .conftest import make_daemon
+from tests.support.clients import fetch_jwt
+from tests.support.daemon import make_daemon
 
 
 def _port() -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .clients import fetch_jwt
-from .conftest import ENSIGN, REPO, Daemon
+from tests.support.clients import fetch_jwt
+from tests.support.daemon import ENSIGN, REPO, Daemon
 
 UNIT = REPO / "systemd" / "ensign.service"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from spiffe import WorkloadApiClient
 
-from .conftest import REPO, _wait_for_socket
+from tests.support.daemon import REPO, _wait_for_socket
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="installs a .deb into the system: needs root"),

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from ensign.daemon.errors import CallerGone
-from ensign.daemon.peercred import check_alive, identify
-
-from .conftest import Daemon
+from ensign.daemon.server.peercred import check_alive, identify
+from tests.support.daemon import Daemon
 
 
 def test_caller_is_pinned_and_its_exit_detected(tmp_path: Path) -> None:

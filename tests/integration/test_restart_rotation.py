@@ -9,11 +9,10 @@ from typing import Any
 
 from spiffe import WorkloadApiClient
 
-from ensign.daemon.svid import load_der_chain
+from ensign.daemon.issuing.svid import load_der_chain
 from ensign.proto import workload_pb2 as pb
-
-from .clients import channel, fetch_jwt, stream, unary
-from .conftest import make_daemon
+from tests.support.clients import channel, fetch_jwt, stream, unary
+from tests.support.daemon import make_daemon
 
 
 class _Collector:

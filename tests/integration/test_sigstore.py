@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import NOBODY, Daemon, make_daemon, nobody_site_packages, run_as
-from .sigstore_fixture import GHA, OID_REPOSITORY, PrivateSigstore
+from tests.support.daemon import NOBODY, REPO, Daemon, make_daemon, nobody_site_packages, run_as
+from tests.support.sigstore import GHA, OID_REPOSITORY, PrivateSigstore
 
 IDENTITY = "https://github.com/acme/agent/.github/workflows/release.yml@refs/tags/v1.2.3"
 OTHER = "https://github.com/mallory/agent/.github/workflows/release.yml@refs/tags/v6.6.6"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "sigstore-assets"
+SHARED = REPO.parent / "shared" / "sigstore-assets"
 
 _CLIENT = """
 import sys, grpc

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import Daemon
+from tests.support.daemon import Daemon
 
 SERVER_GID, CLIENT_GID = 4242, 4343
 

@@ -22,15 +22,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpclib.server import Server
 
-from ensign.attestors import _tpm_structs as ts
 from ensign.attestors.tpm import TpmConfig
-from ensign.daemon.attestation_api import AttestationApi
+from ensign.daemon.api.attestation import AttestationApi
 from ensign.daemon.cli import main as cli_main
-from ensign.daemon.tpm_policy import PcrPolicy
-from ensign.daemon.tpm_service import TpmService
-
-from .tpm_fixtures import data_dir, manufactured_tpm, needs_swtpm
-from .tpm_synthetic import attest, ecc_public, sign
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.policy import PcrPolicy
+from ensign.daemon.tpm.service import TpmService
+from tests.support.tpm import data_dir, manufactured_tpm, needs_swtpm
+from tests.support.tpm_synthetic import attest, ecc_public, sign
 
 pytestmark = [needs_swtpm, pytest.mark.timeout(60)]
 __all__ = ["data_dir", "manufactured_tpm"]  # fixtures used by name

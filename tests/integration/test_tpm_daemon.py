@@ -19,14 +19,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ensign.daemon.tpm_emulator import SwtpmEmulator
-from ensign.daemon.tpm_policy import PcrPolicy
-
-from .clients import fetch_jwt, status_of
-from .conftest import NOBODY, Daemon, make_daemon, run_as
-from .test_agents import _Stream
-from .test_workload_api import _NOBODY_CLIENT
-from .tpm_fixtures import ca_files, extend_out_of_band, manufactured_tpm, needs_swtpm
+from ensign.daemon.tpm.emulator import SwtpmEmulator
+from ensign.daemon.tpm.policy import PcrPolicy
+from tests.integration.test_agents import _Stream
+from tests.integration.test_workload_api import _NOBODY_CLIENT
+from tests.support.clients import fetch_jwt, status_of
+from tests.support.daemon import NOBODY, Daemon, make_daemon, run_as
+from tests.support.tpm import ca_files, extend_out_of_band, manufactured_tpm, needs_swtpm
 
 pytestmark = [needs_swtpm, pytest.mark.timeout(90)]
 __all__ = ["manufactured_tpm"]  # a fixture used by name

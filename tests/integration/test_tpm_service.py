@@ -15,19 +15,18 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ensign.attestors import _tpm_structs as ts
-from ensign.attestors._tpm_structs import EvidenceInvalid
 from ensign.attestors.base import AttestorError
 from ensign.attestors.tpm import TpmAttestor, TpmConfig
 from ensign.daemon.errors import InvalidRequest
 from ensign.daemon.models import Caller
-from ensign.daemon.tpm_emulator import SwtpmEmulator
-from ensign.daemon.tpm_errors import TpmSealError, TpmUnavailable
-from ensign.daemon.tpm_evidence import spki, verify_evidence
-from ensign.daemon.tpm_policy import PcrPolicy
-from ensign.daemon.tpm_service import TpmEvent, TpmService
-
-from .tpm_fixtures import (
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.emulator import SwtpmEmulator
+from ensign.daemon.tpm.errors import TpmSealError, TpmUnavailable
+from ensign.daemon.tpm.evidence import spki, verify_evidence
+from ensign.daemon.tpm.policy import PcrPolicy
+from ensign.daemon.tpm.service import TpmEvent, TpmService
+from ensign.daemon.tpm.structs import EvidenceInvalid
+from tests.support.tpm import (
     ca_files,
     data_dir,
     extend_out_of_band,

@@ -19,11 +19,10 @@ from hypothesis import strategies as st
 from spiffe import JwtSvid, WorkloadApiClient
 from spiffe.errors import PySpiffeError
 
-from ensign.daemon.roles import AudienceDenied, Role, jwt_ttl_cap
+from ensign.daemon.registry.roles import AudienceDenied, Role, jwt_ttl_cap
 from ensign.proto import workload_pb2 as pb
-
-from .clients import channel, fetch_jwt, status_of, stream, unary
-from .conftest import NOBODY, Daemon, run_as
+from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
+from tests.support.daemon import NOBODY, Daemon, run_as
 
 
 def _exe() -> str:
@@ -235,7 +234,7 @@ def test_entry_update_reaches_open_stream(daemon: Daemon) -> None:
 
 
 def _der_len(resp: pb.X509SVIDResponse) -> int:
-    from ensign.daemon.svid import split_der
+    from ensign.daemon.issuing.svid import split_der
 
     return len(split_der(resp.svids[0].x509_svid)[0])
 
@@ -243,7 +242,7 @@ def _der_len(resp: pb.X509SVIDResponse) -> int:
 def test_py_spiffe_importable_beside_daemon_protos() -> None:
     # Both define the package-less Workload API; ours lives in a private descriptor pool.
     code = ("import spiffe._proto.workload_pb2, ensign.proto.workload_pb2; "
-            "import ensign.daemon.workload_api; print('ok')")
+            "import ensign.daemon.api.workload; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
 

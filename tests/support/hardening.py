@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from grpclib.health.v1 import health_pb2
 
-from ..conftest import Daemon
+from tests.support.daemon import Daemon
 
 SOAK = os.environ.get("ENSIGN_SOAK", "") not in ("", "0")
 HEADER = (("workload.spiffe.io", "true"),)

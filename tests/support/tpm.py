@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ensign.daemon.tpm_emulator import SwtpmEmulator
+from ensign.daemon.tpm.emulator import SwtpmEmulator
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 

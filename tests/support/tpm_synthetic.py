@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from ensign.attestors import _tpm_structs as ts
+from ensign.daemon.tpm import structs as ts
 
 
 def b2(data: bytes) -> bytes:

@@ -138,7 +138,7 @@ def test_defaults_render_as_loadable_toml() -> None:
 
 
 def test_shipped_default_config_is_current() -> None:
-    shipped = Path(__file__).resolve().parent.parent / "packaging" / "ensign.toml"
+    shipped = Path(__file__).resolve().parents[2] / "packaging" / "ensign.toml"
     assert shipped.read_text() == config.to_toml(config.Config()), (
         "packaging/ensign.toml is stale: regenerate with `ensign config defaults`"
     )

@@ -9,10 +9,10 @@ import pytest
 from spiffe import JwtBundle, JwtSvid, TrustDomain, X509Svid
 
 from ensign.daemon import keys
-from ensign.daemon.ca import new_authority
 from ensign.daemon.errors import InvalidRequest, TokenInvalid
+from ensign.daemon.issuing.ca import new_authority
+from ensign.daemon.issuing.svid import jwks, mint_jwt_svid, mint_x509_svid, validate_jwt_svid
 from ensign.daemon.spiffe_id import SpiffeId
-from ensign.daemon.svid import jwks, mint_jwt_svid, mint_x509_svid, validate_jwt_svid
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TD = "example.org"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from ensign.daemon.errors import Conflict, InvalidRequest, NotFound
-from ensign.daemon.events import EventHub
-from ensign.daemon.registry import Entry, ListFilter, Registry
-from ensign.daemon.roles import RoleBook
-from ensign.daemon.store import Store
+from ensign.daemon.registry.events import EventHub
+from ensign.daemon.registry.registry import Entry, ListFilter, Registry
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.registry.store import Store
 
 
 def _reg(path: Path) -> Registry:

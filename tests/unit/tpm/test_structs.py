@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ensign.attestors import _tpm_structs as ts
-from ensign.attestors._tpm_structs import EvidenceInvalid
 from ensign.daemon.errors import ConfigError
-from ensign.daemon.tpm_errors import TpmSealError
-from ensign.daemon.tpm_measure import ZERO, MeasurementLog
-from ensign.daemon.tpm_policy import PcrPolicy
-from ensign.daemon.tpm_seal import SealedBlob, decrypt, encrypt
-
-from .tpm_synthetic import attest, ecc_public, sign
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.errors import TpmSealError
+from ensign.daemon.tpm.measure import ZERO, MeasurementLog
+from ensign.daemon.tpm.policy import PcrPolicy
+from ensign.daemon.tpm.seal import SealedBlob, decrypt, encrypt
+from ensign.daemon.tpm.structs import EvidenceInvalid
+from tests.support.tpm_synthetic import attest, ecc_public, sign
 
 PCRS = [0, 1, 2, 7, 23]
 
