@@ -23,8 +23,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from ensign.daemon import keys
-from ensign.daemon.issuing.ca import new_authority
-from ensign.daemon.issuing.svid import mint_x509_svid
+from ensign.daemon.issuing import mint_x509_svid, new_authority
 from ensign.daemon.spiffe_id import SpiffeId
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase

@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ensign.daemon import keys
-from ensign.daemon.issuing.ca import new_authority
-from ensign.daemon.issuing.svid import mint_x509_svid
+from ensign.daemon.issuing import mint_x509_svid, new_authority
 from ensign.daemon.spiffe_id import SpiffeId
 
 from ._stats import meets, ratio, summarize

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ensign.daemon.registry.registry import Entry, StateChange
-from ensign.daemon.registry.roles import Role
+from ensign.daemon.registry import Entry, Role, StateChange
 from ensign.proto import admin_pb2 as pb
 
 

@@ -1,27 +1,13 @@
-"""Audit events for the issuing path, built from what the request path already knows. Pure."""
+"""Audit events of the request path (attestation, issuance, refusal), from what it knows. Pure."""
 
 from __future__ import annotations
 
-from ensign.daemon.audit.event import AuditEvent, EventType, Process
+from ensign.daemon.audit.event import AuditEvent
+from ensign.daemon.audit.records import evidence_digest, process_of
 from ensign.daemon.errors import EnsignError
-from ensign.daemon.issuing.svid import JwtSvid, X509Svid
+from ensign.daemon.issuing import JwtSvid, X509Svid
 from ensign.daemon.models import AttestedCaller, Caller
-from ensign.daemon.registry.events import ChangeEvent
-from ensign.daemon.registry.registry import Entry
-
-# Evidence worth keeping: digests and names, not whole documents.
-_EVIDENCE_KEYS = ("unix.exe_sha256", "unix.exe_path", "unix.exe_error", "systemd.cgroup",
-                  "sigstore.signer", "sigstore.issuer", "sigstore.artifact", "sigstore.bundle",
-                  "sigstore.error", "sigstore.failed_check", "tpm.quote_digest")
-
-
-def evidence_digest(attested: AttestedCaller) -> dict[str, str]:
-    return {k: v for k, v in attested.evidence.items() if k in _EVIDENCE_KEYS}
-
-
-def process_of(caller: Caller, attested: AttestedCaller | None = None) -> Process:
-    sha = attested.evidence.get("unix.exe_sha256", "") if attested else ""
-    return Process(pid=caller.pid, uid=caller.uid, gid=caller.gid, exe_sha256=sha)
+from ensign.daemon.registry import Entry
 
 
 def attestation(attested: AttestedCaller) -> AuditEvent:
@@ -62,14 +48,4 @@ def denied(method: str, caller: Caller | None, err: EnsignError,
         process=process_of(caller, attested) if caller else None, audience=audience,
         details={"method": method, "status": err.grpc_status.name,
                  **({"evidence": evidence_digest(attested)} if attested else {})},
-    )
-
-
-def change(event: ChangeEvent) -> AuditEvent:
-    kind: EventType = ("role.change" if event.action.startswith("role_")
-            else "grant.change" if event.action.startswith("grant_") else "registry.change")
-    return AuditEvent(
-        type=kind,
-        actor=event.actor, subject=event.subject, reason=event.reason,
-        details={"action": event.action, "before": event.before, "after": event.after},
     )

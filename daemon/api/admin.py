@@ -1,7 +1,8 @@
-"""`ensign.admin.v1.Admin`: registry and role management on the admin socket.
+"""`ensign.admin.v1.Admin`: registry, roles, grants, audit and operations on the admin socket.
 
-The socket is 0600, and every call is checked again against the caller's kernel credentials:
-only root and the daemon's own uid may change who gets an identity.
+The socket is 0600 (0660 with the admin group), and the front checks every call again against
+the caller's kernel credentials with `authorize`, before the request message is read: only
+root, the daemon's own uid and the admin group may change who gets an identity.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from grpclib.server import Stream
 
-from ensign.daemon.api import _records as audit_records
+from ensign.daemon import registry as registry_apply
 from ensign.daemon.api._admin_convert import (
     entry_to_pb,
     pb_to_role,
@@ -24,22 +24,22 @@ from ensign.daemon.api._admin_convert import (
     spec_to_entry,
     update_changes,
 )
-from ensign.daemon.audit.event import canonical
-from ensign.daemon.audit.log import AuditLog
-from ensign.daemon.audit.query import AuditFilter, query
-from ensign.daemon.errors import CallerGone, InvalidRequest, PermissionDenied
+from ensign.daemon.api.front import Call, recv
+from ensign.daemon.audit import AuditFilter, canonical, query
+from ensign.daemon.errors import InvalidRequest, PermissionDenied
+from ensign.daemon.identity import check_alive
 from ensign.daemon.models import Caller
 from ensign.daemon.procfs import read_status
-from ensign.daemon.registry import apply as registry_apply
-from ensign.daemon.registry.events import Action
-from ensign.daemon.registry.grants import Grant, GrantBook
-from ensign.daemon.registry.registry import ListFilter, Registry, validate_filter
-from ensign.daemon.registry.roles import RoleBook
-from ensign.daemon.server import bounds as message_limit
-from ensign.daemon.server.peercred import PeerTracker, check_alive
-from ensign.daemon.server.translate import translate
+from ensign.daemon.registry import (
+    Action,
+    Grant,
+    GrantBook,
+    ListFilter,
+    Registry,
+    RoleBook,
+    validate_filter,
+)
 from ensign.proto import admin_pb2 as pb
-from ensign.proto.admin_grpc import AdminBase
 
 log = logging.getLogger(__name__)
 MAX_REASON = 512
@@ -47,16 +47,10 @@ AUDIT_CHUNK = 500
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class AdminApi(AdminBase):
-    # Only root and the admin group reach it; `agent apply` of a whole fleet is one message.
-    max_request_bytes = message_limit.ADMIN_MAX_REQUEST_BYTES
-
-    def __init__(self, *, tracker: PeerTracker, registry: Registry, roles: RoleBook,
-                 grants: GrantBook, audit_dir: Path,
-                 status: Callable[[], pb.StatusResponse] = pb.StatusResponse,
-                 admin_gid: int | None = None, audit: AuditLog | None = None) -> None:
-        self._tracker = tracker
-        self._audit = audit
+class AdminApi:
+    def __init__(self, *, registry: Registry, roles: RoleBook, grants: GrantBook,
+                 audit_dir: Path, status: Callable[[], pb.StatusResponse] = pb.StatusResponse,
+                 admin_gid: int | None = None) -> None:
         self._admin_gid = admin_gid
         self._status = status
         self._grants = grants
@@ -65,23 +59,13 @@ class AdminApi(AdminBase):
         self._roles = roles
         self._own_uid = os.getuid()
 
-    async def _begin(self, stream: Stream[Any, Any]) -> tuple[Any, int]:
-        request = await stream.recv_message()
-        conn = self._tracker.connection_of(stream)
-        if conn.caller is None:
-            raise CallerGone(conn.problem or "caller unknown")
-        if conn.caller.uid not in (0, self._own_uid) and not self._in_admin_group(conn.caller):
-            err = PermissionDenied(
-                f"uid {conn.caller.uid} may not use the admin API (root, uid {self._own_uid}"
-                + (f" or members of gid {self._admin_gid})" if self._admin_gid is not None
-                   else ")"))
-            if self._audit is not None:
-                # NOTE: grpclib keeps the RPC path private; it names the refused call.
-                method = str(getattr(stream, "_method_name", "")).rsplit("/", 1)[-1]
-                self._audit.record_nowait(audit_records.denied(f"admin.{method}", conn.caller,
-                                                               err))
-            raise err
-        return request, conn.caller.uid
+    def authorize(self, caller: Caller) -> None:
+        """Root, the daemon's own uid, or the admin group: checked before a request is read."""
+        if caller.uid in (0, self._own_uid) or self._in_admin_group(caller):
+            return
+        raise PermissionDenied(
+            f"uid {caller.uid} may not use the admin API (root, uid {self._own_uid}"
+            + (f" or members of gid {self._admin_gid})" if self._admin_gid is not None else ")"))
 
     def _in_admin_group(self, caller: Caller) -> bool:
         if self._admin_gid is None:
@@ -97,46 +81,51 @@ class AdminApi(AdminBase):
 
     # -- agents ----------------------------------------------------------------------------
 
-    @translate
-    async def RegisterAgent(self, stream: Stream[pb.RegisterAgentRequest, pb.Agent]) -> None:
-        request, uid = await self._begin(stream)
+    async def RegisterAgent(
+        self, stream: Stream[pb.RegisterAgentRequest, pb.Agent], call: Call
+    ) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         entry = self._registry.register(spec_to_entry(request.spec, uid), uid)
         await stream.send_message(entry_to_pb(entry))
 
-    @translate
-    async def ListAgents(self, stream: Stream[pb.ListAgentsRequest, pb.ListAgentsResponse]) -> None:
-        r, _ = await self._begin(stream)
+    async def ListAgents(
+        self, stream: Stream[pb.ListAgentsRequest, pb.ListAgentsResponse], call: Call
+    ) -> None:
+        r = await recv(stream)
         flt = validate_filter(ListFilter(
             state=r.state, owner=r.owner, capability=r.capability, role=r.role, kind=r.kind,
             selector=r.selector, name_prefix=r.name_prefix))
         entries = self._registry.entries(flt)
         await stream.send_message(pb.ListAgentsResponse(agents=[entry_to_pb(e) for e in entries]))
 
-    @translate
-    async def GetAgent(self, stream: Stream[pb.GetAgentRequest, pb.Agent]) -> None:
-        request, _ = await self._begin(stream)
+    async def GetAgent(self, stream: Stream[pb.GetAgentRequest, pb.Agent], call: Call) -> None:
+        request = await recv(stream)
         entry = self._registry.get(request.id)
         await stream.send_message(entry_to_pb(entry, self._registry.history(entry.id)))
 
-    @translate
-    async def UpdateAgent(self, stream: Stream[pb.UpdateAgentRequest, pb.Agent]) -> None:
-        request, uid = await self._begin(stream)
+    async def UpdateAgent(
+        self, stream: Stream[pb.UpdateAgentRequest, pb.Agent], call: Call
+    ) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         changes = update_changes(request)
         if not changes:
             raise InvalidRequest("nothing to update: give at least one field")
         await stream.send_message(entry_to_pb(self._registry.update(request.id, uid, **changes)))
 
-    @translate
     async def DeleteAgent(
-        self, stream: Stream[pb.DeleteAgentRequest, pb.DeleteAgentResponse]
+        self, stream: Stream[pb.DeleteAgentRequest, pb.DeleteAgentResponse], call: Call
     ) -> None:
-        request, uid = await self._begin(stream)
+        request = await recv(stream)
+        uid = call.caller.uid
         self._registry.delete(request.id, uid)
         await stream.send_message(pb.DeleteAgentResponse())
 
-    async def _lifecycle(self, stream: Stream[pb.LifecycleRequest, pb.Agent], action: Action,
-                         reason_required: bool) -> None:
-        request, uid = await self._begin(stream)
+    async def _lifecycle(self, stream: Stream[pb.LifecycleRequest, pb.Agent], call: Call,
+                         action: Action, reason_required: bool) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         reason = request.reason.strip()
         if reason_required and not reason:
             raise InvalidRequest(f"{action} needs a reason (--reason)")
@@ -145,21 +134,20 @@ class AdminApi(AdminBase):
         entry = self._registry.transition(request.id, action, f"uid:{uid}", reason)
         await stream.send_message(entry_to_pb(entry))
 
-    @translate
-    async def SuspendAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent]) -> None:
-        await self._lifecycle(stream, "suspend", reason_required=True)
+    async def SuspendAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent], call: Call) -> None:
+        await self._lifecycle(stream, call, "suspend", reason_required=True)
 
-    @translate
-    async def ResumeAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent]) -> None:
-        await self._lifecycle(stream, "resume", reason_required=False)
+    async def ResumeAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent], call: Call) -> None:
+        await self._lifecycle(stream, call, "resume", reason_required=False)
 
-    @translate
-    async def DecommissionAgent(self, stream: Stream[pb.LifecycleRequest, pb.Agent]) -> None:
-        await self._lifecycle(stream, "decommission", reason_required=True)
+    async def DecommissionAgent(
+        self, stream: Stream[pb.LifecycleRequest, pb.Agent], call: Call
+    ) -> None:
+        await self._lifecycle(stream, call, "decommission", reason_required=True)
 
-    @translate
-    async def Apply(self, stream: Stream[pb.ApplyRequest, pb.ApplyResponse]) -> None:
-        request, uid = await self._begin(stream)
+    async def Apply(self, stream: Stream[pb.ApplyRequest, pb.ApplyResponse], call: Call) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         desired = [
             registry_apply.Desired(id=a.id, spec=spec_to_entry(a.spec, uid), state=a.state)
             for a in request.agents
@@ -178,44 +166,45 @@ class AdminApi(AdminBase):
 
     # -- roles -----------------------------------------------------------------------------
 
-    @translate
-    async def CreateRole(self, stream: Stream[pb.Role, pb.Role]) -> None:
-        request, uid = await self._begin(stream)
+    async def CreateRole(self, stream: Stream[pb.Role, pb.Role], call: Call) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         role = self._roles.create(pb_to_role(request), f"uid:{uid}")
         await stream.send_message(role_to_pb(role))
 
-    @translate
-    async def ListRoles(self, stream: Stream[pb.ListRolesRequest, pb.ListRolesResponse]) -> None:
-        await self._begin(stream)
+    async def ListRoles(
+        self, stream: Stream[pb.ListRolesRequest, pb.ListRolesResponse], call: Call
+    ) -> None:
+        await recv(stream)
         roles = [role_to_pb(r) for _, r in sorted(self._roles.all.items())]
         await stream.send_message(pb.ListRolesResponse(roles=roles))
 
-    @translate
-    async def GetRole(self, stream: Stream[pb.GetRoleRequest, pb.Role]) -> None:
-        request, _ = await self._begin(stream)
+    async def GetRole(self, stream: Stream[pb.GetRoleRequest, pb.Role], call: Call) -> None:
+        request = await recv(stream)
         role = self._roles.get(request.name)
         await stream.send_message(role_to_pb(role, self._registry.holders(role.name)))
 
-    @translate
-    async def UpdateRole(self, stream: Stream[pb.UpdateRoleRequest, pb.Role]) -> None:
-        request, uid = await self._begin(stream)
+    async def UpdateRole(self, stream: Stream[pb.UpdateRoleRequest, pb.Role], call: Call) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         changes = role_changes(request)
         if not changes:
             raise InvalidRequest("nothing to update: give at least one field")
         role = self._roles.update(request.name, f"uid:{uid}", **changes)
         await stream.send_message(role_to_pb(role))
 
-    @translate
-    async def DeleteRole(self, stream: Stream[pb.DeleteRoleRequest, pb.DeleteRoleResponse]) -> None:
-        request, uid = await self._begin(stream)
+    async def DeleteRole(
+        self, stream: Stream[pb.DeleteRoleRequest, pb.DeleteRoleResponse], call: Call
+    ) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         self._roles.delete(request.name, f"uid:{uid}")
         await stream.send_message(pb.DeleteRoleResponse())
 
     # -- audit -----------------------------------------------------------------------------
 
-    @translate
-    async def QueryAudit(self, stream: Stream[pb.AuditQuery, pb.AuditRecords]) -> None:
-        q, _ = await self._begin(stream)
+    async def QueryAudit(self, stream: Stream[pb.AuditQuery, pb.AuditRecords], call: Call) -> None:
+        q = await recv(stream)
         flt = AuditFilter(agent=q.agent, subject=q.subject, delegator=q.delegator, type=q.type,
                           result=q.result, since=q.since, until=q.until)
         records = await asyncio.to_thread(query, self._audit_dir, flt, q.limit)
@@ -225,14 +214,15 @@ class AdminApi(AdminBase):
 
     # -- operations ------------------------------------------------------------------------
 
-    @translate
-    async def GetStatus(self, stream: Stream[pb.StatusRequest, pb.StatusResponse]) -> None:
-        await self._begin(stream)
+    async def GetStatus(
+        self, stream: Stream[pb.StatusRequest, pb.StatusResponse], call: Call
+    ) -> None:
+        await recv(stream)
         await stream.send_message(self._status())
 
-    @translate
-    async def SetLogLevel(self, stream: Stream[pb.LogLevel, pb.LogLevel]) -> None:
-        request, uid = await self._begin(stream)
+    async def SetLogLevel(self, stream: Stream[pb.LogLevel, pb.LogLevel], call: Call) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         root = logging.getLogger()
         if request.level:
             if request.level not in LOG_LEVELS:
@@ -243,9 +233,9 @@ class AdminApi(AdminBase):
 
     # -- delegation grants -----------------------------------------------------------------
 
-    @translate
-    async def CreateGrant(self, stream: Stream[pb.Grant, pb.Grant]) -> None:
-        request, uid = await self._begin(stream)
+    async def CreateGrant(self, stream: Stream[pb.Grant, pb.Grant], call: Call) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         self._registry.get(request.agent_id)  # the agent must exist
         grant = self._grants.create(
             Grant(id="", subject=request.subject, issuer=request.issuer,
@@ -253,15 +243,18 @@ class AdminApi(AdminBase):
             f"uid:{uid}", ttl=request.ttl_seconds)
         await stream.send_message(grant_to_pb(grant))
 
-    @translate
-    async def RevokeGrant(self, stream: Stream[pb.RevokeGrantRequest, pb.Grant]) -> None:
-        request, uid = await self._begin(stream)
+    async def RevokeGrant(
+        self, stream: Stream[pb.RevokeGrantRequest, pb.Grant], call: Call
+    ) -> None:
+        request = await recv(stream)
+        uid = call.caller.uid
         grant = self._grants.revoke(request.id, f"uid:{uid}", request.reason)
         await stream.send_message(grant_to_pb(grant))
 
-    @translate
-    async def ListGrants(self, stream: Stream[pb.ListGrantsRequest, pb.ListGrantsResponse]) -> None:
-        request, _ = await self._begin(stream)
+    async def ListGrants(
+        self, stream: Stream[pb.ListGrantsRequest, pb.ListGrantsResponse], call: Call
+    ) -> None:
+        request = await recv(stream)
         grants = self._grants.entries(request.agent_id, request.subject, request.include_revoked)
         await stream.send_message(pb.ListGrantsResponse(grants=[grant_to_pb(g) for g in grants]))
 

@@ -1,9 +1,9 @@
 """`ensign.attestation.v1.Attestation`: TPM evidence for a verifier's nonce, and TPM status.
 
-Served on the Workload API socket. Any local process may ask (the evidence is what a remote
-verifier gets anyway), with the Workload API's `workload.spiffe.io: true` header so a proxy
-cannot be tricked into asking. The document model and its checks live in tpm_evidence; this
-module only converts to and from the wire.
+Served on the Workload API socket behind the front. Any local process may ask (the evidence is
+what a remote verifier gets anyway), with the Workload API's `workload.spiffe.io: true` header
+so a proxy cannot be tricked into asking; it need not hold an identity. The document model and
+its checks live in tpm.evidence; this module only converts to and from the wire.
 """
 
 from __future__ import annotations
@@ -12,17 +12,25 @@ import logging
 from typing import Any, Protocol
 
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from ensign.daemon.api.front import check_security_header
-from ensign.daemon.server.translate import translate
+from ensign.daemon.api.front import Call, recv
+from ensign.daemon.errors import EnsignError
 from ensign.daemon.tpm.evidence import Evidence
 from ensign.daemon.tpm.measure import Epoch, Measurement
 from ensign.proto import attestation_pb2 as pb
-from ensign.proto.attestation_grpc import AttestationBase
 
 log = logging.getLogger(__name__)
+
+
+class NoTpm(EnsignError):
+    """This node does not attest itself with a TPM."""
+
+    grpc_status = Status.UNAVAILABLE
+    exit_code = 69
+    public_message = "this node has no TPM attestation"
+    detailed = True
+
 
 class EvidenceSource(Protocol):
     """What the servicer needs (ensign.daemon.tpm_service.TpmService provides it)."""
@@ -33,35 +41,27 @@ class EvidenceSource(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
 
-class AttestationApi(AttestationBase):
+class AttestationApi:
     def __init__(self, source: EvidenceSource | None) -> None:
         self._source = source
 
     def _node(self) -> EvidenceSource:
         if self._source is None:
-            raise GRPCError(Status.UNAVAILABLE, "this node has no TPM attestation "
-                                                "([attestors.tpm] enabled = false)")
+            raise NoTpm("this node has no TPM attestation ([attestors.tpm] enabled = false)")
         return self._source
 
-    @staticmethod
-    def _check_header(stream: Stream[Any, Any]) -> None:
-        check_security_header(stream)
-
-    @translate
-    async def GetEvidence(self, stream: Stream[pb.GetEvidenceRequest, pb.Evidence]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        self._check_header(stream)
+    async def GetEvidence(self, stream: Stream[pb.GetEvidenceRequest, pb.Evidence],
+                          call: Call) -> None:
+        request = await recv(stream)
         challenge = None
         if request.HasField("challenge"):
             challenge = (request.challenge.credential_blob, request.challenge.encrypted_secret)
         ev = await self._node().evidence(request.nonce, challenge)
         await stream.send_message(evidence_to_pb(ev))
 
-    @translate
-    async def GetStatus(self, stream: Stream[pb.GetStatusRequest, pb.TpmStatus]) -> None:
-        await stream.recv_message()
-        self._check_header(stream)
+    async def GetStatus(self, stream: Stream[pb.GetStatusRequest, pb.TpmStatus],
+                        call: Call) -> None:
+        await recv(stream)
         await stream.send_message(status_to_pb(await self._node().status()))
 
 

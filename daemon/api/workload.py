@@ -1,17 +1,17 @@
-"""The SPIFFE Workload API servicer: check the header, attest the caller, compose, send.
+"""The SPIFFE Workload API servicer: compose what the caller's identities get, and send it.
 
-The rules live elsewhere (attestation, registry match, SVID cache); this module only wires
-them to the wire format. Streams send their first message at once, then the full state after
-every change, suppressing duplicates, and end with PermissionDenied when the caller's last
-identity goes away.
+The front (api/front.py) has checked the header and found the caller; the rules live elsewhere
+(attestation, registry match, roles, SVID cache). Streams send their first message at once,
+then the full state after every change, suppressing duplicates; before every update the caller
+is attested again through the cache, so a stream whose process exited (a child holding the
+socket) ends with UNAUTHENTICATED instead of receiving new keys, and it ends with
+PermissionDenied when the caller's last identity goes away.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,64 +19,52 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from ensign.daemon.api import _records as audit_records
-from ensign.daemon.api.front import check_limits, check_security_header
+from ensign.daemon.api import _records
+from ensign.daemon.api.front import Call, recv
 from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
-from ensign.daemon.errors import (
-    AuditUnavailable,
-    CallerGone,
-    EnsignError,
-    InvalidRequest,
-    NoIdentity,
+from ensign.daemon.errors import InvalidRequest, NoIdentity
+from ensign.daemon.issuing import (
+    Broadcast,
+    CertificateAuthority,
+    JwtSvid,
+    SvidCache,
+    X509Svid,
+    validate_jwt_svid,
 )
-from ensign.daemon.identity.pipeline import AttestationPipeline
-from ensign.daemon.issuing.ca import CertificateAuthority
-from ensign.daemon.issuing.cache import Broadcast, SvidCache
-from ensign.daemon.issuing.svid import JwtSvid, X509Svid, validate_jwt_svid
 from ensign.daemon.keys import to_pkcs8_der
-from ensign.daemon.models import AttestedCaller, Caller
-from ensign.daemon.registry.registry import Entry, Registry
-from ensign.daemon.registry.roles import AudienceDenied, RoleBook, jwt_ttl_cap, x509_ttl_cap
-from ensign.daemon.server.peercred import PeerTracker
-from ensign.daemon.server.translate import translate
+from ensign.daemon.models import AttestedCaller
+from ensign.daemon.registry import AudienceDenied, Entry, RoleBook, jwt_ttl_cap, x509_ttl_cap
 from ensign.daemon.spiffe_id import SpiffeId
 from ensign.proto import workload_pb2 as pb
-from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
 
 log = logging.getLogger(__name__)
 
-SECURITY_HEADER = "workload.spiffe.io"
 MAX_AUDIENCES = 32
 MAX_AUDIENCE_BYTES = 512
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_ISSUED_EVENTS = 1024
 
+#: (agent id, jti, SPIFFE ID) of a JWT-SVID this node validated: anomaly detection
+Validated = Callable[[str, str, str], None]
 
-class WorkloadApi(SpiffeWorkloadAPIBase):
+
+class WorkloadApi:
     def __init__(
         self,
         *,
         config: Config,
-        tracker: PeerTracker,
-        pipeline: AttestationPipeline,
-        registry: Registry,
         roles: RoleBook,
         cache: SvidCache,
         ca: CertificateAuthority,
         audit: AuditLog,
         broadcast: Broadcast,
-        clock: Any,
-        node: Any = None,
-        on_validated: Callable[[str, str], None] | None = None,
+        clock: Callable[[], datetime],
+        on_validated: Validated | None = None,
     ) -> None:
-        self._node = node  # TpmService: node selectors, current at every match
-        self._on_validated = on_validated  # (jti, subject): replay detection
+        self._on_validated = on_validated
         self._cfg = config
-        self._tracker = tracker
-        self._pipeline = pipeline
-        self._registry = registry
         self._roles = roles
         self._cache = cache
         self._audit = audit
@@ -90,47 +78,6 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         # Served only while the cache still hands out that very SVID; bounded like _issued.
         self._x509_messages: dict[str, tuple[X509Svid, bytes, str, pb.X509SVID]] = {}
 
-    # -- caller ----------------------------------------------------------------------------
-
-    async def _attest(self, stream: Stream[Any, Any]) -> AttestedCaller:
-        caller = self._caller(stream)
-        return self._pipeline.cached(caller) or await self._attest_anew(caller)
-
-    def _caller(self, stream: Stream[Any, Any]) -> Caller:
-        check_security_header(stream)  # an EnsignError: refusals reach the audit trail
-        conn = self._tracker.connection_of(stream)
-        if conn.caller is None:
-            raise CallerGone(conn.problem or "caller unknown")
-        check_limits(self._tracker, conn)  # [limits]: per-uid connections and request rate
-        return conn.caller
-
-    async def _attest_anew(self, caller: Caller) -> AttestedCaller:
-        attested = await self._pipeline.attest(caller)
-        if attested.fresh:
-            self._audit.record_nowait(audit_records.attestation(attested))
-        return attested
-
-    @contextlib.asynccontextmanager
-    async def _audited(self, stream: Stream[Any, Any], method: str) -> AsyncIterator[_Seen]:
-        """Record every refusal of this request in the audit trail, then let it propagate."""
-        seen = _Seen()
-        try:
-            yield seen
-        except EnsignError as err:
-            self._refused(stream, method, seen, err)
-            raise
-
-    def _refused(self, stream: Stream[Any, Any], method: str, seen: _Seen,
-                 err: EnsignError) -> None:
-        if not isinstance(err, AuditUnavailable):
-            caller = self._tracker.connection_of(stream).caller
-            self._audit.record_nowait(audit_records.denied(
-                method, caller, err, seen.attested, seen.entry, seen.audience))
-
-    async def _durably(self, events: list[AuditEvent]) -> None:
-        """Wait until every record is on disk: only then may the credentials be released."""
-        await self._audit.durable(events)
-
     def _jwt_issued(self, attested: AttestedCaller, entry: Entry, svid: JwtSvid) -> AuditEvent:
         """The same event object for the same caller, entry and cached token: the audit log
         then reuses its encoding."""
@@ -140,44 +87,22 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
             return hit[3]
         if len(self._issued) >= MAX_ISSUED_EVENTS:
             self._issued.clear()
-        event = audit_records.jwt_issued(attested, entry, svid)
+        event = _records.jwt_issued(attested, entry, svid)
         self._issued[key] = (attested, entry, svid, event)  # held, so the ids stay theirs
         return event
 
-    def _identities(self, attested: AttestedCaller) -> list[Entry]:
-        selectors = attested.selectors
-        if self._node is not None:
-            selectors = frozenset(s for s in selectors if not s.startswith("tpm:"))
-            selectors |= self._node.node_selectors()
-        entries = self._registry.match(selectors)
-        if not entries and self._node is not None and not self._node.available:
-            from ensign.attestors.tpm import matches_with_tpm
-            from ensign.daemon.tpm.errors import TpmUnavailable
-            if matches_with_tpm(self._registry.active_selector_sets(), selectors):
-                raise TpmUnavailable(f"TPM unavailable: {self._node.problem}")
-        if not entries:
-            raise NoIdentity(f"no entry matches pid {attested.caller.pid} "
-                             f"selectors {sorted(attested.selectors)}")
-        return entries
-
     # -- X.509 -----------------------------------------------------------------------------
 
-    @translate
-    async def FetchX509SVID(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
+    async def FetchX509SVID(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse],
+                            call: Call) -> None:
         await stream.recv_message()
-        async with self._audited(stream, "FetchX509SVID") as seen:
-            await self._stream_x509(stream, seen)
-
-    async def _stream_x509(
-        self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse], seen: _Seen
-    ) -> None:
-        attested = seen.attested = await self._attest(stream)
         watched: list[str] = []
         last = b""
         version = self._broadcast.version
         try:
             while True:
-                entries = self._identities(attested)
+                attested = await call.attested()  # again at every update: is it still there?
+                entries = call.identities()
                 ids = [e.id for e in entries]
                 if ids != watched:
                     self._cache.watch(ids)
@@ -186,8 +111,8 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
                 response, issued = self._compose_x509(entries)
                 data = response.SerializeToString(deterministic=True)
                 if data != last:
-                    await self._durably([audit_records.x509_issued(attested, e, svid)
-                                         for e, svid in issued])
+                    await self._audit.durable([_records.x509_issued(attested, e, svid)
+                                               for e, svid in issued])
                     await stream.send_message(response)
                     last = data
                 version = await self._broadcast.wait(version)
@@ -218,22 +143,21 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         self._x509_messages[entry.id] = (svid, bundle, entry.hint, message)
         return message
 
-    @translate
     async def FetchX509Bundles(
-        self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse]
+        self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse], call: Call
     ) -> None:
         await stream.recv_message()
-        async with self._audited(stream, "FetchX509Bundles"):
-            await self._stream_bundles(stream, lambda: pb.X509BundlesResponse(
-                bundles={self._td_id: self._ca.x509_bundle_der()}))
+        await self._stream_bundles(stream, call, lambda: pb.X509BundlesResponse(
+            bundles={self._td_id: self._ca.x509_bundle_der()}))
 
-    async def _stream_bundles(self, stream: Stream[Any, Any], compose: Callable[[], Any]) -> None:
+    async def _stream_bundles(self, stream: Stream[Any, Any], call: Call,
+                              compose: Callable[[], Any]) -> None:
         """Bundles go to callers that hold an identity (as SPIRE does), again after changes."""
-        attested = await self._attest(stream)
         last = b""
         version = self._broadcast.version
         while True:
-            self._identities(attested)
+            await call.attested()
+            call.identities()
             response = compose()
             data = response.SerializeToString(deterministic=True)
             if data != last:
@@ -243,31 +167,15 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
 
     # -- JWT -------------------------------------------------------------------------------
 
-    @translate
-    async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        seen = _Seen()  # the hot path: what _audited does, without a context manager
-        try:
-            await self._fetch_jwt(stream, request, seen)
-        except EnsignError as err:
-            self._refused(stream, "FetchJWTSVID", seen, err)
-            raise
-
-    async def _fetch_jwt(
-        self,
-        stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse],
-        request: pb.JWTSVIDRequest,
-        seen: _Seen,
-    ) -> None:
-        audience = seen.audience = _check_audience(list(request.audience))
+    async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse],
+                           call: Call) -> None:
+        request = await recv(stream)
+        audience = call.audience = _check_audience(list(request.audience))
         wanted: SpiffeId | None = None
         if request.spiffe_id:
             wanted = SpiffeId.parse(request.spiffe_id)
-        caller = self._caller(stream)  # the cache hit without awaiting: the usual case
-        attested = self._pipeline.cached(caller) or await self._attest_anew(caller)
-        seen.attested = attested
-        entries = self._identities(attested)
+        attested = await call.attested()
+        entries = call.identities()
         if wanted is not None:
             entries = [e for e in entries if e.spiffe_id == str(wanted)]
             if not entries:
@@ -281,7 +189,7 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
                                   default_allow=self._cfg.policy.default_allow_audiences)
             except AudienceDenied as err:
                 denied = err  # another identity of this caller may still be allowed
-                seen.entry = e
+                call.entry = e
                 continue
             jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
             records.append(self._jwt_issued(attested, e, jwt_svid))
@@ -291,65 +199,45 @@ class WorkloadApi(SpiffeWorkloadAPIBase):
         await self._audit.durable(records)  # on disk before the tokens leave: fail closed
         await stream.send_message(pb.JWTSVIDResponse(svids=svids))
 
-    @translate
     async def FetchJWTBundles(
-        self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse]
+        self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse], call: Call
     ) -> None:
         await stream.recv_message()
-        async with self._audited(stream, "FetchJWTBundles"):
-            await self._stream_bundles(stream, lambda: pb.JWTBundlesResponse(
-                bundles={self._td_id: self._ca.jwks()}))
+        await self._stream_bundles(stream, call, lambda: pb.JWTBundlesResponse(
+            bundles={self._td_id: self._ca.jwks()}))
 
-    @translate
     async def ValidateJWTSVID(
-        self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse]
+        self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse], call: Call
     ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        async with self._audited(stream, "ValidateJWTSVID"):
-            await self._validate(stream, request)
-
-    async def _validate(
-        self,
-        stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse],
-        request: pb.ValidateJWTSVIDRequest,
-    ) -> None:
+        request = await recv(stream)
         if not request.audience:
             raise InvalidRequest("audience must be specified")
         if not request.svid:
             raise InvalidRequest("svid must be specified")
         if len(request.svid) > MAX_TOKEN_BYTES:
             raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
-        attested = await self._attest(stream)
-        self._identities(attested)
-        now: datetime = self._clock()
+        await call.attested()
+        call.identities()
         sub, claims = validate_jwt_svid(
-            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain, now
-        )
+            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
+            self._clock())
         if self._on_validated is not None:
-            self._on_validated(str(claims.get("jti", "")), str(sub))
+            self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),
+                               str(sub))
         response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
         response.claims.update(claims)
         await stream.send_message(response)
 
     # -- WIT (not supported; the standard requires Unimplemented) ----------------------------
 
-    async def FetchWITSVID(self, stream: Stream[pb.WITSVIDRequest, pb.WITSVIDResponse]) -> None:
+    async def FetchWITSVID(self, stream: Stream[pb.WITSVIDRequest, pb.WITSVIDResponse],
+                           call: Call) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT-SVIDs is not implemented")
 
     async def FetchWITBundles(
-        self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse]
+        self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse], call: Call
     ) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
-
-
-@dataclass(slots=True)
-class _Seen:
-    """What a request had established when it was refused (for its audit record)."""
-
-    attested: AttestedCaller | None = None
-    entry: Entry | None = None
-    audience: tuple[str, ...] = ()
 
 
 def _check_audience(audience: list[str]) -> tuple[str, ...]:

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ensign.daemon.errors import EnsignError
+from ensign.daemon.errors import EnsignError, exit_code_for
 
 from . import admin_cmds, daemon_cmds, tpm_cmds, verify_cmd, workload_cmds
-from .common import EXIT_FOR_STATUS, CliParser, Unreachable
+from .common import CliParser, Unreachable, remote_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except GRPCError as e:
         print(f"ensign: {e.status.name}: {e.message or 'no message'}", file=sys.stderr)
-        return EXIT_FOR_STATUS.get(e.status, 70)
+        return exit_code_for(e.status, remote_error())
     except Unreachable as e:
         print(f"ensign: {e}", file=sys.stderr)
         return 69

@@ -20,7 +20,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from ensign.daemon.api.health import REASON_KEY
-from ensign.daemon.issuing.svid import load_der_chain
+from ensign.daemon.issuing import load_der_chain
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 

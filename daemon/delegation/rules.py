@@ -18,9 +18,7 @@ from typing import Any
 
 from ensign.daemon.delegation.tokens import DelegatedToken, new_jti
 from ensign.daemon.errors import PermissionDenied
-from ensign.daemon.registry.grants import Grant
-from ensign.daemon.registry.registry import Entry
-from ensign.daemon.registry.roles import Role
+from ensign.daemon.registry import Entry, Grant, Role
 
 
 class DelegationDenied(PermissionDenied):

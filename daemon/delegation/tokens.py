@@ -21,7 +21,7 @@ from jwt.types import Options
 
 from ensign.daemon import keys
 from ensign.daemon.errors import TokenInvalid
-from ensign.daemon.issuing.svid import SigningAuthority
+from ensign.daemon.issuing import SigningAuthority
 
 TOKEN_TYPE = "at+jwt"
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"

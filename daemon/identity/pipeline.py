@@ -20,9 +20,9 @@ from typing import Any
 
 from ensign.attestors.base import Attestor, AttestorError
 from ensign.daemon.errors import AttestationError
+from ensign.daemon.identity.liveness import check_alive, same_image
 from ensign.daemon.models import Attestation, AttestedCaller, Caller
 from ensign.daemon.observe import metrics
-from ensign.daemon.server.peercred import check_alive
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class AttestationPipeline:
             st = os.stat(f"{self._proc_prefix}{caller.pid}/exe")  # hot path: no pathlib
         except OSError:
             return None
+        same_image(caller, st)
         return (caller.pid, caller.start_ticks, caller.uid, st.st_dev, st.st_ino, st.st_ctime_ns)
 
     async def aclose(self) -> None:

@@ -27,7 +27,8 @@ from ensign.daemon.config import CaConfig
 from ensign.daemon.errors import SigningError
 from ensign.daemon.files import ensure_private_dir, write_private
 from ensign.daemon.issuing.ca_offline import load_external
-from ensign.daemon.issuing.svid import SigningAuthority, jwks
+from ensign.daemon.issuing.jwt_svid import jwks
+from ensign.daemon.issuing.svid import SigningAuthority
 from ensign.daemon.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 from ensign.daemon import keys
 from ensign.daemon.config import SvidConfig
 from ensign.daemon.issuing.ca import CertificateAuthority
-from ensign.daemon.issuing.svid import JwtSvid, X509Svid, mint_jwt_svid, mint_x509_svid
-from ensign.daemon.registry.registry import Entry
+from ensign.daemon.issuing.jwt_svid import JwtSvid, mint_jwt_svid
+from ensign.daemon.issuing.svid import X509Svid, mint_x509_svid
+from ensign.daemon.registry import Entry
 from ensign.daemon.spiffe_id import SpiffeId
 
 log = logging.getLogger(__name__)

@@ -15,17 +15,11 @@ from typing import Any
 
 from ensign.daemon.errors import InvalidRequest, InvalidTransition
 from ensign.daemon.registry.events import Action
-from ensign.daemon.registry.registry import (
-    TRANSITIONS,
-    BulkChange,
-    Entry,
-    Registry,
-    history_statement,
-    insert_statement,
-    update_statement,
-)
-from ensign.daemon.registry.roles import Role, RoleBook, validate_role
-from ensign.daemon.registry.store import Statement
+from ensign.daemon.registry.model import TRANSITIONS, BulkChange, Entry
+from ensign.daemon.registry.policy import Role, validate_role
+from ensign.daemon.registry.registry import Registry
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.registry.store import PutEntry, RecordState, Write
 
 COMPARED = ("name", "kind", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
             "purpose", "capabilities", "roles", "metadata", "expires_at")
@@ -98,7 +92,7 @@ def apply(
     # (2) Agents: compute every change first, so a bad line changes nothing.
     live_by_name = {e.name: e for e in registry.entries() if e.state != "decommissioned"}
     seen: set[str] = set()
-    statements: list[Statement] = []
+    writes: list[Write] = []
     changes: list[BulkChange] = []
     now = int(time.time())
     names = [d.spec.name for d in agents]
@@ -116,8 +110,8 @@ def apply(
                 continue
             new = registry.prepare_register(d.spec, actor_uid, planned)
             steps.append(Step("create", d.spec.name, ", ".join(new.selectors)))
-            statements += [insert_statement(new),
-                           history_statement(new.id, now, "", "active", "apply", actor)]
+            writes += [PutEntry(new, new=True),
+                       RecordState(new.id, now, "", "active", "apply", actor)]
             changes.append(("register", new.id, actor, None, new, "apply"))
             current = new
             seen.add(new.id)
@@ -129,15 +123,15 @@ def apply(
             if diff:
                 old, new = registry.prepare_update(current.id, planned, **diff)
                 steps.append(Step("update", current.id, ", ".join(sorted(diff))))
-                statements.append(update_statement(new))
+                writes.append(PutEntry(new))
                 changes.append(("update", current.id, actor, old, new, "apply"))
                 prior = new
         action = _action_for(prior.state, wanted)
         if action is not None:
             moved = replace(prior, state=wanted, updated_at=now, revision=prior.revision + 1)
             steps.append(Step(action, prior.id, f"{prior.state} -> {wanted}"))
-            statements += [update_statement(moved),
-                           history_statement(prior.id, now, prior.state, wanted, "apply", actor)]
+            writes += [PutEntry(moved),
+                       RecordState(prior.id, now, prior.state, wanted, "apply", actor)]
             changes.append((action, prior.id, actor, prior, moved, "apply"))
     # (3) Prune: live agents the file does not mention.
     if prune:
@@ -145,7 +139,7 @@ def apply(
             if e.id not in seen and e.state != "decommissioned":
                 moved = replace(e, state="decommissioned", updated_at=now, revision=e.revision + 1)
                 steps.append(Step("decommission", e.id, "not in the file (--prune)"))
-                statements += [update_statement(moved), history_statement(
+                writes += [PutEntry(moved), RecordState(
                     e.id, now, e.state, "decommissioned", "pruned by apply", actor)]
                 changes.append(("decommission", e.id, actor, e, moved, "pruned by apply"))
     if dry_run:
@@ -155,6 +149,6 @@ def apply(
             roles.create(role, actor)
         else:
             roles.update(role.name, actor, **role_delta)
-    if statements:
-        registry.commit_bulk(statements, changes)
+    if writes:
+        registry.commit_bulk(writes, changes)
     return steps

@@ -6,46 +6,21 @@ once; tokens already issued run out by their (short) TTL.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 from ulid import ULID
 
 from ensign.daemon.errors import InvalidRequest, InvalidTransition, NotFound
 from ensign.daemon.registry.events import ChangeEvent, EventHub
-from ensign.daemon.registry.store import Store
+from ensign.daemon.registry.model import Grant
+from ensign.daemon.registry.store import PutGrant, RegistryStore
 from ensign.daemon.units import MAX_TTL_SECONDS
-
-_COLUMNS = ("id", "subject", "issuer", "agent_id", "scopes", "created_at", "expires_at",
-            "revoked_at", "created_by")
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    id: str
-    subject: str
-    issuer: str
-    agent_id: str
-    scopes: tuple[str, ...]
-    created_at: int = 0
-    expires_at: int = 0
-    revoked_at: int = 0
-    created_by: str = ""
-
-    def is_active(self, now: float) -> bool:
-        return not self.revoked_at and (not self.expires_at or self.expires_at > now)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["scopes"] = list(self.scopes)
-        return d
 
 
 class GrantBook:
-    def __init__(self, store: Store, events: EventHub,
+    def __init__(self, store: RegistryStore, events: EventHub,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._events = events
@@ -54,10 +29,7 @@ class GrantBook:
 
     def load(self) -> None:
         self._grants = {}
-        for row in self._store.rows(f"SELECT {', '.join(_COLUMNS)} FROM grants"):  # noqa: S608
-            d = dict(zip(_COLUMNS, row, strict=True))
-            d["scopes"] = tuple(json.loads(d["scopes"]))
-            self._grants[d["id"]] = Grant(**d)
+        self._grants = {g.id: g for g in self._store.grants()}
 
     def create(self, grant: Grant, actor: str, ttl: int = 0) -> Grant:
         if not grant.subject or not grant.issuer or not grant.agent_id:
@@ -70,10 +42,7 @@ class GrantBook:
         g = replace(grant, id=f"grt_{ULID()}", created_at=now,
                     expires_at=now + ttl if ttl else 0, revoked_at=0, created_by=actor,
                     scopes=tuple(dict.fromkeys(grant.scopes)))
-        marks = ", ".join("?" for _ in _COLUMNS)
-        self._store.run([(f"INSERT INTO grants ({', '.join(_COLUMNS)}) VALUES ({marks})",  # noqa: S608
-                          (g.id, g.subject, g.issuer, g.agent_id, json.dumps(list(g.scopes)),
-                           g.created_at, g.expires_at, g.revoked_at, g.created_by))])
+        self._store.write([PutGrant(g, new=True)])
         self._grants[g.id] = g
         self._events.emit(ChangeEvent("grant_create", g.id, actor, None, g.as_dict(), at=now))
         return g
@@ -84,7 +53,7 @@ class GrantBook:
             raise InvalidTransition(f"grant {grant_id} is already revoked")
         now = int(self._clock())
         new = replace(old, revoked_at=now)
-        self._store.run([("UPDATE grants SET revoked_at = ? WHERE id = ?", (now, grant_id))])
+        self._store.write([PutGrant(new)])
         self._grants[grant_id] = new
         self._events.emit(ChangeEvent("grant_revoke", grant_id, actor, old.as_dict(),
                                       new.as_dict(), reason, at=now))

@@ -1,4 +1,6 @@
-"""A bound on one request message, checked against its length prefix before the body is read.
+"""The bounds grpclib and h2 lack, installed by the server when it starts (`install()`).
+
+1. A bound on one request message, checked against its length prefix before the body is read.
 
 grpclib reads a message's 4-byte length prefix and then buffers that many bytes, granting the
 peer more HTTP/2 flow-control window as it goes: one request on the world-writable Workload API
@@ -14,6 +16,13 @@ Many callers each sending a large message slowly would still add up, so large me
 `LARGE`) share a budget while they are being received, `[limits] max_pending_request_bytes`:
 one that does not fit is refused at once (RESOURCE_EXHAUSTED, retry later), and small ones,
 which every Workload API call is, never wait on it.
+
+2. h2 remembers how each closed stream ended, up to 65,536 per connection, to answer late
+frames precisely. A client that keeps one connection and makes many calls (every SPIFFE client
+does) grew the daemon by ~150 bytes per call until that bound, several MiB per connection: a
+local caller could spend the daemon's memory. A late frame on a forgotten stream is answered
+with a stream error instead, which is all a peer needs. grpclib builds its H2Connection itself,
+so the bound is set on the class (this process serves nothing else over HTTP/2).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import struct
 from typing import Any
 
 import grpclib.server
+import h2.connection
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -30,6 +40,7 @@ DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 ADMIN_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 LARGE = 64 * 1024
+CLOSED_STREAMS_REMEMBERED = 256
 
 _PREFIX = struct.Struct(">?I")  # compressed flag, message length
 _workload_limit = DEFAULT_MAX_REQUEST_BYTES
@@ -92,5 +103,6 @@ async def _budgeted(stream: Any, length: int) -> bytes:
 
 
 def install() -> None:
-    """Make grpclib's server streams use `recv_message` (idempotent)."""
+    """Bound request messages and h2's per-connection memory (idempotent)."""
     grpclib.server.recv_message = recv_message  # type: ignore[attr-defined]
+    h2.connection.H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_REMEMBERED

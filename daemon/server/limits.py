@@ -21,6 +21,7 @@ class RateLimited(EnsignError):
     grpc_status = Status.UNAVAILABLE
     exit_code = 75  # EX_TEMPFAIL
     public_message = "rate limited: retry later"
+    detailed = True
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Unix-socket gRPC servers: stale-socket handling, file modes, and peer tracking."""
+"""Unix-socket gRPC servers: stale-socket handling, file modes, bounds, and peer tracking."""
 
 from __future__ import annotations
 
@@ -8,27 +8,16 @@ import socket
 import stat
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
-import h2.connection
 from grpclib.config import Configuration
 
 from ensign.daemon.errors import ConfigError
-from ensign.daemon.server import bounds as message_limit
+from ensign.daemon.server import bounds
 from ensign.daemon.server.peercred import PeerTracker, TrackingServer
+from ensign.daemon.server.translate import Service
 
 WORKLOAD_SOCKET_MODE = 0o666
 ADMIN_SOCKET_MODE = 0o600
-
-# h2 remembers how each closed stream ended, up to 65,536 per connection, to answer late frames
-# precisely. A client that keeps one connection and makes many calls (every SPIFFE client does)
-# grew the daemon by ~150 bytes per call until that bound, several MiB per connection: a local
-# caller could spend the daemon's memory. A late frame on a forgotten stream is answered with a
-# stream error instead, which is all a peer needs. grpclib builds its H2Connection itself, so
-# the bound is set on the class (this process serves nothing else over HTTP/2).
-CLOSED_STREAMS_REMEMBERED = 256
-h2.connection.H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_REMEMBERED
-
 
 def bind_unix(path: Path, mode: int, gid: int | None = None) -> socket.socket:
     """Bind a listening socket at `path` with `mode`, replacing a stale socket file.
@@ -70,15 +59,15 @@ def bind_unix(path: Path, mode: int, gid: int | None = None) -> socket.socket:
 class UnixServer:
     """One grpclib server on one Unix socket, with connections tracked by kernel credentials."""
 
-    def __init__(self, path: Path, mode: int, handlers: Collection[Any], tracker: PeerTracker,
+    def __init__(self, path: Path, mode: int, services: Collection[Service], tracker: PeerTracker,
                  gid: int | None = None):
         self.path = path
         self._mode = mode
         self._gid = gid
-        message_limit.install()  # request messages are bounded before they are buffered
-        self._server = TrackingServer(handlers, tracker, config=Configuration())
+        self._server = TrackingServer(services, tracker, config=Configuration())
 
     async def start(self) -> None:
+        bounds.install()  # before the first connection: request messages, h2 memory
         sock = bind_unix(self.path, self._mode, self._gid)
         await self._server.start(sock=sock)
 

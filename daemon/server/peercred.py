@@ -24,12 +24,12 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
 from ensign.daemon import procfs as _procfs
-from ensign.daemon.errors import CallerGone
 from ensign.daemon.models import Caller
 from ensign.daemon.server.limits import UidLimits
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _UCRED = struct.Struct("3i")
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # asm-generic value; Python 3.11 lacks it
 
 
 @dataclass(slots=True)
@@ -45,8 +45,47 @@ def _boot_seconds() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def _peer_pidfd(sock: socket.socket) -> int | None:
+    """SO_PEERPIDFD (Linux 6.5+): a pidfd for the very process that called connect(), taken by
+    the kernel, so no pid race at all. None where the kernel does not have it."""
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
+    except OSError:
+        return None
+
+
+def _pidfd_pid(pidfd: int) -> int:
+    """The pid a pidfd names now (-1 once the process has exited), from its fdinfo."""
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pid:"):
+                return int(line.split()[1])
+    raise ValueError("pidfd fdinfo has no Pid line")
+
+
+def _exe_image(pid: int, proc_root: Path) -> tuple[int, int] | None:
+    """(device, inode) of the executable the process runs, if the daemon may look."""
+    try:
+        st = os.stat(f"{proc_root}/{pid}/exe")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _alive(pidfd: int) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return not poller.poll(0)
+
+
 def identify(sock: socket.socket, proc_root: Path = Path("/proc")) -> Connection:
-    """Read the peer's credentials and pin its process. Never raises: problems are recorded."""
+    """Read the peer's credentials and pin its process. Never raises: problems are recorded.
+
+    Everything read from /proc here is confirmed to describe the process that connected: the
+    pidfd (from the kernel itself where SO_PEERPIDFD exists) must still be alive after the
+    reads, its uid must be the one SO_PEERCRED reported, and it must have started before the
+    connection was accepted.
+    """
     accepted_at = _boot_seconds()
     try:
         pid, uid, gid = _UCRED.unpack(
@@ -56,50 +95,46 @@ def identify(sock: socket.socket, proc_root: Path = Path("/proc")) -> Connection
         return Connection(None, f"cannot read peer credentials: {e.strerror}")
     if pid <= 0:
         return Connection(None, "peer has no pid (another pid namespace?)")
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return Connection(None, f"caller pid {pid} exited before it was pinned")
-    except OSError:
-        pidfd = None  # kernels before 5.3: the start-time check still guards reuse
+    pidfd = _peer_pidfd(sock)
+    if pidfd is not None:
+        try:
+            named = _pidfd_pid(pidfd)
+        except (OSError, ValueError):
+            named = pid  # fdinfo unreadable: the pidfd still pins the process
+        if named != pid:
+            _close(pidfd)
+            return Connection(None, f"caller pid {pid} exited before it was pinned")
+    else:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return Connection(None, f"caller pid {pid} exited before it was pinned")
+        except OSError:
+            pidfd = None  # kernels before 5.3: the start-time check still guards reuse
     try:
         start = _procfs.read_stat(pid, proc_root).start_ticks
-    except (OSError, ValueError, IndexError):
+        euid = _procfs.read_status(pid, proc_root).uids[1]
+    except (OSError, ValueError, IndexError, KeyError):
         _close(pidfd)
         return Connection(None, f"caller pid {pid} exited before it was pinned")
+    exe = _exe_image(pid, proc_root)
     # A process that started after we accepted the connection cannot be the one that connected:
     # the caller exited and its pid was reused already.
-    if start / _CLK_TCK > accepted_at + 2 / _CLK_TCK:
+    if start / _CLK_TCK > accepted_at + 2 / _CLK_TCK or (pidfd is not None and not _alive(pidfd)):
         _close(pidfd)
         return Connection(None, f"pid {pid} was reused before the connection was pinned")
-    return Connection(Caller(pid=pid, uid=uid, gid=gid, start_ticks=start, pidfd=pidfd), None)
+    if euid != uid:
+        _close(pidfd)
+        return Connection(None, f"pid {pid} runs as uid {euid}, not the uid {uid} that "
+                                "connected")
+    return Connection(Caller(pid=pid, uid=uid, gid=gid, start_ticks=start, pidfd=pidfd,
+                             exe=exe), None)
 
 
 def _close(fd: int | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def check_alive(caller: Caller, proc_root: Path = Path("/proc")) -> None:
-    """Raise CallerGone unless the pinned process still runs under the same pid.
-
-    A pidfd names one process, not a pid: while it does not report an exit, the process we
-    pinned at connect time is alive, so its pid cannot have been reused and no /proc read is
-    needed. Without a pidfd (old kernels), the start time is compared instead.
-    """
-    if caller.pidfd is not None:
-        poller = select.poll()
-        poller.register(caller.pidfd, select.POLLIN)
-        if poller.poll(0):
-            raise CallerGone(f"caller pid {caller.pid} exited")
-        return
-    try:
-        start = _procfs.read_stat(caller.pid, proc_root).start_ticks
-    except (OSError, ValueError, IndexError):
-        raise CallerGone(f"caller pid {caller.pid} exited") from None
-    if start != caller.start_ticks:
-        raise CallerGone(f"pid {caller.pid} now belongs to another process")
 
 
 class PeerTracker:

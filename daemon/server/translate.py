@@ -1,88 +1,104 @@
-"""Where EnsignError becomes a gRPC status: one decorator for every servicer method.
+"""Where an exception becomes a gRPC status: applied once to every method of a service.
 
-Workloads see the status and a short message; details that would help an attacker map the
-node (paths, selectors) go to the log instead. Errors about the request itself carry their
-detail, since the caller needs it to fix the request.
+`translated()` wraps a service's handlers (grpclib's `__mapping__()`); `Service` is what the
+server then serves. Workloads see the status and a short message; details that would help an
+attacker map the node (paths, selectors) go to the log instead. Errors about the request itself
+carry their detail, since the caller needs it to fix the request. A refused call also names its
+error class in the trailing metadata key `ensign-error`, so the CLI exits with the same code as
+for the same error raised locally (see ensign.daemon.errors).
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from google.protobuf.message import DecodeError
-from grpclib.const import Status
+from grpclib.const import Handler, Status
 from grpclib.exceptions import GRPCError
 
-from ensign.daemon.errors import (
-    AuditUnavailable,
-    Conflict,
-    EnsignError,
-    InvalidRequest,
-    InvalidTransition,
-    NotFound,
-    PermissionDenied,
-    TokenInvalid,
-)
+from ensign.daemon.errors import ERROR_KEY, EnsignError
 from ensign.daemon.observe import metrics
-from ensign.daemon.server import bounds as message_limit
-from ensign.daemon.server.limits import RateLimited
+from ensign.daemon.server import bounds
 
 log = logging.getLogger(__name__)
 
-_DETAILED = (
-    RateLimited, AuditUnavailable, InvalidRequest, TokenInvalid, NotFound, Conflict,
-    PermissionDenied, InvalidTransition,
-)
-S = TypeVar("S")
+HandlerFunc = Callable[[Any], Coroutine[Any, Any, None]]
 
 
-def translate(
-    method: Callable[[S, Any], Coroutine[Any, Any, None]],
-) -> Callable[[S, Any], Coroutine[Any, Any, None]]:
-    name = method.__name__
+class Service:
+    """Handlers as grpclib serves them: it asks every service for `__mapping__()`."""
+
+    def __init__(self, mapping: Mapping[str, Handler]) -> None:
+        self._mapping = dict(mapping)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return self._mapping
+
+
+def translated(mapping: Mapping[str, Handler], *,
+               max_request_bytes: int | None = None) -> Service:
+    """Every handler of one service, with errors translated and calls measured.
+
+    `max_request_bytes` raises the socket's bound on request messages for this service (the
+    admin API, which only root and the admin group reach)."""
+    return Service({path: h._replace(func=_translating(path, h.func, max_request_bytes))
+                    for path, h in mapping.items()})
+
+
+def _translating(path: str, func: HandlerFunc, limit: int | None) -> HandlerFunc:
+    name = path.rsplit("/", 1)[-1]
     inflight = metrics.INFLIGHT.labels(name)
     seconds = metrics.RPC_SECONDS.labels(name)
 
-    @functools.wraps(method)
-    async def wrapper(self: S, stream: Any) -> None:
+    async def handler(stream: Any) -> None:
         status = "OK"
         started = time.perf_counter()
         inflight.inc()
-        # A servicer may accept larger requests than the Workload API socket's bound (admin).
-        limit = getattr(self, "max_request_bytes", None)
         if limit is not None:
-            message_limit.request_limit.set(limit)  # this request's task only
+            bounds.request_limit.set(limit)  # this request's task only
         try:
-            await _run(self, stream)
+            await func(stream)
         except GRPCError as e:
             status = e.status.name
             raise
-        except BaseException:
+        except DecodeError:
+            status = "INVALID_ARGUMENT"
+            raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
+        except EnsignError as e:
+            status = e.grpc_status.name
+            await _refuse(stream, name, e)
+        except (asyncio.CancelledError, GeneratorExit):
             status = "CANCELLED"
             raise
+        except Exception:
+            status = "INTERNAL"
+            log.exception("internal error", extra={"method": name})
+            raise GRPCError(Status.INTERNAL, "internal error") from None
         finally:
             inflight.dec()
             metrics.rpc_counter(name, status).inc()
             seconds.observe(time.perf_counter() - started)
 
-    async def _run(self: S, stream: Any) -> None:
-        try:
-            await method(self, stream)
-        except GRPCError:
-            raise
-        except DecodeError:
-            raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
-        except EnsignError as e:
-            message = str(e) if isinstance(e, _DETAILED) and str(e) else e.public_message
-            log.info("request refused", extra={
-                "method": method.__name__, "status": e.grpc_status.name, "reason": e.diagnostics()})
-            raise GRPCError(e.grpc_status, message) from None
-        except Exception:
-            log.exception("internal error", extra={"method": method.__name__})
-            raise GRPCError(Status.INTERNAL, "internal error") from None
+    handler.__name__ = name
+    return handler
 
-    return wrapper
+
+def public_message(e: EnsignError) -> str:
+    """What a caller may read: the detail for errors about its own request, else the class's
+    fixed message."""
+    return str(e) if e.detailed and str(e) else e.public_message
+
+
+async def _refuse(stream: Any, method: str, e: EnsignError) -> None:
+    message = public_message(e)
+    log.info("request refused", extra={
+        "method": method, "status": e.grpc_status.name, "reason": e.diagnostics()})
+    try:
+        await stream.send_trailing_metadata(status=e.grpc_status, status_message=message,
+                                            metadata={ERROR_KEY: type(e).__name__})
+    except Exception:  # trailers sent already, or the peer is gone: grpclib ends the stream
+        raise GRPCError(e.grpc_status, message) from None

@@ -157,7 +157,7 @@ def _bundle(d: Daemon) -> dict[bytes, float]:
     code, _, raw = call(d.socket, "/SpiffeWorkloadAPI/FetchX509Bundles", stream=True)
     assert code == grpc.StatusCode.OK, code
     der = next(iter(pb.X509BundlesResponse.FromString(raw).bundles.values()))
-    from ensign.daemon.issuing.svid import load_der_chain
+    from ensign.daemon.issuing import load_der_chain
 
     return {c.tbs_certificate_bytes: c.not_valid_after_utc.timestamp()
             for c in load_der_chain(der)}

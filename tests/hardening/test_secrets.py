@@ -20,7 +20,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ensign.daemon.issuing.svid import split_der
+from ensign.daemon.issuing import split_der
 from ensign.proto import delegation_pb2, workload_pb2
 from tests.support.daemon import ENSIGN, Daemon
 from tests.support.hardening import call

@@ -30,7 +30,7 @@ from ensign.daemon.audit.event import (
 )
 from ensign.daemon.audit.query import read_records
 from ensign.daemon.audit.verify import verify
-from ensign.daemon.issuing.svid import split_der
+from ensign.daemon.issuing import split_der
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream
 from tests.support.daemon import Daemon, make_daemon

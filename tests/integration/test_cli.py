@@ -104,7 +104,7 @@ def test_jwt_fetch_and_validate_via_cli(daemon: Daemon) -> None:
     ok = daemon.cli("validate", "jwt", "--audience", "svc", "--token", "-", input=token)
     assert ok.stdout.startswith("valid: spiffe://example.org/agent/")
     wrong = daemon.cli("validate", "jwt", "--audience", "other", "--token", token, check=False)
-    assert wrong.returncode == 64 and "audience" in _one_line_error(wrong)
+    assert wrong.returncode == 65 and "audience" in _one_line_error(wrong)
     bundles = json.loads(daemon.cli("fetch", "bundles", "-o", "json").stdout)
     td = bundles["spiffe://example.org"]
     assert td["x509_authorities"] and all("kid" in k for k in td["jwt_authorities"]["keys"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ensign.daemon.errors import CallerGone
-from ensign.daemon.server.peercred import check_alive, identify
+from ensign.daemon.identity import check_alive
+from ensign.daemon.server import identify
 from tests.support.daemon import Daemon
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from spiffe import WorkloadApiClient
 
-from ensign.daemon.issuing.svid import load_der_chain
+from ensign.daemon.issuing import load_der_chain
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, stream, unary
 from tests.support.daemon import make_daemon

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -25,9 +26,11 @@ from grpclib.server import Server
 from ensign.attestors.tpm import TpmConfig
 from ensign.daemon.api.attestation import AttestationApi
 from ensign.daemon.cli import main as cli_main
+from ensign.daemon.server import Service, translated
 from ensign.daemon.tpm import structs as ts
 from ensign.daemon.tpm.policy import PcrPolicy
 from ensign.daemon.tpm.service import TpmService
+from ensign.proto.attestation_grpc import AttestationBase
 from tests.support.tpm import data_dir, manufactured_tpm, needs_swtpm
 from tests.support.tpm_synthetic import attest, ecc_public, sign
 
@@ -37,6 +40,16 @@ __all__ = ["data_dir", "manufactured_tpm"]  # fixtures used by name
 ENSIGN = [sys.executable, "-m", "ensign.daemon"]
 T = TypeVar("T")
 EXES = {"/opt/agents/indexer": b"indexer build 7", "/opt/agents/mailer": b"mailer build 2"}
+
+
+def _without_front(api: AttestationApi) -> Service:
+    """The servicer bound without the daemon's front (no caller checks): these tests are about
+    the evidence and the CLI, and run without a daemon."""
+    def bind(method: Any) -> Any:
+        return lambda stream: method(stream, None)
+    proxy = SimpleNamespace(**{n: bind(getattr(api, n))
+                               for n in AttestationBase.__abstractmethods__})
+    return translated(AttestationBase.__mapping__(proxy))
 
 
 class Node:
@@ -56,7 +69,7 @@ class Node:
 
     async def _start(self) -> None:
         await self.service.start()
-        self.server = Server([AttestationApi(self.service)])
+        self.server = Server([_without_front(AttestationApi(self.service))])
         await self.server.start(path=str(self.socket))
 
     async def _stop(self) -> None:

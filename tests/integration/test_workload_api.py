@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from spiffe import JwtSvid, WorkloadApiClient
 from spiffe.errors import PySpiffeError
 
-from ensign.daemon.registry.roles import AudienceDenied, Role, jwt_ttl_cap
+from ensign.daemon.registry import AudienceDenied, Role, jwt_ttl_cap
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
 from tests.support.daemon import NOBODY, Daemon, run_as
@@ -234,7 +234,7 @@ def test_entry_update_reaches_open_stream(daemon: Daemon) -> None:
 
 
 def _der_len(resp: pb.X509SVIDResponse) -> int:
-    from ensign.daemon.issuing.svid import split_der
+    from ensign.daemon.issuing import split_der
 
     return len(split_der(resp.svids[0].x509_svid)[0])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ensign.daemon.config import CaConfig
-from ensign.daemon.issuing.ca import CertificateAuthority
+from ensign.daemon.issuing import CertificateAuthority
 
 
 @pytest.mark.parametrize("ttl", [timedelta(seconds=20), timedelta(hours=24)])

@@ -10,8 +10,13 @@ from spiffe import JwtBundle, JwtSvid, TrustDomain, X509Svid
 
 from ensign.daemon import keys
 from ensign.daemon.errors import InvalidRequest, TokenInvalid
-from ensign.daemon.issuing.ca import new_authority
-from ensign.daemon.issuing.svid import jwks, mint_jwt_svid, mint_x509_svid, validate_jwt_svid
+from ensign.daemon.issuing import (
+    jwks,
+    mint_jwt_svid,
+    mint_x509_svid,
+    new_authority,
+    validate_jwt_svid,
+)
 from ensign.daemon.spiffe_id import SpiffeId
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 
 from ensign.daemon.errors import Conflict, InvalidRequest, NotFound
-from ensign.daemon.registry.events import EventHub
-from ensign.daemon.registry.registry import Entry, ListFilter, Registry
-from ensign.daemon.registry.roles import RoleBook
-from ensign.daemon.registry.store import Store
+from ensign.daemon.registry import Entry, EventHub, ListFilter, Registry, RoleBook, SqliteStore
 
 
 def _reg(path: Path) -> Registry:
-    store = Store(path / "registry.db")
+    store = SqliteStore(path / "registry.db")
     store.open()
     events = EventHub()
     r = Registry(store, RoleBook(store, events), events, "example.org")
