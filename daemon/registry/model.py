@@ -10,7 +10,7 @@ from typing import Any
 
 from ensign.daemon.errors import InvalidRequest
 from ensign.daemon.registry.events import Action
-from ensign.daemon.spiffe_id import SpiffeId
+from ensign.daemon.spiffe_id import SpiffeId, validate_trust_domain
 from ensign.daemon.units import MAX_TIMESTAMP, MAX_TTL_SECONDS
 
 SELECTOR_TYPES = frozenset({"unix", "systemd", "sigstore", "tpm"})
@@ -33,7 +33,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 
 _MUTABLE = frozenset({
     "name", "spiffe_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
-    "purpose", "capabilities", "roles", "metadata", "expires_at", "kind",
+    "purpose", "capabilities", "roles", "metadata", "expires_at", "kind", "federates_with",
 })
 
 
@@ -59,13 +59,15 @@ class Entry:
     created_at: int = 0
     updated_at: int = 0
     revision: int = 1
+    #: trust domains (other than ours) whose bundles this entry's holders receive
+    federates_with: tuple[str, ...] = ()
 
     def is_live(self, now: float) -> bool:
         return self.state == "active" and (not self.expires_at or self.expires_at > now)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("selectors", "dns_names", "capabilities", "roles"):
+        for k in ("selectors", "dns_names", "capabilities", "roles", "federates_with"):
             d[k] = list(d[k])
         return d
 
@@ -162,7 +164,15 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
         raise InvalidRequest(f"unknown state {e.state!r}")
     if len(e.hint.encode()) > 1024:
         raise InvalidRequest("hint is limited to 1024 bytes")
-    return replace(e, selectors=tuple(sorted(set(e.selectors))))
+    for td in e.federates_with:
+        try:
+            validate_trust_domain(td)
+        except InvalidRequest as err:
+            raise InvalidRequest(f"federates_with: {err}") from None
+        if td == trust_domain:
+            raise InvalidRequest(f"federates_with: {td} is this node's own trust domain")
+    return replace(e, selectors=tuple(sorted(set(e.selectors))),
+                   federates_with=tuple(sorted(set(e.federates_with))))
 
 
 @dataclass(frozen=True, slots=True)
