@@ -70,13 +70,13 @@ def test_suspend_resume_decommission(daemon: Daemon) -> None:
     try:
         assert s.wait(lambda: s.contexts, 10)
         first_serial = s.contexts[0].default_svid.leaf.serial_number
-        started = time.monotonic()
         out = daemon.cli("agent", "suspend", str(rec["id"]), "--reason", "investigating")
+        committed = time.monotonic()  # the CLI has its answer: the suspension is in effect
         assert out.stdout.split() == [rec["id"], "suspended"]
         assert s.wait(lambda: s.errors, 5)
         when, err = s.errors[0]
         assert "PERMISSION_DENIED" in repr(err) or "no identity" in str(err), err
-        assert when - started < 1.0 + 0.6  # one second after the change; the CLI call is inside
+        assert when - committed < 1.0  # the stream ended within a second of the change
     finally:
         s.close()
     code, _ = status_of(fetch_jwt, sock, "a")
