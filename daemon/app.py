@@ -55,10 +55,10 @@ class Daemon:
         os.umask(0o077)
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)
-        n.store.open()
-        n.roles.load()
-        n.registry.load()
-        n.grants.load()
+        await n.store.open()
+        await n.roles.load()
+        await n.registry.load()
+        await n.grants.load()
         if self.config.ca.seal_with_tpm and n.tpm is None:
             raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
         n.audit.open()  # first: the TPM and the CA record events as they start
@@ -126,7 +126,10 @@ class Daemon:
         """Rotate the CA and SVIDs when due and wake the streams that must see it."""
         n = self.node
         while not self._stop.is_set():
-            n.registry.expire_due()
+            try:
+                await n.registry.expire_due()
+            except EnsignError as e:  # the store is unreachable: entries stopped issuing anyway
+                log.debug("expiry not recorded", extra={"reason": e.diagnostics()})
             if n.responder is not None:
                 n.responder.save()
             changed = False
@@ -168,5 +171,5 @@ class Daemon:
         await n.issuers.aclose()
         await n.audit.close()
         n.tracker.close_all()
-        n.store.close()
+        await n.store.close()
         log.info("stopped")

@@ -7,6 +7,8 @@ receives a typed section in its constructor.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -134,6 +136,50 @@ class MetricsConfig(StrictModel):
     listen: str = ""
 
 
+#: A node name: a host name's characters (it names the node's database role and its rows).
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class FleetConfig(StrictModel):
+    # Empty: this node alone (SQLite in data_dir). Else the fleet's PostgreSQL, as this node's
+    # own database role (client certificate: sslcert/sslkey in the URL).
+    database_url: str = ""
+    # The admin role's URL, for registry writes made on this node; empty: this node's registry
+    # is read-only (admin writes are made on a node that has it).
+    admin_database_url: str = ""
+    node_name: str = ""  # default: the host name (Config.node_name)
+    heartbeat_interval: Duration = timedelta(seconds=5)
+    connect_timeout: Duration = timedelta(seconds=5)
+
+    @field_validator("database_url", "admin_database_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, v: str) -> str:
+        if v and not NODE_NAME.match(v):
+            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit")
+        return v
+
+    @field_validator("heartbeat_interval", "connect_timeout")
+    @classmethod
+    def _interval(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(minutes=10):
+            raise ValueError("must be between 1s and 10m")
+        return v
+
+    @model_validator(mode="after")
+    def _admin_needs_node(self) -> FleetConfig:
+        if self.admin_database_url and not self.database_url:
+            raise ValueError("admin_database_url needs database_url")
+        return self
+
+
 class Config(StrictModel):
     trust_domain: str = "example.org"
     socket_path: Path = Path("/run/ensign/agent.sock")
@@ -152,6 +198,19 @@ class Config(StrictModel):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+
+    @property
+    def node_name(self) -> str:
+        """This node's name in the fleet (and in its TLS identity): `[fleet] node_name`, else
+        the host name. The one place the default is decided."""
+        if self.fleet.node_name:
+            return self.fleet.node_name
+        host = socket.gethostname()
+        if NODE_NAME.match(host):
+            return host
+        first = host.split(".")[0]
+        return first if NODE_NAME.match(first) else "localhost"
 
     @field_validator("trust_domain")
     @classmethod

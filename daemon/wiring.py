@@ -159,7 +159,8 @@ def _on_change(node: Node) -> Callable[[ChangeEvent], None]:
 
     def on_change(event: ChangeEvent) -> None:
         nonlocal prune_scheduled
-        node.audit.record_nowait(change(event))
+        if not event.origin:  # a change another node made is in that node's trail, once
+            node.audit.record_nowait(change(event))
         if event.action.startswith("role_"):
             node.cache.forget_jwts()
         # One prune per loop pass, however many changes a bulk apply emits (10,000 agents
