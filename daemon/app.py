@@ -51,6 +51,10 @@ class Daemon:
     async def run(self, ready: Callable[[], None] = lambda: None) -> int:
         n = self.node
         _raise_fd_limit()
+        if n.fleet is not None:
+            # First of all: a bad database URL, host, credential or schema stops the start
+            # (exit 78) before anything is written, here or in the database.
+            await n.fleet.check()
         # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
         os.umask(0o077)
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -65,6 +69,8 @@ class Daemon:
         if n.tpm is not None:
             await n.tpm.start()
         n.ca.load_or_create()
+        if n.fleet is not None:
+            await n.fleet.start()  # node row, published keys, listener, heartbeat, shipping
         n.audit.observers.append(metrics.observe_audit)
         n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
         if n.responder is not None:
@@ -170,6 +176,8 @@ class Daemon:
             n.responder.save(force=True)
         await n.issuers.aclose()
         await n.audit.close()
+        if n.fleet is not None:
+            await n.fleet.stop()  # ships the last records (daemon.stop) when it can
         n.tracker.close_all()
         await n.store.close()
         log.info("stopped")

@@ -30,9 +30,19 @@ from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
 from ensign.daemon.delegation import TokenExchange, TrustedIssuers
+from ensign.daemon.fleet import Fleet
 from ensign.daemon.identity import AttestationPipeline, Resolver
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
-from ensign.daemon.registry import ChangeEvent, EventHub, GrantBook, Registry, RoleBook, SqliteStore
+from ensign.daemon.registry import (
+    ChangeEvent,
+    EventHub,
+    GrantBook,
+    PgStore,
+    Registry,
+    RegistryStore,
+    RoleBook,
+    SqliteStore,
+)
 from ensign.daemon.server import (
     ADMIN_MAX_REQUEST_BYTES,
     ADMIN_SOCKET_MODE,
@@ -60,7 +70,7 @@ class Node:
     config: Config
     clock: Callable[[], datetime]
     events: EventHub
-    store: SqliteStore
+    store: RegistryStore
     roles: RoleBook
     registry: Registry
     grants: GrantBook
@@ -73,6 +83,7 @@ class Node:
     pipeline: AttestationPipeline
     audit: AuditLog
     responder: Responder | None
+    fleet: Fleet | None
     state: NodeState
     workload_server: UnixServer
     admin_server: UnixServer
@@ -81,7 +92,10 @@ class Node:
 def build(config: Config, clock: Callable[[], datetime]) -> Node:
     data = config.data_dir
     events = EventHub()
-    store = SqliteStore(data / "registry.db")
+    fc = config.fleet
+    pg = (PgStore(fc.database_url, fc.admin_database_url, config.node_name,
+                  fc.connect_timeout.total_seconds()) if fc.database_url else None)
+    store: RegistryStore = pg if pg is not None else SqliteStore(data / "registry.db")
     roles = RoleBook(store, events)
     registry = Registry(store, roles, events, config.trust_domain)
     grants = GrantBook(store, events)
@@ -105,21 +119,25 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     responder = (Responder(config.anomaly, registry, audit, data / "anomaly.json")
                  if config.anomaly.enabled else None)
     issuers = TrustedIssuers(config.delegation)
+    fleet = (Fleet(config, pg, registry, roles, grants, ca, audit, clock, broadcast.publish)
+             if pg is not None else None)
     state = NodeState(config=config, registry=registry, roles=roles, grants=grants, ca=ca,
                       cache=cache, audit=audit, pipeline=pipeline, tracker=tracker, tpm=tpm,
-                      started=time.time())
+                      started=time.time(), fleet=fleet)
     front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
                   audit=audit)
     workload = WorkloadApi(config=config, roles=roles, cache=cache, ca=ca, audit=audit,
                            broadcast=broadcast, clock=clock,
-                           on_validated=responder.validated if responder else None)
+                           on_validated=responder.validated if responder else None,
+                           jwt_keys=fleet.keys.jwt_keys if fleet else None,
+                           jwks=fleet.keys.jwks if fleet else None)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
         front.serve(SpiffeWorkloadAPIBase, workload),
         front.serve(DelegationBase, DelegationApi(exchange)),
         front.serve(AttestationBase, AttestationApi(tpm)),
-        translated(HealthService(state.problem).__mapping__()),
+        translated(HealthService(state.problem, state.notice).__mapping__()),
     ], tracker)
     admin_gid = _group_id(config.admin_group)
     admin = AdminApi(registry=registry, roles=roles, grants=grants, audit_dir=audit.dir,
@@ -133,7 +151,8 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     node = Node(config=config, clock=clock, events=events, store=store, roles=roles,
                 registry=registry, grants=grants, issuers=issuers, tpm=tpm, ca=ca,
                 broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
-                audit=audit, responder=responder, state=state, workload_server=workload_server,
+                audit=audit, responder=responder, fleet=fleet, state=state,
+                workload_server=workload_server,
                 admin_server=admin_server)
     events.subscribe(_on_change(node))
     return node

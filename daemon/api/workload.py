@@ -11,7 +11,7 @@ PermissionDenied when the caller's last identity goes away.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ from ensign.daemon.issuing import (
     X509Svid,
     validate_jwt_svid,
 )
-from ensign.daemon.keys import to_pkcs8_der
+from ensign.daemon.keys import PublicKey, to_pkcs8_der
 from ensign.daemon.models import AttestedCaller
 from ensign.daemon.registry import AudienceDenied, Entry, RoleBook, jwt_ttl_cap, x509_ttl_cap
 from ensign.daemon.spiffe_id import SpiffeId
@@ -62,8 +62,14 @@ class WorkloadApi:
         broadcast: Broadcast,
         clock: Callable[[], datetime],
         on_validated: Validated | None = None,
+        jwt_keys: Callable[[], Mapping[str, PublicKey]] | None = None,
+        jwks: Callable[[], bytes] | None = None,
     ) -> None:
         self._on_validated = on_validated
+        # The JWT bundle served and validated against: this node's keys, or in a fleet the
+        # union of every node's published keys (fleet/keys.py).
+        self._jwt_keys = jwt_keys or ca.jwt_keys
+        self._jwks = jwks or ca.jwks
         self._cfg = config
         self._roles = roles
         self._cache = cache
@@ -204,7 +210,7 @@ class WorkloadApi:
     ) -> None:
         await stream.recv_message()
         await self._stream_bundles(stream, call, lambda: pb.JWTBundlesResponse(
-            bundles={self._td_id: self._ca.jwks()}))
+            bundles={self._td_id: self._jwks()}))
 
     async def ValidateJWTSVID(
         self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse], call: Call
@@ -219,7 +225,7 @@ class WorkloadApi:
         await call.attested()
         call.identities()
         sub, claims = validate_jwt_svid(
-            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
+            request.svid, request.audience, self._jwt_keys(), self._cfg.trust_domain,
             self._clock())
         if self._on_validated is not None:
             self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),

@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from ensign.daemon.api.health import REASON_KEY
+from ensign.daemon.api.health import NOTICE_KEY, REASON_KEY
 from ensign.daemon.issuing import load_der_chain
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
@@ -217,15 +217,18 @@ async def healthcheck(args: argparse.Namespace) -> int:
         await stream.send_message(HealthCheckRequest(), end=True)
         resp = await stream.recv_message()
         await stream.recv_trailing_metadata()
-        raw = dict(stream.trailing_metadata or {}).get(REASON_KEY, "")
+        trailers = dict(stream.trailing_metadata or {})
+        raw, raw_notice = trailers.get(REASON_KEY, ""), trailers.get(NOTICE_KEY, "")
         reason = raw.decode() if isinstance(raw, bytes) else raw
+        notice = raw_notice.decode() if isinstance(raw_notice, bytes) else raw_notice
     assert resp is not None
     serving = resp.status == HealthCheckResponse.SERVING
     name = HealthCheckResponse.ServingStatus.Name(resp.status)
     if args.output == "json":
-        print_json({"status": name, "reason": reason})
+        print_json({"status": name, "reason": reason, "notice": notice})
     else:
-        print("healthy" if serving else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
+        print(("healthy" + (f" (degraded: {notice})" if notice else "")) if serving
+              else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
         if args.verbose:
             print(f"socket: {_sock(args)}\nstatus: {name}\nreason: {reason or '-'}")
     return 0 if serving else 1

@@ -1,0 +1,202 @@
+"""Audit shipping: this node's hash-chained records and signed checkpoints, copied to the fleet's
+database in order, in the background, at least once.
+
+The local log stays the source of truth and nothing on its path changes: the shipper reads the
+segment files the writer has made durable (up to `AuditLog.seq`, which moves only after a batch
+is on disk), never a record still being written. Inserts are idempotent on (node, seq), so a
+batch sent again after a crash or a lost connection changes nothing; each batch and the node's
+`audit_shipped` mark are one transaction, and batches go in order, so the highest shipped seq
+has every record below it. A checkpoint is shipped once the records it covers are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ensign.daemon.audit import CHECKPOINTS, segments
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000  # records per transaction
+
+
+@dataclass
+class Cursor:
+    """Where the next record to ship starts in the segment files."""
+
+    segment: int = 0
+    offset: int = 0
+    seq: int = 0  # the last record read (shipped, once the batch commits)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    line: str
+    body: dict[str, Any]
+
+
+def read_after(audit_dir: Path, cursor: Cursor, upto: int,
+               limit: int = BATCH) -> tuple[list[Record], Cursor]:
+    """Whole records after `cursor.seq` and at most `upto`, from the segments; the new cursor.
+    A cursor at segment 0 is found by scanning (once, at start)."""
+    found = segments(audit_dir)
+    out: list[Record] = []
+    cur = Cursor(cursor.segment, cursor.offset, cursor.seq)
+    if cur.segment == 0:
+        cur.segment, cur.offset = _locate(found, cursor.seq)
+    for number, path in found:
+        if number < cur.segment:
+            continue
+        if number > cur.segment:
+            cur.segment, cur.offset = number, 0
+        with open(path, "rb") as f:
+            f.seek(cur.offset)
+            for raw in f:
+                if not raw.endswith(b"\n") or len(out) >= limit:
+                    return out, cur
+                body = json.loads(raw)
+                seq = int(body["seq"])
+                if seq > upto:
+                    return out, cur
+                cur.offset += len(raw)
+                if seq <= cur.seq:
+                    continue
+                if seq != cur.seq + 1 and cur.seq:
+                    raise GapError(f"local audit records {cur.seq + 1}..{seq - 1} are not in the "
+                                   "segment files (archived before they were shipped?)")
+                out.append(Record(seq, raw.decode().rstrip("\n"), body))
+                cur.seq = seq
+    return out, cur
+
+
+def _locate(found: list[tuple[int, Path]], after: int) -> tuple[int, int]:
+    """The last segment whose first record is at most after+1 (the one holding it)."""
+    chosen = found[0][0] if found else 1
+    for number, path in found:
+        with open(path, "rb") as f:
+            first = f.readline()
+        if not first.endswith(b"\n"):
+            break
+        if int(json.loads(first)["seq"]) > after + 1:
+            break
+        chosen = number
+    return chosen, 0
+
+
+class GapError(Exception):
+    """The local files no longer hold a record that was never shipped."""
+
+
+def read_checkpoints(audit_dir: Path, after: int, upto: int) -> list[tuple[int, str]]:
+    path = audit_dir / CHECKPOINTS
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_bytes().splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            break
+        seq = int(json.loads(raw)["seq"])
+        if after < seq <= upto:
+            out.append((seq, raw.decode().rstrip("\n")))
+    return out
+
+
+class Shipper:
+    """Ships one node's trail; `run()` until cancelled. `shipped`/`problem` are for status."""
+
+    def __init__(self, audit_dir: Path, node: str, durable_seq: Callable[[], int],
+                 connection: Callable[[], Any], wake_every: float = 0.2) -> None:
+        self._dir = audit_dir
+        self._node = node
+        self._durable = durable_seq
+        self._connection = connection  # async context manager: a node-role connection
+        self._every = wake_every
+        self.cursor = Cursor()
+        self.shipped = 0
+        self.shipped_checkpoint = 0
+        self.problem: str | None = None
+        self._started = False
+
+    async def _resume(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cur = await conn.execute(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM audit_records WHERE node = %s), "
+            "(SELECT coalesce(max(seq), 0) FROM audit_checkpoints WHERE node = %s)",
+            (self._node, self._node))
+        row = await cur.fetchone()
+        assert row is not None
+        self.shipped, self.shipped_checkpoint = int(row[0]), int(row[1])
+        self.cursor = Cursor(seq=self.shipped)
+        self._started = True
+
+    async def ship_once(self) -> int:
+        """Ship what is durable and not shipped yet; returns how many records went."""
+        sent = 0
+        async with self._connection() as conn:
+            if not self._started:
+                await self._resume(conn)
+            while True:
+                upto = self._durable()
+                if upto <= self.shipped:
+                    break
+                records, cursor = await asyncio.to_thread(
+                    read_after, self._dir, self.cursor, upto)
+                if not records:
+                    break
+                async with conn.transaction():
+                    async with conn.cursor() as cur:
+                        await cur.executemany(
+                            "INSERT INTO audit_records (node, seq, chain, hash, prev, time, type, "
+                            "result, agent_id, subject, delegator, line) VALUES (%s, %s, %s, %s, "
+                            "%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (node, seq) DO NOTHING",
+                            [_row(self._node, r) for r in records])
+                    await conn.execute(
+                        "UPDATE nodes SET audit_shipped = %s, audit_seq = greatest(audit_seq, %s) "
+                        "WHERE name = %s", (records[-1].seq, upto, self._node))
+                self.cursor, self.shipped = cursor, records[-1].seq
+                sent += len(records)
+            cps = await asyncio.to_thread(read_checkpoints, self._dir, self.shipped_checkpoint,
+                                          self.shipped)
+            if cps:
+                async with conn.transaction(), conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO audit_checkpoints (node, seq, line) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (node, seq) DO NOTHING",
+                        [(self._node, seq, line) for seq, line in cps])
+                self.shipped_checkpoint = cps[-1][0]
+        return sent
+
+    async def run(self) -> None:
+        backoff = self._every
+        while True:
+            try:
+                await self.ship_once()
+                self.problem, backoff = None, self._every
+            except GapError as e:
+                self.problem = f"audit shipping stopped: {e}"
+                log.error("audit shipping stopped", extra={"reason": str(e)})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._started = False  # ask the database where it stands when back
+                self.problem = f"audit shipping paused: {e}"
+                log.debug("audit shipping paused", extra={"reason": str(e)})
+                backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff)
+
+
+def _row(node: str, r: Record) -> tuple[Any, ...]:
+    b = r.body
+    return (node, r.seq, str(b.get("chain", "")), str(b.get("hash", "")), str(b.get("prev", "")),
+            str(b.get("time", "")), str(b.get("type", "")), str(b.get("result", "")),
+            str(b.get("agent_id", "")), str(b.get("subject", "")), str(b.get("delegator", "")),
+            r.line)
