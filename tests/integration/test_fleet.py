@@ -1,45 +1,31 @@
-"""Many nodes, one trust bundle: node CAs signed by an organisation CA."""
+"""Many nodes, one trust bundle: node CAs signed by an organisation CA; and many nodes, one
+registry and one audit trail on PostgreSQL (the fleet): three real daemons on a real cluster."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import jwt as pyjwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
 from tests.integration.test_spiffe_tls import _CLIENT, _SERVER, CLIENT_GID, SERVER_GID, _free_port
 from tests.support.daemon import Daemon, make_daemon
-
-
-def _org_ca(d: Path) -> tuple[Path, Path, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "Acme agents root")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = d / "org.pem", d / "org.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path, cert
+from tests.support.fleet import FleetDb, Node, Trio, X509Stream, fleet_config, wait_until
+from tests.support.fleet import org_ca as _org_ca
+from tests.support.postgres import Cluster
 
 
 def _node(root: Path, cert: Path, key: Path) -> Daemon:
@@ -145,3 +131,131 @@ def test_offline_root_signs_a_node_ca_through_a_csr(short_tmp: Path, tmp_path: P
         assert (out / "bundle.0.pem").read_bytes() == cert.read_bytes()
     finally:
         d.stop()
+
+
+# -- many nodes, one registry and one audit trail on PostgreSQL -------------------------------
+
+NODES = ("node-1", "node-2", "node-3")
+
+
+@pytest.fixture(scope="module")
+def trio(pg: Cluster) -> Iterator[Trio]:
+    """Three daemons sharing one fleet database and one organisation CA, for the whole module
+    (the tests run in file order: later ones stop and restart the database and the nodes)."""
+    root = Path(tempfile.mkdtemp(prefix="ensf", dir="/tmp"))
+    root.chmod(0o755)
+    db = FleetDb.create(pg, NODES)
+    cert, key, _ = _org_ca(root)
+    trio = Trio(db)
+    try:
+        for name in NODES:
+            d = Daemon(root=root / name, extra_config=fleet_config(db, name, upstream=(cert, key)))
+            d.root.mkdir(mode=0o755)
+            d.start()
+            trio.nodes.append(Node(name, d))
+        yield trio
+    finally:
+        trio.stop()
+        if not pg.running():
+            pg.start()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _local_lines(d: Daemon) -> list[str]:
+    lines: list[str] = []
+    for seg in sorted((d.data_dir / "audit").glob("segment-*.jsonl")):
+        lines += seg.read_text().splitlines()
+    return lines
+
+
+def _shipped_lines(db: FleetDb, node: str) -> list[str]:
+    return [r[0] for r in db.rows("SELECT line FROM audit_records WHERE node = %s ORDER BY seq",
+                                  node)]
+
+
+def _caught_up(db: FleetDb, n: Node) -> bool:
+    """Every record of the node's local log is in the database (none lost, none twice)."""
+    return _shipped_lines(db, n.name) == _local_lines(n.daemon)
+
+
+def test_register_on_one_node_fetch_on_the_others_suspend_ends_streams_everywhere(
+        trio: Trio) -> None:
+    n1, n2, n3 = trio.nodes
+    rec = n1.daemon.register("roamer", "unix:uid:0")
+    for n in (n2, n3):  # the registration reaches the others' copies, and they issue from them
+        wait_until(lambda n=n: rec["id"] in n.agents())
+        client = WorkloadApiClient(socket_path=n.daemon.endpoint)
+        try:
+            svid = client.fetch_x509_svid()
+        finally:
+            client.close()
+        assert str(svid.spiffe_id) == rec["spiffe_id"]
+    streams = [X509Stream(n.daemon.endpoint) for n in trio.nodes]
+    try:
+        for s in streams:
+            assert s.wait(lambda s=s: s.contexts, 10)
+        n3.cli("agent", "suspend", str(rec["id"]), "--reason", "leaving the fleet")
+        committed = time.monotonic()  # node 3 has its answer: the change is in the database
+        for n, s in zip(trio.nodes, streams, strict=True):
+            assert s.wait(lambda s=s: s.errors, 5), f"{n.name}: stream did not end"
+            when, err = s.errors[0]
+            assert "PERMISSION_DENIED" in repr(err) or "no identity" in str(err), err
+            assert when - committed < 1.0, f"{n.name}: stream ended {when - committed:.2f}s on"
+        for n in trio.nodes:
+            assert n.agents()[str(rec["id"])] == "suspended"
+    finally:
+        for s in streams:
+            s.close()
+    # The change is audited once, by the node that made it.
+    wait_until(lambda: all(_caught_up(trio.db, n) for n in trio.nodes))
+    changes = trio.db.rows("SELECT node, line FROM audit_records WHERE subject = %s "
+                           "AND type = 'registry.change'", rec["id"])
+    actions = sorted((node, json.loads(line)["details"]["action"]) for node, line in changes)
+    assert actions == [("node-1", "register"), ("node-3", "suspend")]
+    n3.cli("agent", "resume", str(rec["id"]))
+
+
+def test_a_jwt_svid_from_one_node_validates_on_every_node(trio: Trio) -> None:
+    n1, n2, n3 = trio.nodes
+    wait_until(lambda: all(n.agents().get(a) == "active" for n in trio.nodes
+                           for a in n1.agents()))
+    token = n1.cli("fetch", "jwt", "--audience", "payments").stdout.strip()
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    # node 2's ValidateJWTSVID knows node 1's key (published in the database)
+    out = n2.cli("validate", "jwt", "--audience", "payments", "--token", token, "-o", "json")
+    assert json.loads(out.stdout)["spiffe_id"].startswith("spiffe://example.org/agent/")
+    # py-spiffe checks the token itself against node 3's JWT bundle: the fleet's union
+    client = WorkloadApiClient(socket_path=n3.daemon.endpoint)
+    try:
+        bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(
+            TrustDomain("example.org"))
+        assert bundle is not None and bundle.get_jwt_authority(kid) is not None
+        svid = JwtSvid.parse_and_validate(token, bundle, {"payments"})
+    finally:
+        client.close()
+    assert str(svid.spiffe_id).startswith("spiffe://example.org/agent/")
+    # a token signed by a key no node published is refused
+    forged = pyjwt.encode({"sub": str(svid.spiffe_id), "aud": ["payments"],
+                           "exp": int(time.time()) + 60}, ec.generate_private_key(ec.SECP256R1()),
+                          algorithm="ES256", headers={"kid": kid + "x"})
+    bad = n2.cli("validate", "jwt", "--audience", "payments", "--token", forged, check=False)
+    assert bad.returncode == 65 and "not found in the trust bundle" in bad.stderr
+
+
+def test_fleet_status_and_audit_list_over_every_node(trio: Trio) -> None:
+    n1 = trio.nodes[0]
+    url = trio.db.admin_url
+    wait_until(lambda: all(_caught_up(trio.db, n) for n in trio.nodes))
+    st = json.loads(n1.cli("fleet", "status", "--database-url", url, "-o", "json").stdout)
+    assert [n["name"] for n in st["nodes"]] == list(NODES)
+    for n, row in zip(trio.nodes, st["nodes"], strict=True):
+        own = json.loads(n.cli("status", "-o", "json").stdout)["fleet"]["jwt_keys"]
+        assert set(row["jwt_keys"]) <= set(own.split(", "))  # every node serves the union
+        assert row["heartbeat_age_seconds"] < 30
+        assert row["audit_shipped"] > 0
+    text = n1.cli("fleet", "status", "--database-url", url).stdout
+    assert "node-2" in text and "AUDIT SHIPPED" in text
+    listed = json.loads(n1.cli("audit", "list", "--fleet", "--database-url", url,
+                               "--type", "daemon.", "-o", "json").stdout)
+    assert sorted({r["node"] for r in listed}) == list(NODES)
+    assert {r["type"] for r in listed} == {"daemon.start"}
