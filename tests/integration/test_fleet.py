@@ -4,12 +4,15 @@ registry and one audit trail on PostgreSQL (the fleet): three real daemons on a 
 from __future__ import annotations
 
 import datetime as dt
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
 from tests.integration.test_spiffe_tls import _CLIENT, _SERVER, CLIENT_GID, SERVER_GID, _free_port
+from tests.support.clients import fetch_jwt
 from tests.support.daemon import Daemon, make_daemon
 from tests.support.fleet import FleetDb, Node, Trio, X509Stream, fleet_config, wait_until
 from tests.support.fleet import org_ca as _org_ca
@@ -259,3 +263,90 @@ def test_fleet_status_and_audit_list_over_every_node(trio: Trio) -> None:
                                "--type", "daemon.", "-o", "json").stdout)
     assert sorted({r["node"] for r in listed}) == list(NODES)
     assert {r["type"] for r in listed} == {"daemon.start"}
+
+
+@pytest.mark.timeout(300)
+def test_database_down_nodes_keep_issuing_refuse_writes_and_catch_up(
+        trio: Trio, pg: Cluster) -> None:
+    n1, n2, n3 = trio.nodes
+    rec = n1.daemon.register("steady", "unix:uid:0")
+    wait_until(lambda: all(str(rec["id"]) in n.agents() for n in trio.nodes))
+    pg.stop()
+    try:
+        for n in trio.nodes:  # health: still serving, and says why it is degraded
+            health = wait_until(lambda n=n: (h := n.health())["notice"] and h)
+            assert health["status"] == "SERVING"
+            assert "unreachable" in health["notice"] and "registry writes" in health["notice"]
+            # SVIDs keep coming from the copy: a new JWT (not cached) and an X.509-SVID
+            jwts = fetch_jwt(str(n.daemon.socket), f"offline-{n.name}").svids
+            assert rec["spiffe_id"] in [j.spiffe_id for j in jwts]
+            x509 = json.loads(n.cli("fetch", "x509", "-o", "json").stdout)
+            assert rec["spiffe_id"] in [s["spiffe_id"] for s in x509]
+        refused = n2.cli("agent", "suspend", str(rec["id"]), "--reason", "x", check=False)
+        assert refused.returncode == 69
+        [line] = refused.stderr.strip().splitlines()
+        assert "fleet database postgresql://fleet-admin@127.0.0.1" in line, line
+        assert "registry writes" in line or "unavailable" in line, line
+        assert "degraded" in " ".join(n3.cli("status").stdout.split())
+    finally:
+        pg.start()
+    for n in trio.nodes:  # back by themselves
+        wait_until(lambda n=n: not n.health()["notice"], timeout=30)
+    n2.cli("agent", "suspend", str(rec["id"]), "--reason", "after the outage")
+    for n in trio.nodes:
+        wait_until(lambda n=n: n.agents()[str(rec["id"])] == "suspended")
+
+
+@pytest.mark.timeout(300)
+def test_a_change_made_while_a_node_was_cut_off_reaches_it(trio: Trio) -> None:
+    n1, _, n3 = trio.nodes
+    db = trio.db
+    db.sql('ALTER ROLE "node-3" NOLOGIN')
+    try:
+        db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE usename = 'node-3'")
+        wait_until(lambda: n3.health()["notice"])
+        late = n1.daemon.register("late", "unix:uid:0")
+        n1.cli("agent", "decommission", str(late["id"]), "--reason", "short-lived")
+        assert str(late["id"]) not in n3.agents()  # node 3 serves its copy meanwhile
+    finally:
+        db.sql('ALTER ROLE "node-3" LOGIN')
+    wait_until(lambda: n3.agents().get(str(late["id"])) == "decommissioned", timeout=30)
+    wait_until(lambda: not n3.health()["notice"])
+    # Nothing of any node's trail lost or doubled across the outages.
+    wait_until(lambda: all(_caught_up(db, n) for n in trio.nodes), timeout=30)
+    out = n1.cli("audit", "verify", "--fleet", "--database-url", db.admin_url, "-o", "json")
+    verdicts = json.loads(out.stdout)
+    assert [(v["node"], v["ok"], v["behind"]) for v in verdicts] == [
+        (name, True, 0) for name in NODES]
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_mid_shipping_loses_and_doubles_nothing(trio: Trio) -> None:
+    n2 = trio.nodes[1]
+    stop = threading.Event()
+
+    def load() -> None:  # every fetch is an audit record the shipper must carry
+        i = 0
+        while not stop.is_set():
+            i += 1
+            with contextlib.suppress(Exception):
+                fetch_jwt(str(n2.daemon.socket), f"load-{i % 50}")
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        for _ in range(10):
+            base = len(_shipped_lines(trio.db, n2.name))
+            wait_until(lambda b=base: len(_shipped_lines(trio.db, n2.name)) > b + 5, every=0.02)
+            n2.daemon.stop(signal.SIGKILL)
+            n2.daemon.start()
+    finally:
+        stop.set()
+        worker.join(30)
+    wait_until(lambda: _caught_up(trio.db, n2), timeout=30)
+    local = _local_lines(n2.daemon)
+    assert _shipped_lines(trio.db, n2.name) == local  # the shipped chain is the local one
+    out = n2.cli("audit", "verify", "--fleet", "--database-url", trio.db.admin_url)
+    assert f"node-2: ok; {len(local)} records" in out.stdout
+    assert n2.cli("audit", "verify", "--config", str(n2.daemon.config_path)).returncode == 0

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from spiffe import WorkloadApiClient
 
+from ensign.proto import admin_pb2
 from tests.support.daemon import ENSIGN, Daemon
 from tests.support.postgres import Cluster
 
@@ -114,18 +117,25 @@ class Node:
         return self.daemon.cli(*args, check=check)
 
     def agents(self) -> dict[str, str]:
-        """id -> state, as this node's copy holds them."""
-        out = json.loads(self.cli("agent", "list", "-o", "json").stdout)
-        return {a["id"]: a["state"] for a in out}
+        """id -> state, as this node's copy holds them (raw admin call: polled often)."""
+        with grpc.insecure_channel(f"unix:{self.daemon.admin_socket}") as ch:
+            raw = ch.unary_unary("/ensign.admin.v1.Admin/ListAgents")(
+                admin_pb2.ListAgentsRequest().SerializeToString(), timeout=10)
+        return {a.id: a.state for a in admin_pb2.ListAgentsResponse.FromString(raw).agents}
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(self.cli("status", "-o", "json").stdout)
         return out
 
     def health(self) -> dict[str, str]:
-        out: dict[str, str] = json.loads(
-            self.cli("healthcheck", "-o", "json", check=False).stdout)
-        return out
+        """Health's status, reason and notice (raw gRPC call: polled often)."""
+        with grpc.insecure_channel(f"unix:{self.daemon.socket}") as ch:
+            call = ch.unary_unary("/grpc.health.v1.Health/Check")
+            raw, info = call.with_call(HealthCheckRequest().SerializeToString(), timeout=10)
+        trailers = dict(info.trailing_metadata() or ())
+        status = HealthCheckResponse.ServingStatus.Name(HealthCheckResponse.FromString(raw).status)
+        return {"status": status, "reason": str(trailers.get("ensign-reason", "")),
+                "notice": str(trailers.get("ensign-notice", ""))}
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 20, every: float = 0.1) -> Any:
