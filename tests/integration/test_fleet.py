@@ -3,8 +3,8 @@ registry and one audit trail on PostgreSQL (the fleet): three real daemons on a 
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
