@@ -56,7 +56,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-class TestCa:
+class CertIssuer:
     """Issues the server's and the roles' certificates."""
 
     def __init__(self, directory: Path, name: str = "fleet test CA") -> None:
@@ -97,7 +97,7 @@ class TestCa:
 class Cluster:
     root: Path
     port: int = field(default_factory=free_port)
-    ca: TestCa | None = None
+    ca: CertIssuer | None = None
 
     @property
     def data(self) -> Path:
@@ -120,7 +120,7 @@ class Cluster:
         pg = pwd.getpwnam("postgres")
         self.root.chmod(0o755)
         self.certs.mkdir(mode=0o755)
-        self.ca = TestCa(self.certs)
+        self.ca = CertIssuer(self.certs)
         crt, key = self.ca.issue("localhost", server=True)
         for p in (crt, key):
             os.chown(p, pg.pw_uid, pg.pw_gid)
@@ -159,7 +159,7 @@ class Cluster:
                f"&port={self.port}"
 
     def url(self, user: str, db: str = DATABASE, *, cert_for: str | None = None,
-            ca: TestCa | None = None) -> str:
+            ca: CertIssuer | None = None) -> str:
         """A TLS URL for `user`, authenticating with a certificate for `cert_for` (default the
         same name) issued by `ca` (default the cluster's)."""
         issuer = ca or self.ca

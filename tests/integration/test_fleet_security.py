@@ -1,0 +1,206 @@
+"""The fleet's database from the outside: what a node's credentials can and cannot do, bad input
+at start (one line, exit 78, nothing written), and the versioned, idempotent schema."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+from ensign.daemon.errors import ConfigError, Conflict
+from ensign.daemon.fleet import SCHEMA_VERSION, schema
+from ensign.daemon.registry import Entry, PgStore
+from ensign.daemon.registry.store import PutEntry, RecordState
+from tests.support.daemon import ENSIGN, Daemon
+from tests.support.fleet import ADMIN, FleetDb, ensign, fleet_config
+from tests.support.postgres import Cluster, CertIssuer, free_port
+
+NODES = ("node-1", "node-2")
+
+
+@pytest.fixture(scope="module")
+def db(pg: Cluster) -> Iterator[FleetDb]:
+    """A fleet database with node-1 and node-2 rows, each holding a shipped audit row."""
+    fdb = FleetDb.create(pg, NODES)
+    for node in NODES:
+        fdb.sql(f"INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ('{node}', now(), "
+                "now())")
+        fdb.sql("INSERT INTO audit_records (node, seq, chain, hash, prev, time, type, result, "
+                f"line) VALUES ('{node}', 1, 'c', 'h', 'p', 't', 'daemon.start', 'success', "
+                "'{}')")
+    yield fdb
+
+
+def _as(db: FleetDb, role: str, statement: str) -> int:
+    """Run one statement as `role` over TLS with its client certificate; its row count."""
+    with psycopg.connect(db.url(role), autocommit=True) as conn:
+        return conn.execute(statement.encode()).rowcount
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE entries SET name = 'x'",
+    "INSERT INTO roles (name, audiences, created_at, updated_at, version) "
+    "VALUES ('r', '[]', 1, 1, 1)",
+    "UPDATE registry_head SET version = version + 1",
+    "DELETE FROM retired_ids",
+    "UPDATE audit_records SET line = '{}' WHERE node = 'node-2'",
+    "DELETE FROM audit_records WHERE node = 'node-1'",
+    "UPDATE audit_records SET line = '{}' WHERE node = 'node-1'",
+    "INSERT INTO audit_records (node, seq, chain, hash, prev, time, type, result, line) "
+    "VALUES ('node-2', 2, 'c', 'h', 'p', 't', 'x', 'success', '{}')",
+    "INSERT INTO node_keys (use, kid, node, jwk, not_before, not_after) "
+    "VALUES ('jwt-svid', 'k', 'node-2', '{}', now(), now() + interval '1h')",
+    "INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ('node-9', now(), now())",
+])
+def test_a_node_role_cannot_write_the_registry_or_another_nodes_rows(
+        db: FleetDb, statement: str) -> None:
+    with pytest.raises(pg_errors.InsufficientPrivilege):
+        _as(db, "node-1", statement)
+
+
+def test_a_node_role_sees_only_its_own_trail_and_cannot_touch_other_node_rows(
+        db: FleetDb) -> None:
+    assert _as(db, "node-1", "SELECT * FROM audit_records") == 1  # its own row only
+    assert _as(db, "node-1", "UPDATE nodes SET problem = 'x' WHERE name = 'node-2'") == 0
+    assert db.rows("SELECT problem FROM nodes WHERE name = 'node-2'") == [("",)]
+    # and what it may do, it can: its own row, its own audit rows
+    assert _as(db, "node-1", "UPDATE nodes SET problem = 'mine' WHERE name = 'node-1'") == 1
+    assert _as(db, "node-1", "INSERT INTO audit_records (node, seq, chain, hash, prev, time, "
+               "type, result, line) VALUES ('node-1', 2, 'c', 'h', 'p', 't', 'x', 'success', "
+               "'{}')") == 1
+    # the admin role reads every trail but cannot rewrite one either
+    assert _as(db, ADMIN, "SELECT * FROM audit_records") == 3
+    with pytest.raises(pg_errors.InsufficientPrivilege):
+        _as(db, ADMIN, "DELETE FROM audit_records")
+
+
+def test_registry_writes_need_the_admin_role(db: FleetDb) -> None:
+    """A node configured without admin credentials serves the registry but cannot change it;
+    given the node's own URL as the 'admin' one, the database refuses."""
+
+    async def attempt() -> None:
+        store = PgStore(db.url("node-1"), db.url("node-1"), "node-1")
+        await store.open()
+        try:
+            e = Entry(id="agt_X", name="x", kind="agent", spiffe_id="spiffe://example.org/x",
+                      selectors=("unix:uid:1",), owner="o", created_at=1, updated_at=1)
+            await store.write([PutEntry(e, new=True)])
+        finally:
+            await store.close()
+
+    with pytest.raises(Exception, match="may not write the registry"):
+        asyncio.run(attempt())
+    assert db.rows("SELECT count(*) FROM entries") == [(0,)]
+
+
+def test_a_write_from_a_stale_copy_is_refused_not_lost(db: FleetDb) -> None:
+    """Two nodes change the same agent from the same revision: the second is refused (Conflict)
+    instead of overwriting the first's change."""
+
+    async def scenario() -> tuple[Exception | None, list[tuple[object, ...]]]:
+        a = PgStore(db.url("node-1"), db.admin_url, "node-1")
+        b = PgStore(db.url("node-2"), db.admin_url, "node-2")
+        await a.open()
+        await b.open()
+        try:
+            e = Entry(id="agt_STALE", name="stale", kind="agent",
+                      spiffe_id="spiffe://example.org/agent/agt_STALE",
+                      selectors=("unix:uid:1",), owner="o", created_at=1, updated_at=1)
+            await a.write([PutEntry(e, new=True), RecordState(e.id, 1, "", "active", "r", "t")])
+            from dataclasses import replace
+            await a.write([PutEntry(replace(e, owner="a", revision=2))])
+            err: Exception | None = None
+            try:
+                await b.write([PutEntry(replace(e, owner="b", revision=2))])
+            except Conflict as c:
+                err = c
+            changes = await b.changes_since(0)
+            return err, [(x.id, x.owner, x.revision) for x in changes.entries]
+        finally:
+            await a.close()
+            await b.close()
+
+    err, rows = asyncio.run(scenario())
+    assert isinstance(err, Conflict) and "changed on another node" in str(err)
+    assert ("agt_STALE", "a", 2) in rows
+
+
+# -- bad input at start: one line, exit 78, nothing written ------------------------------------
+
+
+def _start(root: Path, fleet: str) -> tuple[subprocess.CompletedProcess[str], Daemon]:
+    root.mkdir(mode=0o755)
+    d = Daemon(root=root, extra_config=fleet)
+    d.write_config()  # at info level: what an operator sees at start
+    d.config_path.write_text(d.config_path.read_text().replace('"debug"', '"info"'))
+    out = subprocess.run([*ENSIGN, "daemon", "--config", str(d.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    return out, d
+
+
+def _one_line(out: subprocess.CompletedProcess[str]) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    return lines[0]
+
+
+def test_bad_database_input_is_one_line_exit_78_and_nothing_written(
+        db: FleetDb, pg: Cluster, short_tmp: Path) -> None:
+    newer = FleetDb.create(pg, ("node-5",))
+    newer.sql("UPDATE ensign_schema SET version = 99")
+    stranger = CertIssuer(short_tmp, "another CA")
+    cases = {
+        "wrong url": ('[fleet]\nnode_name = "node-5"\ndatabase_url = "mysql://db/ensign"\n',
+                      "must be a postgresql:// URL"),
+        "unreachable": (f'[fleet]\nnode_name = "node-5"\ndatabase_url = '
+                        f'"postgresql://node-5@127.0.0.1:{free_port()}/x?connect_timeout=2"\n',
+                        "Connection refused"),
+        "wrong credentials": (fleet_config(db, "node-1").replace(
+            db.url("node-1"), db.url("node-1", cert_for="node-2")),
+            'certificate authentication failed for user "node-1"'),
+        "untrusted certificate": (fleet_config(db, "node-1").replace(
+            db.url("node-1"), db.url("node-1", ca=stranger)), "fleet database"),
+        "role of another node": (fleet_config(db, "node-1").replace(
+            f'database_url = "{db.url("node-1")}"', f'database_url = "{db.url("node-2")}"'),
+            "cannot act as node 'node-1'"),
+        "newer schema": (fleet_config(newer, "node-5"),
+                         "schema version 99, newer than this release knows"),
+    }
+    for name, (config, expected) in cases.items():
+        out, d = _start(short_tmp / name.replace(" ", "-"), config)
+        assert out.returncode == 78, (name, out.stderr)
+        line = _one_line(out)
+        assert expected in line, (name, line)
+        assert not d.data_dir.exists(), name  # nothing written on this node ...
+    # ... nor in the databases
+    assert db.rows("SELECT name FROM nodes ORDER BY name") == [(n,) for n in NODES]
+    assert newer.rows("SELECT count(*) FROM nodes") == [(0,)]
+
+
+def test_fleet_init_is_idempotent_upgrades_in_order_and_refuses_a_newer_schema(
+        pg: Cluster) -> None:
+    fresh = FleetDb.create(pg, ("node-7",))  # created once by the fixture helper
+    again = ensign("fleet", "init", "--database-url", fresh.owner_url, "--node", "node-7")
+    assert again.returncode == 0, again.stderr
+    assert f"fleet schema at version {SCHEMA_VERSION} (already current)" in again.stdout
+    # a release with one more migration upgrades, applying only the new one
+    extra = (*schema.MIGRATIONS, "CREATE TABLE ensign_next (x int);")
+    before, after = asyncio.run(schema.init(fresh.owner_url, migrations=extra))
+    assert (before, after) == (SCHEMA_VERSION, SCHEMA_VERSION + 1)
+    assert asyncio.run(schema.init(fresh.owner_url, migrations=extra)) == (after, after)
+    # ... and this release now refuses that database, naming both versions
+    out = ensign("fleet", "init", "--database-url", fresh.owner_url)
+    assert out.returncode == 78
+    assert f"schema version {after}, newer than this release knows ({SCHEMA_VERSION})" \
+        in _one_line(out)
+    with pytest.raises(ConfigError, match="newer than this release"):
+        schema.check_version(after, fresh.owner_url)
+    for url, expected in ((f"postgresql://x@127.0.0.1:{free_port()}/x", "Connection refused"),
+                          ("postgresql://x@127.0.0.1:notaport/x", "invalid")):
+        bad = ensign("fleet", "init", "--database-url", url)
+        assert bad.returncode == 78 and expected in _one_line(bad), bad.stderr
