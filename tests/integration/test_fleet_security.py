@@ -18,7 +18,7 @@ from ensign.daemon.registry import Entry, PgStore
 from ensign.daemon.registry.store import PutEntry, RecordState
 from tests.support.daemon import ENSIGN, Daemon
 from tests.support.fleet import ADMIN, FleetDb, ensign, fleet_config
-from tests.support.postgres import Cluster, CertIssuer, free_port
+from tests.support.postgres import CertIssuer, Cluster, free_port
 
 NODES = ("node-1", "node-2")
 
