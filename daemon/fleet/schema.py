@@ -131,20 +131,22 @@ CREATE TABLE node_keys (
     published_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (use, kid)
 );
+-- A node's records as its log holds them (`line`, byte for byte); the columns queried are
+-- derived from the record, and its seq must be the one it was shipped under.
 CREATE TABLE audit_records (
     node text NOT NULL,
     seq bigint NOT NULL,
-    chain text NOT NULL,
-    hash text NOT NULL,
-    prev text NOT NULL,
-    time text NOT NULL,
-    type text NOT NULL,
-    result text NOT NULL,
-    agent_id text NOT NULL DEFAULT '',
-    subject text NOT NULL DEFAULT '',
-    delegator text NOT NULL DEFAULT '',
     line text NOT NULL,
-    PRIMARY KEY (node, seq)
+    record jsonb NOT NULL,
+    chain text GENERATED ALWAYS AS (coalesce(record ->> 'chain', '')) STORED,
+    time text GENERATED ALWAYS AS (coalesce(record ->> 'time', '')) STORED,
+    type text GENERATED ALWAYS AS (coalesce(record ->> 'type', '')) STORED,
+    result text GENERATED ALWAYS AS (coalesce(record ->> 'result', '')) STORED,
+    agent_id text GENERATED ALWAYS AS (coalesce(record ->> 'agent_id', '')) STORED,
+    subject text GENERATED ALWAYS AS (coalesce(record ->> 'subject', '')) STORED,
+    delegator text GENERATED ALWAYS AS (coalesce(record ->> 'delegator', '')) STORED,
+    PRIMARY KEY (node, seq),
+    CHECK (seq = (record ->> 'seq')::bigint)
 );
 CREATE INDEX audit_records_time ON audit_records (time);
 CREATE INDEX audit_records_agent ON audit_records (agent_id) WHERE agent_id <> '';

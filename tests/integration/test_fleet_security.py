@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -30,9 +31,8 @@ def db(pg: Cluster) -> Iterator[FleetDb]:
     for node in NODES:
         fdb.sql(f"INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ('{node}', now(), "
                 "now())")
-        fdb.sql("INSERT INTO audit_records (node, seq, chain, hash, prev, time, type, result, "
-                f"line) VALUES ('{node}', 1, 'c', 'h', 'p', 't', 'daemon.start', 'success', "
-                "'{}')")
+        fdb.sql("INSERT INTO audit_records (node, seq, line, record) "
+                f"VALUES ('{node}', 1, '{{\"seq\":1}}', '{{\"seq\":1}}')")
     yield fdb
 
 
@@ -51,8 +51,8 @@ def _as(db: FleetDb, role: str, statement: str) -> int:
     "UPDATE audit_records SET line = '{}' WHERE node = 'node-2'",
     "DELETE FROM audit_records WHERE node = 'node-1'",
     "UPDATE audit_records SET line = '{}' WHERE node = 'node-1'",
-    "INSERT INTO audit_records (node, seq, chain, hash, prev, time, type, result, line) "
-    "VALUES ('node-2', 2, 'c', 'h', 'p', 't', 'x', 'success', '{}')",
+    "INSERT INTO audit_records (node, seq, line, record) "
+    "VALUES ('node-2', 2, '{\"seq\":2}', '{\"seq\":2}')",
     "INSERT INTO node_keys (use, kid, node, jwk, not_before, not_after) "
     "VALUES ('jwt-svid', 'k', 'node-2', '{}', now(), now() + interval '1h')",
     "INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ('node-9', now(), now())",
@@ -70,9 +70,11 @@ def test_a_node_role_sees_only_its_own_trail_and_cannot_touch_other_node_rows(
     assert db.rows("SELECT problem FROM nodes WHERE name = 'node-2'") == [("",)]
     # and what it may do, it can: its own row, its own audit rows
     assert _as(db, "node-1", "UPDATE nodes SET problem = 'mine' WHERE name = 'node-1'") == 1
-    assert _as(db, "node-1", "INSERT INTO audit_records (node, seq, chain, hash, prev, time, "
-               "type, result, line) VALUES ('node-1', 2, 'c', 'h', 'p', 't', 'x', 'success', "
-               "'{}')") == 1
+    assert _as(db, "node-1", "INSERT INTO audit_records (node, seq, line, record) "
+               "VALUES ('node-1', 2, '{\"seq\":2}', '{\"seq\":2}')") == 1
+    with pytest.raises(pg_errors.CheckViolation):  # a record shipped under another seq
+        _as(db, "node-1", "INSERT INTO audit_records (node, seq, line, record) "
+            "VALUES ('node-1', 3, '{\"seq\":4}', '{\"seq\":4}')")
     # the admin role reads every trail but cannot rewrite one either
     assert _as(db, ADMIN, "SELECT * FROM audit_records") == 3
     with pytest.raises(pg_errors.InsufficientPrivilege):
@@ -112,7 +114,6 @@ def test_a_write_from_a_stale_copy_is_refused_not_lost(db: FleetDb) -> None:
                       spiffe_id="spiffe://example.org/agent/agt_STALE",
                       selectors=("unix:uid:1",), owner="o", created_at=1, updated_at=1)
             await a.write([PutEntry(e, new=True), RecordState(e.id, 1, "", "active", "r", "t")])
-            from dataclasses import replace
             await a.write([PutEntry(replace(e, owner="a", revision=2))])
             err: Exception | None = None
             try:
