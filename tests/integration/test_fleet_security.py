@@ -4,6 +4,7 @@ at start (one line, exit 78, nothing written), and the versioned, idempotent sch
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,8 +14,10 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
+from ensign.daemon.audit import PUBLIC_KEY, AuditEvent, AuditLog
+from ensign.daemon.config import AuditConfig
 from ensign.daemon.errors import ConfigError, Conflict
-from ensign.daemon.fleet import SCHEMA_VERSION, schema
+from ensign.daemon.fleet import SCHEMA_VERSION, Shipper, schema
 from ensign.daemon.registry import Entry, PgStore
 from ensign.daemon.registry.store import PutEntry, RecordState
 from tests.support.daemon import ENSIGN, Daemon
@@ -205,3 +208,75 @@ def test_fleet_init_is_idempotent_upgrades_in_order_and_refuses_a_newer_schema(
                           ("postgresql://x@127.0.0.1:notaport/x", "invalid")):
         bad = ensign("fleet", "init", "--database-url", url)
         assert bad.returncode == 78 and expected in _one_line(bad), bad.stderr
+
+
+def test_a_node_without_admin_credentials_serves_but_cannot_change_the_registry(
+        pg: Cluster, short_tmp: Path) -> None:
+    fdb = FleetDb.create(pg, ("node-6",))
+    root = short_tmp / "n6"
+    root.mkdir(mode=0o755)
+    d = Daemon(root=root, extra_config=fleet_config(fdb, "node-6", admin=False))
+    d.start()
+    try:
+        out = d.cli("agent", "register", "--name", "x", "--owner", "o", "--selector",
+                    "unix:uid:1", check=False)
+        assert out.returncode == 77
+        assert "no fleet admin credentials ([fleet] admin_database_url)" in _one_line(out)
+        assert d.cli("agent", "list", "-o", "json").stdout.strip() == "[]"
+        assert fdb.rows("SELECT count(*) FROM entries") == [(0,)]
+    finally:
+        d.stop()
+
+
+def test_audit_verify_fleet_names_the_node_and_record_where_a_shipped_chain_breaks(
+        pg: Cluster, tmp_path: Path) -> None:
+    fdb = FleetDb.create(pg, ("node-8",))
+
+    async def write_and_ship() -> int:
+        log = AuditLog(AuditConfig(checkpoint_every=5), tmp_path)
+        log.open()
+        for i in range(20):
+            await log.record(AuditEvent(type="attestation", reason=f"r{i}"))
+        await log.close()  # a daemon.stop record and a last checkpoint
+        store = PgStore(fdb.url("node-8"), "", "node-8")
+        await store.pool.open()
+        try:
+            async with store.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO nodes (name, started_at, heartbeat_at, audit_chain, "
+                    "audit_public_key, audit_seq) VALUES ('node-8', now(), now(), %s, %s, %s)",
+                    (log.chain, (log.dir / PUBLIC_KEY).read_text(), log.seq))
+            shipper = Shipper(log.dir, "node-8", lambda: log.seq, store.connection)
+            await shipper.ship_once()
+            return shipper.shipped
+        finally:
+            await store.close()
+
+    shipped = asyncio.run(write_and_ship())
+    url = fdb.admin_url
+    ok = ensign("audit", "verify", "--fleet", "--database-url", url)
+    assert ok.returncode == 0, ok.stderr
+    assert f"node-8: ok; {shipped} records (seq 1..{shipped})" in ok.stdout
+    assert "0 behind" in ok.stdout
+    # a removed record
+    fdb.sql("DELETE FROM audit_records WHERE node = 'node-8' AND seq = 12")
+    gone = ensign("audit", "verify", "--fleet", "--database-url", url)
+    assert gone.returncode == 65
+    assert ("node node-8 record seq 13: seq 13 where 12 was expected (record 12 is missing"
+            in _one_line(gone))
+    # an altered record (its content no longer matches its hash), before that
+    fdb.sql("UPDATE audit_records SET line = replace(line, '\"r6\"', '\"r66\"'), "
+            "record = replace(line, '\"r6\"', '\"r66\"')::jsonb "
+            "WHERE node = 'node-8' AND seq = 7")
+    bad = ensign("audit", "verify", "--fleet", "--database-url", url, "-o", "json")
+    assert bad.returncode == 65
+    [verdict] = json.loads(bad.stdout)
+    assert verdict["problems"][0] == \
+        "node node-8 record seq 7 (seq 7): content does not match its hash (altered)"
+    # a checkpoint not signed by the node's published audit key
+    fdb.sql("UPDATE audit_checkpoints SET line = replace(line, '\"segment\"', '\"segmnt\"') "
+            "WHERE node = 'node-8' AND seq = (SELECT min(seq) FROM audit_checkpoints)")
+    forged = ensign("audit", "verify", "--fleet", "--database-url", url, "-o", "json")
+    [verdict] = json.loads(forged.stdout)
+    assert any(p.startswith("node node-8 checkpoint 1 (seq ")
+               and p.endswith("signature does not verify") for p in verdict["problems"])
