@@ -9,10 +9,10 @@
   1's admin API and the time from the call to the new X.509-SVID arriving on the streams of
   nodes 2 and 3 (the later of the two) is measured; baseline: node 1's own stream. Target p99
   <= 1000 ms.
-- `fleet_audit_shipping`: records/s shipped to the database from a backlog, beside the rate 64
-  concurrent issuers write durable records locally (baseline); target >= 1.0 (shipping keeps up
-  with the fastest the log writes). Measured first with both running at once: how far behind
-  shipping is when the writers stop and how long it takes to catch up (in the note).
+- `fleet_audit_shipping`: 64 concurrent issuers write durable records as fast as the log takes
+  them (baseline: records/s written) while the shipper runs in the same process (records/s
+  shipped in the same window); target >= 0.9 (shipping keeps up), with the lag when the writers
+  stop, the time to catch up, and the shipper's capacity on a backlog in the note.
 
 The cluster helper is the test suite's (tests/support/postgres.py).
 """
@@ -216,10 +216,11 @@ def _percentile(values: list[float], q: int) -> float:
 # -- audit shipping beside the local durable rate ----------------------------------------------
 
 
-async def _ship_while_writing(db: FleetDb, data: Path, seconds: float) -> tuple[float, float,
-                                                                                 int, float]:
-    """(local durable records/s, shipping records/s from a backlog, lag when writing stopped
-    with the shipper running alongside, seconds it then took to catch up)."""
+async def _ship_while_writing(db: FleetDb, data: Path,
+                              seconds: float) -> tuple[float, float, int, float, float]:
+    """With the shipper running alongside 64 writers: (records/s written durably, records/s
+    shipped in the same window, lag when writing stopped, seconds to catch up); then the
+    shipper's capacity on a backlog (records/s)."""
     log = AuditLog(AuditConfig(checkpoint_every=1000, checkpoint_interval=timedelta(seconds=60)),
                    data)
     log.open()
@@ -230,7 +231,7 @@ async def _ship_while_writing(db: FleetDb, data: Path, seconds: float) -> tuple[
                            "VALUES ('ship-node', now(), now()) ON CONFLICT DO NOTHING")
     shipper = Shipper(log.dir, "ship-node", lambda: log.seq, store.connection, wake_every=0.05)
 
-    async def write(how_long: float) -> float:
+    async def write(how_long: float) -> tuple[int, float]:
         count = 0
         stop = time.perf_counter() + how_long
 
@@ -242,12 +243,15 @@ async def _ship_while_writing(db: FleetDb, data: Path, seconds: float) -> tuple[
 
         start = time.perf_counter()
         await asyncio.gather(*(issuer() for _ in range(64)))
-        return count / (time.perf_counter() - start)
+        return count, time.perf_counter() - start
 
-    # (1) alongside: how far behind is shipping when writing stops, and for how long
+    # (1) alongside: shipped within the window, how far behind when writing stops, how long
     task = asyncio.get_running_loop().create_task(shipper.run())
-    await write(seconds)
+    await asyncio.sleep(0.3)  # the shipper has found its place
+    first = shipper.shipped
+    written, took = await write(seconds)
     written_at = time.perf_counter()
+    shipped_in_window = shipper.shipped - first
     lag = log.seq - shipper.shipped
     while shipper.shipped < log.seq:
         await asyncio.sleep(0.005)
@@ -256,15 +260,15 @@ async def _ship_while_writing(db: FleetDb, data: Path, seconds: float) -> tuple[
     with contextlib.suppress(asyncio.CancelledError):
         await task
     # (2) capacity: a backlog written with shipping stopped, then shipped on its own
-    local_rate = await write(seconds)
+    await write(min(seconds, 2.0))
     backlog = log.seq - shipper.shipped
     start = time.perf_counter()
     while shipper.shipped < log.seq:
         await shipper.ship_once()
-    ship_rate = backlog / (time.perf_counter() - start)
+    capacity = backlog / (time.perf_counter() - start)
     await log.close()
     await store.close()
-    return local_rate, ship_rate, lag, catch_up
+    return written / took, shipped_in_window / took, lag, catch_up, capacity
 
 
 def _shipping(cluster: postgres.Cluster, quick: bool) -> dict[str, dict[str, Any]]:
@@ -273,27 +277,30 @@ def _shipping(cluster: postgres.Cluster, quick: bool) -> dict[str, dict[str, Any
     runs: dict[str, list[float]] = {"baseline": [], "ensign": []}
     lags: list[int] = []
     catch_up: list[float] = []
+    capacity: list[float] = []
     for rep in range(reps):
         db.sql("DELETE FROM audit_records; DELETE FROM audit_checkpoints; DELETE FROM nodes")
         tmp = Path(tempfile.mkdtemp(prefix="ensign-bench-ship-", dir="/var/tmp"))
         try:
-            local, shipped, lag, late = asyncio.run(_ship_while_writing(db, tmp, seconds))
+            local, shipped, lag, late, cap = asyncio.run(_ship_while_writing(db, tmp, seconds))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         runs["baseline"].append(local)
         runs["ensign"].append(shipped)
         lags.append(lag)
         catch_up.append(late)
+        capacity.append(cap)
         print(f"  fleet audit shipping round {rep + 1}/{reps}: local {local:8.0f}/s, shipped "
-              f"{shipped:8.0f}/s, lag {lag} records, caught up {late:.2f}s after",
-              file=sys.stderr)
+              f"{shipped:8.0f}/s, lag {lag} records, caught up {late:.2f}s after; backlog "
+              f"shipped at {cap:8.0f}/s", file=sys.stderr)
     e, b = summarize(runs["ensign"]), summarize(runs["baseline"])
     value = ratio(e["median"], b["median"])
     return {"fleet_audit_shipping": {
-        "unit": "records/s", "ensign": e, "baseline": b, "ratio": value, "target": ">= 1.0",
-        "met": meets(value, ">= 1.0"),
-        "note": f"a backlog shipped (ensign) vs written durably by 64 issuers (baseline); "
-                f"shipping alongside the writers: behind by at most {max(lags)} records when "
-                f"they stopped, caught up within {max(catch_up):.2f} s",
+        "unit": "records/s", "ensign": e, "baseline": b, "ratio": value, "target": ">= 0.9",
+        "met": meets(value, ">= 0.9"),
+        "note": f"shipped (ensign) vs written durably by 64 issuers (baseline) in the same "
+                f"window, one process; behind by at most {max(lags)} records when the writers "
+                f"stopped, caught up within {max(catch_up):.2f} s; a backlog ships at "
+                f"{statistics.median(capacity):.0f} records/s (median)",
         "setup": {"reps": reps, "seconds": seconds},
     }}

@@ -25,7 +25,7 @@ from ensign.daemon.audit import CHECKPOINTS, segments
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # records per transaction
+BATCH = 5000  # records per transaction
 
 
 @dataclass
@@ -100,18 +100,35 @@ class GapError(Exception):
     """The local files no longer hold a record that was never shipped."""
 
 
-def read_checkpoints(audit_dir: Path, after: int, upto: int) -> list[tuple[int, str]]:
+def read_checkpoints(audit_dir: Path, offset: int, after: int,
+                     upto: int) -> tuple[list[tuple[int, str]], int]:
+    """Checkpoints after seq `after` and at most `upto`, read from byte `offset` on; returns
+    them and the offset past the last one taken (the next read starts there)."""
     path = audit_dir / CHECKPOINTS
-    if not path.exists():
-        return []
-    out = []
-    for raw in path.read_bytes().splitlines(keepends=True):
-        if not raw.endswith(b"\n"):
-            break
-        seq = int(json.loads(raw)["seq"])
-        if after < seq <= upto:
-            out.append((seq, raw.decode().rstrip("\n")))
-    return out
+    out: list[tuple[int, str]] = []
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; a missing file is no checkpoint)
+    except FileNotFoundError:
+        return out, offset
+    with f:
+        f.seek(offset)
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            seq = int(json.loads(raw)["seq"])
+            if seq > upto:
+                break  # shipped once the records it covers are
+            offset += len(raw)
+            if seq > after:
+                out.append((seq, raw[:-1].decode()))
+    return out, offset
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class Shipper:
@@ -129,6 +146,7 @@ class Shipper:
         self.shipped_checkpoint = 0
         self.problem: str | None = None
         self._started = False
+        self._cp_offset = 0
 
     async def _resume(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await conn.execute(
@@ -139,11 +157,15 @@ class Shipper:
         assert row is not None
         self.shipped, self.shipped_checkpoint = int(row[0]), int(row[1])
         self.cursor = Cursor(seq=self.shipped)
+        self._cp_offset = 0  # found again by the first read (it skips what was shipped)
         self._started = True
 
     async def ship_once(self) -> int:
         """Ship what is durable and not shipped yet; returns how many records went."""
         sent = 0
+        if (self._started and self._durable() <= self.shipped
+                and _size(self._dir / CHECKPOINTS) == self._cp_offset):
+            return 0  # nothing new: no connection taken
         async with self._connection() as conn:
             if not self._started:
                 await self._resume(conn)
@@ -156,11 +178,12 @@ class Shipper:
                 if not records:
                     break
                 async with conn.transaction():
-                    # One statement per batch: the rows go as two arrays, the database parses
-                    # each record once (its columns are derived from it).
+                    # One statement per batch: the rows go as two arrays in binary (no
+                    # escaping), the database parses each record once (its columns are
+                    # derived from it).
                     await conn.execute(
                         "INSERT INTO audit_records (node, seq, line, record) "
-                        "SELECT %s, s, l, l::jsonb FROM unnest(%s::bigint[], %s::text[]) "
+                        "SELECT %s, s, l, l::jsonb FROM unnest(%b::bigint[], %b::text[]) "
                         "AS t(s, l) ON CONFLICT (node, seq) DO NOTHING",
                         (self._node, [r[0] for r in records], [r[1] for r in records]))
                     await conn.execute(
@@ -168,8 +191,9 @@ class Shipper:
                         "WHERE name = %s", (records[-1][0], upto, self._node))
                 self.cursor, self.shipped = cursor, records[-1][0]
                 sent += len(records)
-            cps = await asyncio.to_thread(read_checkpoints, self._dir, self.shipped_checkpoint,
-                                          self.shipped)
+            cps, offset = await asyncio.to_thread(
+                read_checkpoints, self._dir, self._cp_offset, self.shipped_checkpoint,
+                self.shipped)
             if cps:
                 async with conn.transaction(), conn.cursor() as cur:
                     await cur.executemany(
@@ -177,6 +201,7 @@ class Shipper:
                         "ON CONFLICT (node, seq) DO NOTHING",
                         [(self._node, seq, line) for seq, line in cps])
                 self.shipped_checkpoint = cps[-1][0]
+            self._cp_offset = offset
         return sent
 
     async def run(self) -> None:
