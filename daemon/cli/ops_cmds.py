@@ -44,8 +44,9 @@ async def status(args: argparse.Namespace) -> int:
         rows.insert(2, ("degraded", s.notice))
     rows += [(f"fleet {k}", v) for k, v in sorted(s.fleet.items())]
     rows += [(f"attestor {k}", v) for k, v in sorted(s.attestor_state.items())]
+    width = max(16, *(len(k) for k, _ in rows))
     for k, v in rows:
-        print(f"{k:16} {v}")
+        print(f"{k:{width}} {v}")
     return 0
 
 
