@@ -61,7 +61,7 @@ def test_stops_at_the_durable_seq_and_at_a_torn_line(tmp_path: Path) -> None:
 
 def test_records_archived_before_they_were_shipped_are_a_named_gap(tmp_path: Path) -> None:
     log = _log(tmp_path, 60)
-    first_number, first = segments(log.dir)[0]
+    _, first = segments(log.dir)[0]
     first.unlink()
     with pytest.raises(GapError, match=r"local audit records 3\.\."):
         read_after(log.dir, Cursor(seq=2), log.seq)
