@@ -26,7 +26,7 @@ from ensign.daemon.api._admin_convert import (
 )
 from ensign.daemon.api.front import Call, recv
 from ensign.daemon.audit import AuditFilter, canonical, query
-from ensign.daemon.errors import InvalidRequest, PermissionDenied
+from ensign.daemon.errors import DatabaseUnavailable, InvalidRequest, PermissionDenied
 from ensign.daemon.identity import check_alive
 from ensign.daemon.models import Caller
 from ensign.daemon.procfs import read_status
@@ -102,7 +102,12 @@ class AdminApi:
     async def GetAgent(self, stream: Stream[pb.GetAgentRequest, pb.Agent], call: Call) -> None:
         request = await recv(stream)
         entry = self._registry.get(request.id)
-        await stream.send_message(entry_to_pb(entry, await self._registry.history(entry.id)))
+        try:
+            history = await self._registry.history(entry.id)
+        except DatabaseUnavailable as e:  # the entry is served from the copy; its history
+            log.warning("agent history unavailable", extra={"reason": e.diagnostics()})
+            history = []  # lives in the fleet database only
+        await stream.send_message(entry_to_pb(entry, history))
 
     async def UpdateAgent(
         self, stream: Stream[pb.UpdateAgentRequest, pb.Agent], call: Call

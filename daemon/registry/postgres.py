@@ -167,6 +167,9 @@ class PgStore:
         return self._snapshot
 
     async def history(self, entry_id: str) -> list[StateChange]:
+        if self.down is not None:
+            raise DatabaseUnavailable(f"fleet database {describe(self.url)} unavailable: "
+                                      f"{self.down}")
         async with self.connection() as conn:
             cur = await conn.execute(
                 "SELECT at, from_state, to_state, reason, actor FROM state_history "

@@ -288,6 +288,8 @@ def test_database_down_nodes_keep_issuing_refuse_writes_and_catch_up(
         assert "fleet database postgresql://fleet-admin@127.0.0.1" in line, line
         assert "registry writes" in line or "unavailable" in line, line
         assert "degraded" in " ".join(n3.cli("status").stdout.split())
+        shown = json.loads(n3.cli("agent", "show", str(rec["id"]), "-o", "json").stdout)
+        assert (shown["id"], shown["state"]) == (rec["id"], "active")  # reads: from the copy
     finally:
         pg.start()
     for n in trio.nodes:  # back by themselves
