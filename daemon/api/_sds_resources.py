@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-
 from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.extensions.transport_sockets.tls.v3 import (
     common_pb2,
