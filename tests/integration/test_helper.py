@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,8 +27,14 @@ while True:
 """
 
 
+@pytest.fixture(scope="module")
+def d(shared_daemon: Daemon) -> Daemon:
+    shared_daemon.register("helped", "unix:uid:0")
+    return shared_daemon
+
+
 @pytest.fixture
-def d(short_tmp: Path) -> Iterator[Daemon]:
+def rotating(short_tmp: Path) -> Iterator[Daemon]:
     d = make_daemon(short_tmp, '[svid]\nx509_ttl = "6s"\n')  # rotation every ~3 s
     d.register("helped", "unix:uid:0")
     yield d
@@ -36,8 +43,7 @@ def d(short_tmp: Path) -> Iterator[Daemon]:
 
 
 def out_dir(d: Daemon, name: str = "out", mode: int = 0o700) -> Path:
-    p = d.root / name
-    p.mkdir()
+    p = Path(tempfile.mkdtemp(prefix=name, dir=d.root))
     p.chmod(mode)
     return p
 
@@ -78,7 +84,9 @@ def test_once_writes_files_that_openssl_and_the_daemon_accept(d: Daemon) -> None
         assert v.stdout.startswith("valid: spiffe://example.org/agent/")
 
 
-def test_long_running_helper_rewrites_signals_and_outlives_a_daemon_restart(d: Daemon) -> None:
+def test_long_running_helper_rewrites_signals_and_outlives_a_daemon_restart(
+        rotating: Daemon) -> None:
+    d = rotating
     out = out_dir(d)
     hups, pid_file, log = d.root / "hups", d.root / "target.pid", d.root / "helper.log"
     target = subprocess.Popen([sys.executable, "-c", COUNTER, str(hups)])
