@@ -151,10 +151,27 @@ def _withdrawn(name: str) -> Any:
         private_key=base_pb2.DataSource(inline_bytes=key)))
 
 
+#: id(svid) -> (svid, chain PEM, key PEM): each SVID encoded once, however many streams get it
+_PEMS: dict[int, tuple[X509Svid, bytes, bytes]] = {}
+MAX_PEMS = 1024
+
+
+def _pems(svid: X509Svid) -> tuple[bytes, bytes]:
+    hit = _PEMS.get(id(svid))
+    if hit is not None and hit[0] is svid:
+        return hit[1], hit[2]
+    if len(_PEMS) >= MAX_PEMS:
+        _PEMS.clear()
+    chain, key = svid.chain_pem(), to_pem(svid.key)
+    _PEMS[id(svid)] = (svid, chain, key)  # held, so the id stays its own
+    return chain, key
+
+
 def _certificate(name: str, svid: X509Svid) -> Any:
+    chain, key = _pems(svid)
     return secret_pb2.Secret(name=name, tls_certificate=common_pb2.TlsCertificate(
-        certificate_chain=base_pb2.DataSource(inline_bytes=svid.chain_pem()),
-        private_key=base_pb2.DataSource(inline_bytes=to_pem(svid.key))))
+        certificate_chain=base_pb2.DataSource(inline_bytes=chain),
+        private_key=base_pb2.DataSource(inline_bytes=key)))
 
 
 def _validation_context(name: str, pem: bytes) -> Any:
