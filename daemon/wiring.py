@@ -24,6 +24,7 @@ from ensign.daemon.api import (
     Front,
     HealthService,
     Policy,
+    SecretDiscoveryApi,
     WorkloadApi,
 )
 from ensign.daemon.audit import change, tpm_event
@@ -48,6 +49,7 @@ from ensign.daemon.tpm.service import TpmEvent, TpmService
 from ensign.proto.admin_grpc import AdminBase
 from ensign.proto.attestation_grpc import AttestationBase
 from ensign.proto.delegation_grpc import DelegationBase
+from ensign.proto.sds_grpc import SecretDiscoveryServiceBase
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,10 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                              issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
         front.serve(SpiffeWorkloadAPIBase, workload),
+        # Envoy sends no workload.spiffe.io header (nor does SPIRE ask for one on SDS)
+        front.serve(SecretDiscoveryServiceBase, SecretDiscoveryApi(
+            trust_domain=config.trust_domain, roles=roles, cache=cache, ca=ca, audit=audit,
+            broadcast=broadcast), Policy(header=False)),
         front.serve(DelegationBase, DelegationApi(exchange)),
         front.serve(AttestationBase, AttestationApi(tpm)),
         translated(HealthService(state.problem).__mapping__()),
