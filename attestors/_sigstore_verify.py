@@ -96,8 +96,10 @@ class Trust:
         return self._verifier
 
 
-def load_verifier(trusted_root: Path) -> Trust:
-    """Read a TrustedRoot or a ClientTrustConfig (its `trustedRoot` is used)."""
+def load_verifier(trusted_root: Path, *, certificates: bool = True) -> Trust:
+    """Read a TrustedRoot or a ClientTrustConfig (its `trustedRoot` is used). With
+    `certificates`, the root must be able to verify certificate bundles, and a root that
+    cannot fails here rather than at every verification (the attestor reports it at once)."""
     from sigstore.models import ClientTrustConfig, TrustedRoot
     from sigstore_models.trustroot.v1 import TrustedRoot as RawRoot
 
@@ -111,7 +113,10 @@ def load_verifier(trusted_root: Path) -> Trust:
             root = TrustedRoot(RawRoot.from_json(text))
     except Exception as e:  # OSError, ValueError, pydantic ValidationError, ...
         raise CheckFailed("trusted-root", f"cannot load {trusted_root}: {e}") from None
-    return Trust(root, trusted_root)
+    trust = Trust(root, trusted_root)
+    if certificates:
+        trust.verifier()
+    return trust
 
 
 class _AcceptAnyIdentity:

@@ -180,7 +180,8 @@ def verify_artifact(args: argparse.Namespace) -> int:
     try:
         key = load_public_key(key_pem) if key_pem is not None else None
         result = verify_sigstore_bundle(
-            load_sigstore_trust(root), bundle, digest, policy=policy, key=key,
+            load_sigstore_trust(root, certificates=key is None), bundle, digest,
+            policy=policy, key=key,
             predicate_types=DEFAULT_PREDICATE_TYPES if args.provenance else None,
             require_provenance=args.provenance)
     except CheckFailed as e:

@@ -20,11 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.attestors import (
     CheckFailed,
+    SigstoreAttestor,
     Verified,
     identity_policy,
     load_sigstore_trust,
     verify_sigstore_bundle,
 )
+from ensign.attestors.sigstore import SigstoreConfig
 from tests.support.daemon import REPO
 from tests.support.sigstore import GHA, OID_REPOSITORY, SCT_LEAF_INDEX, PrivateSigstore, b64
 
@@ -231,6 +233,23 @@ def test_another_root_refuses_and_bad_roots_name_the_check(
         with pytest.raises(CheckFailed) as e:
             load_sigstore_trust(bad)
         assert e.value.check == "trusted-root"
+
+
+def test_root_with_only_log_keys_serves_key_bundles_and_fails_loudly_for_certificates(
+    fulcio: PrivateSigstore, tmp_path: Path
+) -> None:
+    logs_only = {**fulcio.trusted_root(), "certificateAuthorities": [], "ctlogs": []}
+    path = tmp_path / "logs_only.json"
+    path.write_text(json.dumps(logs_only))
+    with pytest.raises(CheckFailed) as e:
+        load_sigstore_trust(path)  # the attestor's use: certificate bundles
+    assert e.value.check == "trusted-root"
+    attestor = SigstoreAttestor(SigstoreConfig(enabled=True, trusted_root=path))
+    assert attestor.state().startswith("failing: trusted-root")
+    key = ec.generate_private_key(ec.SECP256R1())
+    trust = load_sigstore_trust(path, certificates=False)
+    assert _verify(trust, fulcio.sign_with_key(DATA, key, rekor="v2"),
+                   key=key.public_key()).log_entry == "hashedrekord/0.0.2"
 
 
 def test_garbage_bundles_fail_as_bundle_never_raise_otherwise(trust: Any) -> None:
