@@ -58,20 +58,21 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="FILE|sha256:HEX",
                    help="the artifact, or its digest as sha256:<64 hex> (then --bundle is "
                         "required)")
-    p.add_argument("--bundle", type=Path, help="default: FILE.sigstore.json or FILE.sigstore")
-    p.add_argument("--cert-identity", "--certificate-identity",
+    p.add_argument("--bundle", type=Path, metavar="B",
+                   help="default: FILE.sigstore.json or FILE.sigstore")
+    p.add_argument("--cert-identity", "--certificate-identity", metavar="I",
                    help="the signer's exact identity (a certificate SAN)")
-    p.add_argument("--cert-identity-regexp", "--certificate-identity-regexp",
+    p.add_argument("--cert-identity-regexp", "--certificate-identity-regexp", metavar="R",
                    help="a regular expression found in a SAN (a search, as cosign's: anchor "
                         "it with ^...$ to match the whole SAN)")
-    p.add_argument("--cert-oidc-issuer", "--certificate-oidc-issuer",
+    p.add_argument("--cert-oidc-issuer", "--certificate-oidc-issuer", metavar="U",
                    help="the signer's exact OIDC issuer")
-    p.add_argument("--cert-oidc-issuer-regexp", "--certificate-oidc-issuer-regexp",
+    p.add_argument("--cert-oidc-issuer-regexp", "--certificate-oidc-issuer-regexp", metavar="R",
                    help="a regular expression found in the OIDC issuer (a search)")
-    p.add_argument("--key", type=Path,
+    p.add_argument("--key", type=Path, metavar="PUB",
                    help="a managed-key bundle's public key (PEM, as `cosign public-key` "
                         "prints it); no identity or issuer flags then")
-    p.add_argument("--trusted-root", "--trust-config", type=Path,
+    p.add_argument("--trusted-root", "--trust-config", type=Path, metavar="F",
                    help=f"a trusted_root.json or a ClientTrustConfig (default: {SYSTEM_ROOT} "
                         "if it exists, else the Sigstore public-good production root shipped "
                         "with sigstore-python; never fetched)")

@@ -13,11 +13,9 @@ instead of a certificate) too. Nothing in the verifier is patched.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
-import os
 import struct
 from typing import Any
 
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.sigstore_log import P256, TransparencyLog, b64, spki
 from tests.support.sigstore_tsa import PrivateTSA
 
 UTC = dt.UTC
@@ -40,19 +39,8 @@ OID_REF = "1.3.6.1.4.1.57264.1.14"
 OID_WORKFLOW = "1.3.6.1.4.1.57264.1.18"
 BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
 INTOTO = "application/vnd.in-toto+json"
-P256 = "PKIX_ECDSA_P256_SHA_256"
 #: A static-CT-API SCT extension: leaf_index (type 0), 5-byte index.
 SCT_LEAF_INDEX = b"\x00\x00\x05\x00\x00\x00\x00\x2a"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _spki(key: Any) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _pem(key: Any) -> bytes:
@@ -68,30 +56,6 @@ def _utf8(s: str) -> bytes:
         bytes([n]) if n < 128 else bytes([0x81, n]) if n < 256 else b"\x82" + n.to_bytes(2, "big")
     )
     return b"\x0c" + length + raw
-
-
-def _leaf(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def _root(leaves: list[bytes]) -> bytes:
-    if len(leaves) == 1:
-        return leaves[0]
-    k = 1 << ((len(leaves) - 1).bit_length() - 1)
-    return _node(_root(leaves[:k]), _root(leaves[k:]))
-
-
-def _audit_path(m: int, leaves: list[bytes]) -> list[bytes]:
-    if len(leaves) == 1:
-        return []
-    k = 1 << ((len(leaves) - 1).bit_length() - 1)
-    if m < k:
-        return [*_audit_path(m, leaves[:k]), _root(leaves[k:])]
-    return [*_audit_path(m - k, leaves[k:]), _root(leaves[:k])]
 
 
 def _name(cn: str) -> x509.Name:
@@ -119,46 +83,6 @@ def statement(data: bytes, name: str, builder: str = "",
                       "runDetails": {"builder": {"id": builder}}},
     }
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-class _Log:
-    """One transparency log: its key, its leaves, and how it writes checkpoints."""
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.key_id = hashlib.sha256(_spki(self.key.public_key())).digest()
-        self.leaves = [os.urandom(32) for _ in range(5)]
-
-    def append(self, body: bytes, witnesses: int) -> dict[str, Any]:
-        self.leaves.append(_leaf(body))
-        index, size = len(self.leaves) - 1, len(self.leaves)
-        root = _root(self.leaves)
-        note = f"{self.origin}\n{size}\n{b64(root)}\n"
-        sig = self.key.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
-        name = self.origin.split(" ")[0]
-        lines = [f"\u2014 {name} {b64(self.key_id[:4] + sig)}\n"]
-        for i in range(witnesses):  # cosignatures by witnesses the verifier does not know
-            wkey = ec.generate_private_key(ec.SECP256R1())
-            wsig = wkey.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
-            line = f"\u2014 witness{i}.test.invalid {b64(os.urandom(4) + wsig)}\n"
-            lines.insert(0 if i % 2 else len(lines), line)
-        return {
-            "logIndex": str(index),
-            "rootHash": b64(root),
-            "treeSize": str(size),
-            "hashes": [b64(h) for h in _audit_path(index, self.leaves)],
-            "checkpoint": {"envelope": note + "\n" + "".join(lines)},
-        }
-
-    def instance(self, start: str) -> dict[str, Any]:
-        return {
-            "baseUrl": f"https://{self.origin.split(' ')[0]}",
-            "hashAlgorithm": "SHA2_256",
-            "publicKey": {"rawBytes": b64(_spki(self.key.public_key())), "keyDetails": P256,
-                          "validFor": {"start": start}},
-            "logId": {"keyId": b64(self.key_id)},
-        }
 
 
 class PrivateSigstore:
@@ -195,9 +119,9 @@ class PrivateSigstore:
                 self.root_key.public_key()), critical=False)
             .sign(self.root_key, hashes.SHA384())
         )
-        self.ct_id = hashlib.sha256(_spki(self.ct_key.public_key())).digest()
-        self.v1 = _Log("rekor.test.invalid - 4242")
-        self.v2 = _Log("rekor-v2.test.invalid")
+        self.ct_id = hashlib.sha256(spki(self.ct_key.public_key())).digest()
+        self.v1 = TransparencyLog("rekor.test.invalid - 4242")
+        self.v2 = TransparencyLog("rekor-v2.test.invalid")
         self.tsa = PrivateTSA(self.start)
 
     # -- trust material ----------------------------------------------------------------------
@@ -218,7 +142,7 @@ class PrivateSigstore:
             "ctlogs": [{
                 "baseUrl": "https://ctfe.test.invalid",
                 "hashAlgorithm": "SHA2_256",
-                "publicKey": {"rawBytes": b64(_spki(self.ct_key.public_key())),
+                "publicKey": {"rawBytes": b64(spki(self.ct_key.public_key())),
                               "keyDetails": P256, "validFor": {"start": start}},
                 "logId": {"keyId": b64(self.ct_id)},
             }],
@@ -277,7 +201,7 @@ class PrivateSigstore:
 
         tbs = builder().sign(self.inter_key, hashes.SHA256()).tbs_certificate_bytes
         ts = int(when.timestamp() * 1000)
-        issuer_hash = hashlib.sha256(_spki(self.inter_key.public_key())).digest()
+        issuer_hash = hashlib.sha256(spki(self.inter_key.public_key())).digest()
         ext = struct.pack("!H", len(sct_extensions)) + sct_extensions
         signed = (struct.pack("!BBQH", 0, 0, ts, 1) + issuer_hash + len(tbs).to_bytes(3, "big")
                   + tbs + ext)
@@ -301,7 +225,7 @@ class PrivateSigstore:
             raw = {"x509Certificate": {"rawBytes": b64(signer.public_bytes(
                 serialization.Encoding.DER))}}
         else:
-            raw = {"publicKey": {"rawBytes": b64(_spki(signer))}}
+            raw = {"publicKey": {"rawBytes": b64(spki(signer))}}
         return {**raw, "keyDetails": P256}
 
     @staticmethod
@@ -426,7 +350,7 @@ class PrivateSigstore:
         body = self._hashedrekord("0.0.1" if rekor == "v1" else "0.0.2", digest, sig,
                                   key.public_key())
         vm = self._material(body, "hashedrekord", rekor, when, sig, **material)
-        hint = {"publicKey": {"hint": b64(hashlib.sha256(_spki(key.public_key())).digest())}}
+        hint = {"publicKey": {"hint": b64(hashlib.sha256(spki(key.public_key())).digest())}}
         return {
             "mediaType": BUNDLE_V03, "verificationMaterial": {**hint, **vm},
             "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": b64(digest)},
@@ -438,6 +362,6 @@ class PrivateSigstore:
         when = dt.datetime.now(UTC)
         payload = statement(data, name, "https://test.invalid/builder")
         sig = key.sign(pae(INTOTO, payload), ec.ECDSA(hashes.SHA256()))
-        hint = {"publicKey": {"hint": b64(hashlib.sha256(_spki(key.public_key())).digest())}}
+        hint = {"publicKey": {"hint": b64(hashlib.sha256(spki(key.public_key())).digest())}}
         return self._dsse_bundle(payload, sig, key.public_key(), hint, rekor, entry, when,
                                  material)
