@@ -65,6 +65,7 @@ class Daemon:
         if n.tpm is not None:
             await n.tpm.start()
         n.ca.load_or_create()
+        n.delegation_keys.load_or_create()
         n.audit.observers.append(metrics.observe_audit)
         n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
         if n.responder is not None:
@@ -137,12 +138,16 @@ class Daemon:
                 n.audit.record_nowait(AuditEvent(type="ca.rotated", details={
                     "authorities": [a.jwt_kid for a in n.ca.authorities()],
                     "signing": n.ca.current().jwt_kid}))
+            if n.delegation_keys.maintain():
+                log.info("delegation signing keys changed", extra={
+                    "published": [k.kid for k in n.delegation_keys.published()]})
             if n.cache.expire_due():
                 changed = True
             if changed:
                 n.broadcast.publish()
             now = n.clock()
-            due = [n.ca.next_event_at()]  # entry expiry is checked every tick (<= 1 s)
+            # entry expiry is checked every tick (<= 1 s)
+            due = [n.ca.next_event_at(), n.delegation_keys.next_event_at()]
             nxt = n.cache.next_refresh_at()
             if nxt is not None:
                 due.append(nxt)

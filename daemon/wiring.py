@@ -29,7 +29,7 @@ from ensign.daemon.api import (
 from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
-from ensign.daemon.delegation import TokenExchange, TrustedIssuers
+from ensign.daemon.delegation import DelegationKeys, TokenExchange, TrustedIssuers
 from ensign.daemon.identity import AttestationPipeline, Resolver
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
 from ensign.daemon.registry import ChangeEvent, EventHub, GrantBook, Registry, RoleBook, SqliteStore
@@ -67,6 +67,7 @@ class Node:
     issuers: TrustedIssuers
     tpm: TpmService | None
     ca: CertificateAuthority
+    delegation_keys: DelegationKeys
     broadcast: Broadcast
     cache: SvidCache
     tracker: PeerTracker
@@ -93,6 +94,10 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     ca = CertificateAuthority(config.ca, config.trust_domain, data, clock,
                               sealer=tpm if config.ca.seal_with_tpm else None)
     cache = SvidCache(ca, config.svid, clock)
+    dlg = config.delegation
+    delegation_keys = DelegationKeys(data, alg=dlg.signing_alg, period=dlg.key_rotation,
+                                     token_ttl=dlg.token_ttl, clock=clock,
+                                     sealer=tpm if config.ca.seal_with_tpm else None)
     lim = config.limits
     bounds.configure(lim.max_request_bytes, lim.max_pending_request_bytes)
     tracker = PeerTracker(limits=UidLimits(
@@ -114,10 +119,11 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                            broadcast=broadcast, clock=clock,
                            on_validated=responder.validated if responder else None)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
-                             issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
+                             issuers=issuers, cache=cache, keys=delegation_keys, audit=audit,
+                             clock=clock)
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
         front.serve(SpiffeWorkloadAPIBase, workload),
-        front.serve(DelegationBase, DelegationApi(exchange)),
+        front.serve(DelegationBase, DelegationApi(exchange, delegation_keys)),
         front.serve(AttestationBase, AttestationApi(tpm)),
         translated(HealthService(state.problem).__mapping__()),
     ], tracker)
@@ -132,6 +138,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
         tracker, gid=admin_gid)
     node = Node(config=config, clock=clock, events=events, store=store, roles=roles,
                 registry=registry, grants=grants, issuers=issuers, tpm=tpm, ca=ca,
+                delegation_keys=delegation_keys,
                 broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
                 audit=audit, responder=responder, state=state, workload_server=workload_server,
                 admin_server=admin_server)

@@ -1,0 +1,3 @@
+"""The HTTPS endpoint (placeholder)."""
+
+__all__: list[str] = []

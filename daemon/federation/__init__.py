@@ -1,0 +1,3 @@
+"""SPIFFE federation: bundles of other trust domains (placeholder)."""
+
+__all__: list[str] = []
