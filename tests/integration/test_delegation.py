@@ -243,7 +243,7 @@ def test_agent_to_agent_chain(world: Any, idp: Idp) -> None:
 def test_a_jwt_svid_key_never_vouches_for_a_delegated_token(world: Any, idp: Idp) -> None:
     """Whoever holds a JWT-SVID signing key cannot make a token the delegation chain or
     `token verify` accepts: only the delegated-token keys sign those."""
-    d, a, b, _ = world
+    d, a, _, _ = world
     first = exchange(d, GID_A, idp.token(may_act={"sub": a["spiffe_id"]}), "--audience", CAL,
                      "--scope", "calendar.read")
     assert first.returncode == 0, first.stderr
