@@ -26,10 +26,12 @@ from ensign.daemon.api import (
     Policy,
     WorkloadApi,
 )
+from ensign.daemon.api.http import HttpApi, HttpsListener, ServerTls
 from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
-from ensign.daemon.delegation import DelegationKeys, TokenExchange, TrustedIssuers
+from ensign.daemon.delegation import DelegationKeys, Introspector, TokenExchange, TrustedIssuers
+from ensign.daemon.federation import FederatedBundles, ServedBundle
 from ensign.daemon.identity import AttestationPipeline, Resolver
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
 from ensign.daemon.registry import ChangeEvent, EventHub, GrantBook, Registry, RoleBook, SqliteStore
@@ -77,6 +79,9 @@ class Node:
     state: NodeState
     workload_server: UnixServer
     admin_server: UnixServer
+    federation: FederatedBundles
+    https: HttpsListener | None = None
+    https_tls: ServerTls | None = None
 
 
 def build(config: Config, clock: Callable[[], datetime]) -> Node:
@@ -110,13 +115,14 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     responder = (Responder(config.anomaly, registry, audit, data / "anomaly.json")
                  if config.anomaly.enabled else None)
     issuers = TrustedIssuers(config.delegation)
+    federation = FederatedBundles(config.federation, data, on_change=broadcast.publish)
     state = NodeState(config=config, registry=registry, roles=roles, grants=grants, ca=ca,
                       cache=cache, audit=audit, pipeline=pipeline, tracker=tracker, tpm=tpm,
-                      started=time.time())
+                      federation=federation, started=time.time())
     front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
                   audit=audit)
     workload = WorkloadApi(config=config, roles=roles, cache=cache, ca=ca, audit=audit,
-                           broadcast=broadcast, clock=clock,
+                           broadcast=broadcast, clock=clock, federation=federation,
                            on_validated=responder.validated if responder else None)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, keys=delegation_keys, audit=audit,
@@ -141,9 +147,31 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                 delegation_keys=delegation_keys,
                 broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
                 audit=audit, responder=responder, state=state, workload_server=workload_server,
-                admin_server=admin_server)
+                admin_server=admin_server, federation=federation)
+    if config.http.listen:
+        _https(node, exchange)
     events.subscribe(_on_change(node))
     return node
+
+
+def _https(node: Node, exchange: TokenExchange) -> None:
+    """The HTTPS endpoint: its own per-address limits, the same [limits] values."""
+    config, lim = node.config, node.config.limits
+    limits = UidLimits(lim.max_connections_per_uid, lim.requests_per_second_per_uid,
+                       lim.burst_per_uid)
+    introspector = Introspector(keys=node.delegation_keys, registry=node.registry,
+                                grants=node.grants, issuer=exchange.issuer, clock=node.clock)
+    api = HttpApi(config=config, ca=node.ca, keys=node.delegation_keys, exchange=exchange,
+                  introspector=introspector, registry=node.registry, roles=node.roles,
+                  audit=node.audit, limits=limits, clock=node.clock,
+                  served=ServedBundle(config.data_dir,
+                                      int(config.federation.refresh_hint.total_seconds())))
+    tls = ServerTls(config, node.ca, node.clock)
+    node.https_tls = tls
+    node.https = HttpsListener(
+        config.http.listen, app=api.application(), context=lambda: tls.context, limits=limits,
+        max_connections=config.http.max_connections,
+        handshake_timeout=config.http.handshake_timeout.total_seconds())
 
 
 def _tpm(config: Config, data: object, broadcast: Broadcast, audit: AuditLog) -> TpmService:

@@ -15,6 +15,7 @@ from ensign.daemon.delegation.exchange import (
     our_issuer,
 )
 from ensign.daemon.delegation.idp import SubjectTokenInvalid, TrustedIssuers, parse_jwks
+from ensign.daemon.delegation.introspect import INACTIVE, Introspector, introspecting_roles
 from ensign.daemon.delegation.rules import (
     Decision,
     DelegationDenied,
@@ -37,9 +38,35 @@ from ensign.daemon.delegation.tokens import (
 )
 
 __all__ = [
-    "ALGORITHMS", "ISSUED_TOKEN_TYPE", "TOKEN_TYPE", "TOKEN_TYPES", "Decision", "DelegatedToken",
-    "DelegationDenied", "DelegationKeys", "Delegator", "ExchangeRequest", "Issued", "OAuthError",
-    "Presenter", "Request", "SigningKey", "SubjectTokenInvalid", "TokenExchange",
-    "TrustedIssuers", "check_binding", "decide", "is_delegated_type", "issuer_names",
-    "may_act_names", "our_issuer", "parse_jwks", "thumbprint", "verify_delegated", "x5t_s256",
+    "ALGORITHMS",
+    "INACTIVE",
+    "ISSUED_TOKEN_TYPE",
+    "TOKEN_TYPE",
+    "TOKEN_TYPES",
+    "Decision",
+    "DelegatedToken",
+    "DelegationDenied",
+    "DelegationKeys",
+    "Delegator",
+    "ExchangeRequest",
+    "Introspector",
+    "Issued",
+    "OAuthError",
+    "Presenter",
+    "Request",
+    "SigningKey",
+    "SubjectTokenInvalid",
+    "TokenExchange",
+    "TrustedIssuers",
+    "check_binding",
+    "decide",
+    "introspecting_roles",
+    "is_delegated_type",
+    "issuer_names",
+    "may_act_names",
+    "our_issuer",
+    "parse_jwks",
+    "thumbprint",
+    "verify_delegated",
+    "x5t_s256",
 ]
