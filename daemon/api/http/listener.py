@@ -31,26 +31,30 @@ from ensign.daemon.server import UidLimits
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY = 1.0  # refused-connection lines: at most one per second (the metric counts all)
+LOG_RATE, LOG_BURST = 5.0, 20.0  # refused-connection lines per second (the metric counts all)
 
 
 class _Refusals:
     """Rate-limited logging of refused connections: a flood must not become a log flood."""
 
     def __init__(self) -> None:
-        self._last = 0.0
+        self._tokens = LOG_BURST
+        self._at = time.monotonic()
         self._suppressed = 0
 
     def note(self, reason: str, address: str, detail: str) -> None:
         metrics.http_refused(reason)
         now = time.monotonic()
-        if now - self._last < LOG_EVERY:
+        self._tokens = min(LOG_BURST, self._tokens + (now - self._at) * LOG_RATE)
+        self._at = now
+        if self._tokens < 1:
             self._suppressed += 1
             return
+        self._tokens -= 1
         log.warning("HTTPS connection refused", extra={
             "reason": reason, "peer": address, "detail": detail[:300],
-            "suppressed_since_last": self._suppressed})
-        self._last, self._suppressed = now, 0
+            "suppressed_before": self._suppressed})
+        self._suppressed = 0
 
 
 class HttpsListener:
@@ -134,7 +138,8 @@ class HttpsListener:
             tls = await loop.start_tls(raw, conn, ctx, server_side=True,
                                        ssl_handshake_timeout=self._timeout)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as e:
-            reason = "handshake_timeout" if isinstance(e, TimeoutError) else "handshake_failed"
+            slow = isinstance(e, TimeoutError) or "taking longer" in str(e)
+            reason = "handshake_timeout" if slow else "handshake_failed"
             self._refusals.note(reason, conn.address, str(e) or type(e).__name__)
             self._release(conn)
             return
