@@ -48,25 +48,46 @@ def _spiffe_id_of(der: bytes) -> str:
     return str(uris[0]) if len(uris) == 1 else ""
 
 
+class _WrongEndpoint(aiohttp.ServerFingerprintMismatch):
+    def __init__(self, got: str, expected: str, host: str, port: int) -> None:
+        super().__init__(b"", b"", host, port)
+        self.text = f"endpoint is {got or 'no SPIFFE ID'}, expected {expected}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _SpiffeIdCheck(aiohttp.Fingerprint):
+    """https_spiffe: the endpoint's SPIFFE ID, checked on every new connection right after its
+    handshake (which verified the chain against the trust domain's bundle), before any byte of
+    the request is sent. aiohttp's certificate pinning hook is the one place that sees it."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(bytes(32))
+        self._expected = expected
+
+    def check(self, transport: asyncio.Transport) -> None:
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        got = _spiffe_id_of(der) if der else ""
+        if got != self._expected:
+            host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
+            raise _WrongEndpoint(got, self._expected, host, port)
+
+
 async def fetch(td: FederatedTrustDomain, current: TrustBundle | None, seconds: float) -> bytes:
     """The endpoint's response body (at most MAX_BUNDLE_BYTES), or FetchError."""
     ctx = _context(td, current)
+    connector = aiohttp.TCPConnector(
+        ssl=_SpiffeIdCheck(td.endpoint_spiffe_id) if td.profile == "https_spiffe" else True,
+        force_close=True)
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds),
-                                  trust_env=False) as session,
+                                  connector=connector, trust_env=False) as session,
             session.get(td.bundle_endpoint_url, ssl=ctx, allow_redirects=False,
                         headers={"Accept": "application/json"}) as resp,
         ):
-            if td.profile == "https_spiffe":
-                conn = resp.connection
-                sslobj = conn.transport.get_extra_info("ssl_object") \
-                    if conn is not None and conn.transport is not None else None
-                der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-                got = _spiffe_id_of(der) if der else ""
-                if got != td.endpoint_spiffe_id:
-                    raise FetchError(f"endpoint is {got or 'no SPIFFE ID'}, expected "
-                                     f"{td.endpoint_spiffe_id}")
             if resp.status != 200:
                 raise FetchError(f"HTTP {resp.status} from {td.bundle_endpoint_url}")
             body = await resp.content.read(MAX_BUNDLE_BYTES + 1)
@@ -75,6 +96,8 @@ async def fetch(td: FederatedTrustDomain, current: TrustBundle | None, seconds: 
             return body
     except FetchError:
         raise
+    except _WrongEndpoint as e:
+        raise FetchError(e.text) from None
     except TimeoutError:
         raise FetchError(f"no answer within {seconds:g}s") from None
     except (aiohttp.ClientError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as e:
