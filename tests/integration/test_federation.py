@@ -214,7 +214,7 @@ class _Partner:
         partner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if partner.mode == "hang":
                     partner.release.wait(60)
                     return
@@ -243,12 +243,12 @@ class _Partner:
 
 def test_a_failing_endpoint_keeps_the_last_good_bundle(
         pair: tuple[Daemon, Daemon, WebCa]) -> None:
-    a, b, web = pair
+    _, b, web = pair
     # the partner serves (a copy of) B's real bundle at first, with a 1 s refresh hint
     port = json.loads(b.config_path.read_text().split("listen = ")[1].split("\n")[0]
                       ).rsplit(":", 1)[1]
     doc = json.loads(httpx.get(f"https://127.0.0.1:{port}/.well-known/spiffe-bundle",
-                               verify=False).content)  # noqa: S501 (content checked below)
+                               verify=False).content)
     doc["spiffe_refresh_hint"] = 1
     partner = _Partner(web, json.dumps(doc).encode())
     root = _root()
