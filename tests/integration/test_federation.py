@@ -169,7 +169,7 @@ with WorkloadApiClient(socket_path=a_ep) as a:
     bundles = a.fetch_jwt_bundles()
 svid = JwtSvid.parse_and_validate(token, bundles.get_bundle_for_trust_domain(TrustDomain("b.test")),
                                   {"partner-api"})
-print(checked.spiffe_id, svid.spiffe_id)
+print(checked.spiffe_id, svid.spiffe_id, token)
 """
     out = subprocess.run([sys.executable, "-c", code, b.endpoint, a.endpoint],
                          capture_output=True, text=True, timeout=60, extra_groups=[GID])
@@ -177,13 +177,26 @@ print(checked.spiffe_id, svid.spiffe_id)
     ids = out.stdout.split()
     assert ids[0] == ids[1] and ids[0].startswith("spiffe://b.test/agent/")
 
-    # a caller that does not federate with b.test neither sees its bundle nor validates its
-    # tokens
-    plain = a.register("plain", "unix:uid:0", "unix:supplementary_gid:5299")
-    refused = subprocess.run([sys.executable, "-c", code, b.endpoint, a.endpoint],
-                             capture_output=True, text=True, timeout=60,
-                             extra_groups=[GID + 98])
-    assert refused.returncode != 0 and plain["id"]
+    # a caller of A that does not federate with b.test neither sees its bundle nor has its
+    # tokens validated
+    a.register("plain", "unix:uid:0", "unix:supplementary_gid:5299")
+    plain_code = """
+import sys
+from spiffe import WorkloadApiClient
+with WorkloadApiClient(socket_path=sys.argv[1]) as a:
+    print(sorted(b.trust_domain.name for b in a.fetch_jwt_bundles().bundles))
+    try:
+        a.validate_jwt_svid(sys.argv[2], "partner-api")
+        print("ACCEPTED")
+    except Exception as e:
+        print("REFUSED", e)
+"""
+    plain = subprocess.run([sys.executable, "-c", plain_code, a.endpoint, ids[2]],
+                           capture_output=True, text=True, timeout=60, extra_groups=[5299])
+    assert plain.returncode == 0, plain.stderr
+    seen, verdict = plain.stdout.splitlines()
+    assert seen == "['a.test']"
+    assert verdict.startswith("REFUSED") and "does not federate with" in verdict
     assert _federation_status(a, "b.test").startswith("ok: sequence")
 
 
