@@ -85,8 +85,10 @@ def test_the_daemons_own_spiffe_ids_cannot_be_registered(tmp_path: Path) -> None
     r = _reg(tmp_path)
     for sid in ("spiffe://example.org/ensign/node/host1", "spiffe://example.org/ensign"):
         with pytest.raises(InvalidRequest, match="reserved for the daemon"):
-            r.register(_entry("x", "unix:uid:1", spiffe_id=sid), 0)
-    ok = r.register(_entry("y", "unix:uid:1", spiffe_id="spiffe://example.org/ensigned/x"), 0)
+            r.register(Entry(id="", name="x", kind="agent", spiffe_id=sid,
+                             selectors=("unix:uid:1",), owner="o"), 0)
+    ok = r.register(Entry(id="", name="y", kind="agent", spiffe_id="spiffe://example.org/ensigned/x",
+                          selectors=("unix:uid:1",), owner="o"), 0)
     assert [e.id for e in r.by_spiffe_id("spiffe://example.org/ensigned/x")] == [ok.id]
     r.transition(ok.id, "suspend", "uid:0", "test")
     assert r.by_spiffe_id("spiffe://example.org/ensigned/x") == []  # live entries only
