@@ -401,3 +401,60 @@ def test_rs256_keys_verify_through_the_metadata(tmp_path_factory: pytest.TempPat
                             issuer=w.issuer)["sub"] == "alice"
     finally:
         w.d.stop()
+
+
+def _served_cert(port: int, cafile: Path) -> x509.Certificate:
+    import socket
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # an SVID names a SPIFFE ID, not a host (checked below)
+    ctx.load_verify_locations(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port)) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def test_the_serving_certificate_rotates_without_a_restart(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("rotate")
+    root.chmod(0o755)
+    port = free_port()
+    d = make_daemon(root, '[svid]\nx509_ttl = "4s"\n'
+                    + http_config(port, None, None, extra='node_name = "testnode"\n'))
+    try:
+        d.register("w", "unix:uid:0")
+        _, _, bundle = svid_files(d, root / "svid")
+        first = _served_cert(port, bundle)
+        uris = first.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
+        assert uris == ["spiffe://example.org/ensign/node/testnode"]
+        pid = d.proc.pid if d.proc else 0
+        deadline = time.monotonic() + 30
+        while _served_cert(port, bundle).serial_number == first.serial_number:
+            assert time.monotonic() < deadline, "the node SVID was never renewed"
+            time.sleep(0.5)
+        assert d.alive() and d.proc is not None and d.proc.pid == pid  # same process
+    finally:
+        d.stop()
+    # configured files: replaced on disk, used by the next handshake
+    web = WebCa.create(root / "web")
+    cert, key = web.issue("one")
+    port = free_port()
+    files_root = root / "files"
+    files_root.mkdir()
+    files_root.chmod(0o755)
+    d = make_daemon(files_root, http_config(port, cert, key))
+    try:
+        before = _served_cert(port, web.cert).serial_number
+        new_cert, new_key = web.issue("two")
+        key.write_bytes(new_key.read_bytes())
+        cert.write_bytes(new_cert.read_bytes())
+        deadline = time.monotonic() + 30
+        while _served_cert(port, web.cert).serial_number == before:
+            assert time.monotonic() < deadline, "the new certificate files were never used"
+            time.sleep(0.2)
+        assert _served_cert(port, web.cert).serial_number == \
+            x509.load_pem_x509_certificate(new_cert.read_bytes()).serial_number
+    finally:
+        d.stop()
