@@ -27,7 +27,7 @@ from tests.support.hardening import call
 
 IDP = "https://idp.example.org"
 CAL = "https://calendar.example.org"
-SECRET_FILES = ["ca/state.json", "audit-key/key.pem", "registry.db"]
+SECRET_FILES = ["ca/state.json", "audit-key/key.pem", "registry.db", "delegation/keys.json"]
 
 
 @pytest.fixture
