@@ -27,7 +27,7 @@ from tests.support.hardening import call
 
 IDP = "https://idp.example.org"
 CAL = "https://calendar.example.org"
-SECRET_FILES = ["ca/state.json", "audit-key/key.pem", "registry.db"]
+SECRET_FILES = ["ca/state.json", "audit-key/key.pem", "registry.db", "delegation/keys.json"]
 
 
 @pytest.fixture
@@ -145,14 +145,17 @@ def test_no_svid_key_on_disk_and_no_secret_in_logs_errors_or_audit(
     secrets = _activity(d, idp)
     d.stop()
     needles = _needles(secrets)
-    # SVID keys are never written to disk: the only PEM private keys under data_dir are the
-    # CA state and the audit key, and the SVID key's bytes appear nowhere (registry, WAL, log).
+    # Workloads' SVID keys are never written to disk: the only PEM private keys under data_dir
+    # are the CA state, the delegated-token keys, the audit key (and, with [http] on its default
+    # certificate, the daemon's own serving key http/node.key, which Python's ssl loads only
+    # from a file), and the SVID key's bytes appear nowhere (registry, WAL, log).
     for f in d.data_dir.rglob("*"):
         if not f.is_file():
             continue
         data = f.read_bytes()
         rel = str(f.relative_to(d.data_dir))
-        if rel not in ("ca/state.json", "audit-key/key.pem"):
+        if rel not in ("ca/state.json", "audit-key/key.pem", "delegation/keys.json",
+                       "http/node.key"):
             assert b"PRIVATE KEY" not in data, f"{rel} holds a private key"
         for name, needle in needles.items():
             assert needle not in data, f"{name} found in {rel}"
@@ -161,7 +164,9 @@ def test_no_svid_key_on_disk_and_no_secret_in_logs_errors_or_audit(
              "errors": "\n".join(secrets["errors"]).encode()}
     ca_state = json.loads((d.data_dir / "ca" / "state.json").read_text())
     ca_keys = [v.encode() for v in _strings(ca_state) if "PRIVATE KEY" in v]
-    assert ca_keys, "found no CA key to look for"
+    dlg_state = json.loads((d.data_dir / "delegation" / "keys.json").read_text())
+    ca_keys += [v.encode() for v in _strings(dlg_state) if "PRIVATE KEY" in v]
+    assert len(ca_keys) >= 3, "found no CA or delegation key to look for"
     for where, data in texts.items():
         assert b"PRIVATE KEY" not in data, where
         for name, needle in needles.items():

@@ -50,6 +50,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    trust_domain: str = "example.org"
 
     @property
     def socket(self) -> Path:
@@ -77,7 +78,7 @@ class Daemon:
 
     def write_config(self) -> None:
         self.config_path.write_text(
-            f'trust_domain = "example.org"\n'
+            f'trust_domain = "{self.trust_domain}"\n'
             f'socket_path = "{self.socket}"\n'
             f'admin_socket_path = "{self.admin_socket}"\n'
             f'data_dir = "{self.data_dir}"\n'
@@ -140,8 +141,10 @@ class Daemon:
         return record
 
 
-def make_daemon(root: Path, extra_config: str = "", *, allow_audiences: bool = True) -> Daemon:
-    d = Daemon(root=root, extra_config=extra_config, allow_audiences=allow_audiences)
+def make_daemon(root: Path, extra_config: str = "", *, allow_audiences: bool = True,
+                trust_domain: str = "example.org") -> Daemon:
+    d = Daemon(root=root, extra_config=extra_config, allow_audiences=allow_audiences,
+               trust_domain=trust_domain)
     d.start()
     return d
 

@@ -77,3 +77,18 @@ def test_expired_and_suspended_entries_do_not_match(tmp_path: Path) -> None:
     r.transition(s.id, "suspend", "uid:0", "test")
     assert r.match({"unix:uid:1"}) == []
     assert [e.name for e in r.entries(ListFilter(state="suspended"))] == ["sus"]
+
+
+def test_the_daemons_own_spiffe_ids_cannot_be_registered(tmp_path: Path) -> None:
+    """spiffe://<td>/ensign/... names the daemon itself (its HTTPS endpoint's node SVID): no
+    entry may hold it, so no workload can pose as the node to a federating peer."""
+    r = _reg(tmp_path)
+    for sid in ("spiffe://example.org/ensign/node/host1", "spiffe://example.org/ensign"):
+        with pytest.raises(InvalidRequest, match="reserved for the daemon"):
+            r.register(Entry(id="", name="x", kind="agent", spiffe_id=sid,
+                             selectors=("unix:uid:1",), owner="o"), 0)
+    ok = r.register(Entry(id="", name="y", kind="agent", spiffe_id="spiffe://example.org/ensigned/x",
+                          selectors=("unix:uid:1",), owner="o"), 0)
+    assert [e.id for e in r.by_spiffe_id("spiffe://example.org/ensigned/x")] == [ok.id]
+    r.transition(ok.id, "suspend", "uid:0", "test")
+    assert r.by_spiffe_id("spiffe://example.org/ensigned/x") == []  # live entries only
