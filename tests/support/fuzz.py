@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import tomllib
-from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -93,8 +92,7 @@ def messages(desc: d_.Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
         if f.message_type is not None:
             if depth >= 2:
                 continue
-            nested: d_.Descriptor = f.message_type
-            one = st.deferred(partial(messages, nested, depth + 1))
+            one = _nested(f.message_type, depth + 1)
         elif f.type == _T.TYPE_ENUM:
             assert f.enum_type is not None
             one = st.sampled_from([v.number for v in f.enum_type.values])
@@ -111,6 +109,10 @@ def messages(desc: d_.Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
         return cls(**values)
 
     return build()
+
+
+def _nested(desc: d_.Descriptor, depth: int) -> st.SearchStrategy[Message]:
+    return st.deferred(lambda: messages(desc, depth))
 
 
 def methods(*modules: ModuleType) -> list[tuple[str, d_.MethodDescriptor]]:
