@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -11,12 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import fetch_jwt
 from tests.support.daemon import make_daemon
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.net import free_port
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -29,7 +23,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_parse_and_move(short_tmp: Path) -> None:
-    port = _port()
+    port = free_port()
     d = make_daemon(short_tmp, f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     try:
         d.register("metered", "unix:uid:0")

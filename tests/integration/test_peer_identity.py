@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ensign.daemon.errors import CallerGone
 from ensign.daemon.identity import check_alive
 from ensign.daemon.server import identify
 from tests.support.daemon import Daemon
+from tests.support.scripts import handoff
 
 
 def test_caller_is_pinned_and_its_exit_detected(tmp_path: Path) -> None:
@@ -47,43 +47,9 @@ def test_caller_is_pinned_and_its_exit_detected(tmp_path: Path) -> None:
     server.close()
 
 
-_HANDOFF = textwrap.dedent("""
-    import asyncio, os, socket, sys
-    from grpclib.client import Channel
-    from ensign.proto import workload_pb2 as pb
-    from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
-
-    path = sys.argv[1]
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)            # the kernel records THIS process as the peer
-    if os.fork() != 0:
-        os._exit(0)            # the connecting process exits; the child keeps the socket
-    import time
-    time.sleep(0.5)            # let the parent's exit land
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        ch = Channel(path=path)
-        async def create():
-            _, proto = await loop.create_unix_connection(ch._protocol_factory, sock=s)
-            return proto
-        ch._create_connection = create
-        try:
-            await SpiffeWorkloadAPIStub(ch).FetchJWTSVID(
-                pb.JWTSVIDRequest(audience=["a"]), metadata={"workload.spiffe.io": "true"})
-            print("ISSUED", flush=True)
-        except Exception as e:
-            print("REFUSED", getattr(e, "status", e).name, getattr(e, "message", ""), flush=True)
-        ch.close()
-    asyncio.run(main())
-""")
-
-
 def test_socket_handed_to_another_process_gets_no_identity(daemon: Daemon) -> None:
     # Root's entry matches the child too; what must stop it is that the connecting process is gone.
     daemon.register("root", "unix:uid:0")
-    out = subprocess.run([sys.executable, "-c", _HANDOFF, str(daemon.socket)],
-                         capture_output=True, text=True, timeout=30)
-    # The parent exits at once; wait for the child's line on the inherited stdout.
-    assert "REFUSED UNAUTHENTICATED" in out.stdout, out.stdout + out.stderr
+    out = handoff(daemon.socket)
+    assert out.stdout.startswith("REFUSED UNAUTHENTICATED"), out.stdout + out.stderr
     assert daemon.alive()

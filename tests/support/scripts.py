@@ -100,9 +100,10 @@ HANDOFF = textwrap.dedent("""
 
 
 def raw_as(uid: int, sock: Path, method: str, req: bytes = b"", *, mode: str = "one",
-           streaming: bool = False) -> str:
-    """RAW_CLIENT's one line, run under `uid`."""
-    out = run_as(uid, RAW_CLIENT, str(sock), method, req.hex(), mode, "1" if streaming else "0")
+           streaming: bool = False, extra_groups: tuple[int, ...] = ()) -> str:
+    """RAW_CLIENT's one line, run under `uid` (and gid, with `extra_groups`)."""
+    out = run_as(uid, RAW_CLIENT, str(sock), method, req.hex(), mode, "1" if streaming else "0",
+                 extra_groups=extra_groups)
     return out.stdout.strip() or out.stderr.strip()
 
 
