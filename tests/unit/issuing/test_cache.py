@@ -1,5 +1,6 @@
 """The SVID cache with an injected clock: reuse until half life (±10% jitter), re-mint on a new
-revision or a new signing authority, prune, and expire_due telling whether a watched entry is due."""
+revision or a new signing authority, prune, and expire_due telling whether a watched entry is
+due."""
 
 from __future__ import annotations
 
