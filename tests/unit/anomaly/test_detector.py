@@ -101,7 +101,7 @@ def test_a_surge_over_the_learned_rate_is_flagged_once_per_second(clock: Clock) 
         clock.now += 1
     found = [f for _ in range(20) for f in d.observe(_issued())]
     assert _signals(found) == ["rate"]
-    assert found[0].values["count"] == 6  # the first count over max(rate_min, 5x, mean+6σ)
+    assert found[0].values["count"] == 6  # the first count over max(rate_min, 5x, mean + 6 sd)
     assert found[0].seen == "6 requests/s for api"
     assert found[0].values["baseline_mean"] == pytest.approx(1.0, abs=0.01)
 
