@@ -16,14 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import jwt as pyjwt
 import pytest
 
 from ensign.daemon.tpm.emulator import SwtpmEmulator
 from ensign.daemon.tpm.policy import PcrPolicy
+from ensign.proto import workload_pb2 as pb
 from tests.support.cli import one_line_error
-from tests.support.clients import fetch_jwt, status_of
+from tests.support.clients import channel, fetch_jwt, status_of, stream
 from tests.support.daemon import NOBODY, Daemon, make_daemon
 from tests.support.exe import sha256_of, this_exe
+from tests.support.idp import CAL, Idp, exchange
 from tests.support.scripts import fetch_jwt_as
 from tests.support.streams import X509Stream
 from tests.support.tpm import ca_files, extend_out_of_band, manufactured_tpm, needs_swtpm
@@ -61,17 +64,17 @@ def tpm_daemon(short_tmp: Path) -> Iterator[Daemon]:
 def test_policy_failure_ends_streams_with_permission_denied(tpm_daemon: Daemon) -> None:
     d = tpm_daemon
     d.register("attested", "unix:uid:0", "tpm:policy:pass")
-    stream = X509Stream(d.endpoint)
+    watch = X509Stream(d.endpoint)
     try:
-        assert stream.wait(lambda: stream.contexts, 10), stream.errors
+        assert watch.wait(lambda: watch.contexts, 10), watch.errors
         extend_out_of_band(f"swtpm:path={d.data_dir / 'tpm' / 'swtpm.sock'}", 7)
         t0 = time.monotonic()
-        assert stream.wait(lambda: stream.errors, 5), "stream did not end"
-        when, err = stream.errors[0]
+        assert watch.wait(lambda: watch.errors, 5), "the stream did not end"
+        when, err = watch.errors[0]
         assert when - t0 < 3.0  # within one quote period (1s) plus slack
         assert "PERMISSION_DENIED" in repr(err) or "no identity" in str(err), err
     finally:
-        stream.close()
+        watch.close()
     code, _ = status_of(fetch_jwt, str(d.socket), "a")
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "PCR 7" in json.dumps(d.audit())  # the audit record names the PCR
@@ -166,3 +169,43 @@ def test_sealed_ca_key_refuses_to_issue_after_a_pcr_change(
                 d.stop()
         finally:
             emu.stop()
+
+
+def test_an_entry_requiring_the_tpm_policy_gets_svids_and_delegated_tokens(
+        short_tmp: Path) -> None:
+    """One identity decision for every service: the node's `tpm:policy:pass` is merged into the
+    match for X.509-SVIDs and for token exchange alike, and withdrawn from both when the policy
+    fails."""
+    idp = Idp()
+    d = make_daemon(short_tmp, _tpm_config(short_tmp) + idp.config(short_tmp))
+    try:
+        d.cli("role", "create", "assistant", "--audience", f"{CAL}*", "--scope",
+              "calendar.read", "--may-act-for-users")
+        agent = d.register("attested", "unix:uid:0", "tpm:policy:pass",
+                           extra=("--role", "assistant"))
+        with channel(d.socket) as ch:
+            x509 = pb.X509SVIDResponse.FromString(next(stream(ch, "FetchX509SVID", timeout=10)))
+        assert [s.spiffe_id for s in x509.svids] == [agent["spiffe_id"]]
+        alice = idp.token(may_act={"sub": agent["spiffe_id"]})
+        out = exchange(d, None, alice, "--audience", f"{CAL}/v1", "--scope", "calendar.read")
+        assert out.returncode == 0, out.stderr
+        claims = pyjwt.decode(out.stdout.strip(), options={"verify_signature": False})
+        assert (claims["sub"], claims["act"]["sub"], claims["scope"]) == (
+            "alice", agent["spiffe_id"], "calendar.read")
+        exchanged = d.audit("--type", "token.exchanged")
+        assert [(r["result"], r["agent_id"]) for r in exchanged] == [("success", agent["id"])]
+
+        # The PCR policy fails: neither service hands out anything for this entry any more.
+        extend_out_of_band(f"swtpm:path={d.data_dir / 'tpm' / 'swtpm.sock'}", 7)
+        deadline = time.monotonic() + 10
+        while json.loads(d.cli("tpm", "status", "-o", "json").stdout)["policy"] != "fail":
+            assert time.monotonic() < deadline, "the policy failure was not noticed"
+            time.sleep(0.2)
+        code, _ = status_of(fetch_jwt, str(d.socket), "a")
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        refused = exchange(d, None, alice, "--audience", f"{CAL}/v1", "--scope",
+                           "calendar.read")
+        assert "not a registered, active agent" in one_line_error(refused, 77)
+    finally:
+        if d.alive():
+            d.stop()
