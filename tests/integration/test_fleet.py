@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from tests.support.cli import one_line_error
 from tests.support.daemon import Daemon, make_daemon, needs_root
 from tests.support.net import free_port
-from tests.support.scripts import TLS_CLIENT, TLS_SERVER
+from tests.support.scripts import TLS_CLIENT, TLS_SERVER, spawn_with_group
 from tests.support.scripts import TLS_CLIENT_GID as CLIENT_GID
 from tests.support.scripts import TLS_SERVER_GID as SERVER_GID
 
@@ -63,9 +63,8 @@ def test_two_nodes_handshake_with_only_the_org_bundle(short_tmp: Path, tmp_path:
             out = d.cli("fetch", "bundles", "-o", "json").stdout
             assert out.count("BEGIN CERTIFICATE") == 1
         port = str(free_port())
-        server = subprocess.Popen([sys.executable, "-c", TLS_SERVER, a.endpoint, port,
-                                   str(client_id["spiffe_id"])], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, extra_groups=[SERVER_GID])
+        server = spawn_with_group(TLS_SERVER, SERVER_GID, a.endpoint, port,
+                                  str(client_id["spiffe_id"]))
         try:
             assert server.stdout is not None
             assert server.stdout.readline().split() == ["LISTENING", server_id["spiffe_id"]]

@@ -10,8 +10,9 @@ import pytest
 from ensign.daemon.errors import NoIdentity
 from ensign.daemon.identity import Resolver
 from ensign.daemon.models import AttestedCaller, Caller
-from ensign.daemon.registry import Entry, EventHub, Registry, RoleBook, SqliteStore
+from ensign.daemon.registry import Entry, Registry
 from ensign.daemon.tpm.errors import TpmUnavailable
+from tests.support.registry import new_entry, open_registry
 
 
 class FakeNode:
@@ -27,17 +28,11 @@ class FakeNode:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
-    store = SqliteStore(tmp_path / "registry.db")
-    store.open()
-    events = EventHub()
-    r = Registry(store, RoleBook(store, events), events, "example.org")
-    r.load()
-    return r
+    return open_registry(tmp_path)
 
 
 def _register(r: Registry, name: str, *selectors: str) -> Entry:
-    return r.register(Entry(id="", name=name, kind="agent", spiffe_id="", selectors=selectors,
-                            owner="o@example.org"), 0)
+    return r.register(new_entry(name, *selectors), 0)
 
 
 def _caller(*selectors: str) -> AttestedCaller:
