@@ -17,7 +17,7 @@ from ensign.proto import delegation_pb2, workload_pb2
 from tests.support.clients import HEADER, call
 from tests.support.daemon import NOBODY, Daemon, needs_root
 from tests.support.hardening import healthy
-from tests.support.scripts import handoff, raw_as
+from tests.support.scripts import FETCH_ON_SOCKET, handoff, raw_as
 
 
 def _denials(d: Daemon) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ def test_socket_handed_to_another_process_is_refused_and_audited(
 
 
 _PID_REUSE = textwrap.dedent("""
-    import array, asyncio, os, socket, sys, time
+    import os, socket, sys, time
     path = sys.argv[1]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
@@ -112,27 +112,8 @@ _PID_REUSE = textwrap.dedent("""
         os._exit(0)
     if os.getpid() != pid:
         os._exit(0)
-    from grpclib.client import Channel
-    from ensign.proto import workload_pb2 as pb
-    from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
     s = socket.socket(fileno=fds[0])
-    async def main():
-        loop = asyncio.get_running_loop()
-        ch = Channel(path=path)
-        async def create():
-            _, proto = await loop.create_unix_connection(ch._protocol_factory, sock=s)
-            return proto
-        ch._create_connection = create
-        try:
-            await SpiffeWorkloadAPIStub(ch).FetchJWTSVID(
-                pb.JWTSVIDRequest(audience=["a"]), metadata={"workload.spiffe.io": "true"})
-            print("ISSUED", os.getpid(), flush=True)
-        except Exception as e:
-            print("REFUSED", getattr(e, "status", e).name, getattr(e, "message", ""), flush=True)
-        ch.close()
-    asyncio.run(main())
-    os._exit(0)
-""")
+""") + FETCH_ON_SOCKET + "os._exit(0)\n"
 
 
 @needs_root

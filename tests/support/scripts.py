@@ -65,21 +65,13 @@ with open(out, "a") as f:
             time.sleep(0.02)
 """
 
-# The fd hand-off: the connecting process exits and a forked child uses its connection.
-# Prints "ISSUED" or "REFUSED <STATUS> <message>" (from the child, on the inherited stdout).
-HANDOFF = textwrap.dedent("""
-    import asyncio, os, socket, sys
+# FetchJWTSVID with grpclib over a connection someone else made: the socket `s` to `path` (both
+# in scope). Prints "ISSUED" or "REFUSED <STATUS> <message>". The tail of the scripts below.
+FETCH_ON_SOCKET = textwrap.dedent("""
+    import asyncio
     from grpclib.client import Channel
     from ensign.proto import workload_pb2 as pb
     from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
-
-    path = sys.argv[1]
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)            # the kernel records THIS process as the peer
-    if os.fork() != 0:
-        os._exit(0)            # the connecting process exits; the child keeps the socket
-    import time
-    time.sleep(0.5)            # let the parent's exit land
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -97,6 +89,17 @@ HANDOFF = textwrap.dedent("""
         ch.close()
     asyncio.run(main())
 """)
+
+# The fd hand-off: the connecting process exits and a forked child uses its connection.
+HANDOFF = textwrap.dedent("""
+    import os, socket, sys, time
+    path = sys.argv[1]
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)            # the kernel records THIS process as the peer
+    if os.fork() != 0:
+        os._exit(0)            # the connecting process exits; the child keeps the socket
+    time.sleep(0.5)            # let the parent's exit land
+""") + FETCH_ON_SOCKET
 
 
 def raw_as(uid: int, sock: Path, method: str, req: bytes = b"", *, mode: str = "one",
