@@ -1,8 +1,9 @@
 """Issue 6 acceptance against the full daemon: TPM selectors on streams, swtpm outages,
 measured launches in remote evidence, the sealed CA key.
 
-TpmService is wired into app.py (start/stop, events, evidence service), workload_api.py (node
-selectors merged at match time), attestation.py (measured launches) and ca.py (sealing).
+TpmService is wired in wiring.py: identity/resolve.py merges the node's selectors at match time
+for every service (SVIDs and token exchange alike), the attestation pipeline records measured
+launches, api/attestation.py serves evidence, issuing/ca.py seals the CA key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import jwt as pyjwt
 import pytest
 
 from ensign.daemon.tpm.emulator import SwtpmEmulator
-from ensign.daemon.tpm.policy import PcrPolicy
 from ensign.proto import workload_pb2 as pb
 from tests.support.cli import one_line_error
 from tests.support.clients import channel, fetch_jwt, status_of, stream
@@ -30,18 +30,14 @@ from tests.support.idp import CAL, Idp, exchange
 from tests.support.scripts import fetch_jwt_as
 from tests.support.streams import X509Stream
 from tests.support.tpm import ca_files, extend_out_of_band, manufactured_tpm, needs_swtpm
+from tests.support.tpm_service import zero_policy
 
 pytestmark = [needs_swtpm, pytest.mark.timeout(90)]
 __all__ = ["manufactured_tpm"]  # a fixture used by name
 
-ZERO = bytes(32)
-
-
 def _golden(root: Path) -> Path:
     """swtpm has no measured boot: PCRs 0-7 are zero until someone extends them."""
-    path = root / "golden.json"
-    path.write_text(json.dumps(PcrPolicy.document({i: ZERO for i in range(8)})))
-    return path
+    return zero_policy(root / "golden.json")
 
 
 def _tpm_config(root: Path, **extra: str) -> str:
