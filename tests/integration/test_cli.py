@@ -159,7 +159,7 @@ def test_admin_group_members_may_use_the_admin_socket(short_tmp: Path) -> None:
         st = d.admin_socket.stat()
         assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == gid
         member = raw_as(NOBODY, d.admin_socket, LIST_AGENTS, mode="none", extra_groups=(gid,))
-        assert member == "OK ", member  # an empty list
+        assert member == "OK", member  # an empty list: no bytes
         stranger = raw_as(NOBODY, d.admin_socket, LIST_AGENTS, mode="none")
         assert stranger.startswith("STATUS UNAVAILABLE"), stranger  # cannot even connect (0660)
         d.stop()
