@@ -25,8 +25,9 @@ import pytest
 from ensign.daemon.audit.query import read_records
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import workload_pb2 as pb
+from tests.support.clients import call
 from tests.support.daemon import ENSIGN, Daemon, make_daemon
-from tests.support.hardening import call, healthy, soak, socket_answers
+from tests.support.hardening import healthy, soak, socket_answers
 from tests.support.scripts import JTI_HAMMER
 
 KILLS = soak(10, 100)

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.daemon.issuing import split_der
 from ensign.proto import delegation_pb2, workload_pb2
+from tests.support.clients import call
 from tests.support.daemon import ENSIGN, Daemon
-from tests.support.hardening import call
 
 IDP = "https://idp.example.org"
 CAL = "https://calendar.example.org"
