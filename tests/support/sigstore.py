@@ -38,9 +38,10 @@ def b64(data: bytes) -> str:
 
 
 def _spki(key: Any) -> bytes:
-    return key.public_bytes(
+    der: bytes = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return der
 
 
 def _utf8(s: str) -> bytes:
@@ -352,7 +353,7 @@ class PrivateSigstore:
         payload = json.dumps(statement, separators=(",", ":")).encode()
         pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(payload), payload)
         sig = key.sign(pae, ec.ECDSA(hashes.SHA256()))
-        envelope = {
+        envelope: dict[str, Any] = {
             "payload": b64(payload),
             "payloadType": ptype,
             "signatures": [{"sig": b64(sig)}],

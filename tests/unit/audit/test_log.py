@@ -24,7 +24,7 @@ def _run(data: Path, body: Callable[[AuditLog], Awaitable[T]], **cfg: object) ->
     """Open a log on `data`, run `body`, close it (a clean stop writes daemon.stop and a
     checkpoint)."""
     async def main() -> T:
-        log = AuditLog(AuditConfig(**cfg), data)  # type: ignore[arg-type]
+        log = AuditLog(AuditConfig(**cfg), data)
         log.open()
         try:
             return await body(log)

@@ -86,7 +86,7 @@ def proc(tmp_path: Path) -> FakeProc:
 def _pipeline(proc: FakeProc, *attestors: FakeAttestor, timeout: float = 5.0,
               measure: Callable[[str, str], Awaitable[None]] | None = None
               ) -> AttestationPipeline:
-    return AttestationPipeline(attestors, proc_root=proc.root, timeout=timeout,  # type: ignore[arg-type]
+    return AttestationPipeline(attestors, proc_root=proc.root, timeout=timeout,
                                measure=measure)
 
 
