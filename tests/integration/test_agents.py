@@ -33,13 +33,12 @@ def test_suspend_resume_decommission(daemon: Daemon) -> None:
     try:
         assert s.wait(lambda: s.contexts, 10)
         first_serial = s.contexts[0].default_svid.leaf.serial_number
-        started = time.monotonic()
         out = daemon.cli("agent", "suspend", str(rec["id"]), "--reason", "investigating")
         assert out.stdout.split() == [rec["id"], "suspended"]
-        assert s.wait(lambda: s.errors, 5)
-        when, err = s.errors[0]
+        # The open stream is ended by the suspension (no timed assertion: speed is bench's).
+        assert s.wait(lambda: s.errors, 10), "the stream was not ended"
+        _, err = s.errors[0]
         assert "PERMISSION_DENIED" in repr(err) or "no identity" in str(err), err
-        assert when - started < 1.0 + 0.6  # one second after the change; the CLI call is inside
     finally:
         s.close()
     code, _ = status_of(fetch_jwt, sock, "a")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -183,15 +182,14 @@ def test_other_uid_gets_only_its_own_identity(shared_daemon: Daemon) -> None:
 def test_deleting_entry_ends_open_stream_with_permission_denied(daemon: Daemon) -> None:
     record = daemon.register("short-lived", "unix:uid:0")
     with channel(str(daemon.socket)) as ch:
-        it = stream(ch, "FetchX509SVID", timeout=30)
+        # A stream the deletion does not end runs into its deadline instead (DEADLINE_EXCEEDED).
+        # No timed assertion: speed is bench's.
+        it = stream(ch, "FetchX509SVID", timeout=20)
         first = pb.X509SVIDResponse.FromString(next(it))
         assert first.svids[0].spiffe_id == record["spiffe_id"]
-        started = time.monotonic()
         daemon.cli("agent", "delete", str(record["id"]))
-        code, _ = status_of(lambda: next(it))
-        elapsed = time.monotonic() - started
-    assert code == grpc.StatusCode.PERMISSION_DENIED
-    assert elapsed < 2.0 + 1.0  # 2 s promised; the CLI call itself is inside the window
+        code, details = status_of(lambda: next(it))
+    assert (code, details) == (grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
     assert daemon.alive()
 
 
