@@ -21,32 +21,11 @@ from ensign.proto import delegation_pb2 as dpb
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import HEADER, channel, stream
 from tests.support.daemon import ENSIGN, Daemon, make_daemon
+from tests.support.idp import CAL, IDP, Idp, exchange
 
-IDP = "https://idp.example.org"
-CAL = "https://calendar.example.org"
 GID_A, GID_B, GID_C, GID_NONE = 5001, 5002, 5003, 5999
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="agents are told apart by groups")
-
-
-class Idp:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.other = ec.generate_private_key(ec.SECP256R1())
-
-    def jwks(self) -> str:
-        jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
-        return json.dumps({"keys": [{**jwk, "kid": "idp-1", "use": "sig", "alg": "ES256"}]})
-
-    def token(self, sub: str = "alice", scope: str = "calendar.read calendar.write",
-              may_act: Any = None, ttl: int = 600, iss: str = IDP, key: Any = None,
-              kid: str = "idp-1") -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {"iss": iss, "sub": sub, "aud": "ensign", "iat": now,
-                                  "exp": now + ttl, "scope": scope}
-        if may_act is not None:
-            claims["may_act"] = may_act
-        return pyjwt.encode(claims, key or self.key, algorithm="ES256", headers={"kid": kid})
 
 
 def _none_token() -> str:
@@ -63,11 +42,7 @@ def idp() -> Idp:
 
 @pytest.fixture
 def world(short_tmp: Path, idp: Idp) -> Any:
-    jwks = short_tmp / "idp-jwks.json"
-    jwks.write_text(idp.jwks())
-    d = make_daemon(short_tmp, "[delegation]\nenabled = true\nmax_chain_depth = 2\n"
-                               f'[[delegation.issuers]]\nissuer = "{IDP}"\n'
-                               f'jwks_file = "{jwks}"\naudience = "ensign"\n')
+    d = make_daemon(short_tmp, idp.config(short_tmp, max_chain_depth=2))
     d.cli("role", "create", "calendar-agent", "--audience", f"{CAL}*", "--scope", "calendar.read",
           "--scope", "calendar.write", "--may-act-for-users", "--may-redelegate")
     d.cli("role", "create", "calendar-helper", "--audience", f"{CAL}*", "--scope",
@@ -81,13 +56,6 @@ def world(short_tmp: Path, idp: Idp) -> Any:
     d.register("observer", "unix:uid:0", extra=("--kind", "service"))
     yield d, a, b, c
     d.stop()
-
-
-def exchange(d: Daemon, gid: int, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": d.endpoint}
-    return subprocess.run([*ENSIGN, "token", "exchange", "--subject-token", "-", *args],
-                          input=token, capture_output=True, text=True, env=env,
-                          extra_groups=[gid], timeout=30)
 
 
 def _jwt_bundle(d: Daemon) -> dict[str, Any]:
@@ -187,8 +155,7 @@ def test_refusals(world: Any, idp: Idp, case: str, expect: str) -> None:
     out = exchange(d, GID_A, token, *args)
     assert out.returncode == 77, out.stdout + out.stderr
     assert expect in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    trail = json.loads(d.cli("audit", "list", "--agent", a["id"], "--type", "token.exchanged",
-                             "-o", "json").stdout)
+    trail = d.audit("--agent", a["id"], "--type", "token.exchanged")
     assert trail[-1]["result"] == "denied" and expect in trail[-1]["reason"]
 
 
@@ -232,8 +199,7 @@ def test_agent_to_agent_chain(world: Any, idp: Idp) -> None:
     too_deep = exchange(d, GID_C, second.stdout.strip(), "--audience", CAL, "--scope",
                         "calendar.read")
     assert too_deep.returncode == 77 and "the limit is 2" in too_deep.stderr
-    trail = json.loads(d.cli("audit", "list", "--agent", b["id"], "--type", "token.exchanged",
-                             "-o", "json").stdout)
+    trail = d.audit("--agent", b["id"], "--type", "token.exchanged")
     ok = [r for r in trail if r["result"] == "success"][-1]
     assert ok["delegator"] == "alice"
     assert ok["details"]["previous_actors"] == [a["spiffe_id"]]
