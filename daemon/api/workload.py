@@ -183,6 +183,7 @@ class WorkloadApi:
         svids = []
         records: list[AuditEvent] = []
         denied: AudienceDenied | None = None
+        hints: set[str] = set()  # unique within a response (Workload API 6.2.1): first keeps it
         for e in entries:
             try:
                 cap = jwt_ttl_cap(e.roles, self._roles.all, audience,
@@ -193,7 +194,9 @@ class WorkloadApi:
                 continue
             jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
             records.append(self._jwt_issued(attested, e, jwt_svid))
-            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
+            hint = e.hint if e.hint not in hints else ""
+            hints.add(hint)
+            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=hint))
         if not svids and denied is not None:
             raise denied
         await self._audit.durable(records)  # on disk before the tokens leave: fail closed

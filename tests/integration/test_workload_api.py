@@ -303,3 +303,15 @@ def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -
     for answer in answers:
         assert sorted(s.hint for s in answer.svids) == ["", "same"]
     assert answers[0].svids[0].x509_svid == answers[1].svids[0].x509_svid  # the cached SVID
+
+
+def test_duplicate_hints_in_a_jwt_answer_keep_the_first_holder(daemon: Daemon) -> None:
+    # Workload API 6.2.1: hints MUST be unique within a FetchJWTSVID response too.
+    first = daemon.register("first", "unix:uid:0", extra=("--hint", "same"))
+    second = daemon.register("second", "unix:uid:0", extra=("--hint", "same"))
+    third = daemon.register("third", "unix:uid:0", extra=("--hint", "other"))
+    for _ in range(2):  # the second answer comes from the token cache
+        answer = fetch_jwt(str(daemon.socket), "api")
+        hints = {s.spiffe_id: s.hint for s in answer.svids}
+        assert hints == {first["spiffe_id"]: "same", second["spiffe_id"]: "",
+                         third["spiffe_id"]: "other"}
