@@ -111,8 +111,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
                   audit=audit)
     workload = WorkloadApi(config=config, roles=roles, cache=cache, ca=ca, audit=audit,
-                           broadcast=broadcast, clock=clock,
-                           on_validated=responder.validated if responder else None)
+                           broadcast=broadcast, clock=clock)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.audit.records import evidence_digest, process_of
 from ensign.daemon.errors import EnsignError
@@ -36,6 +38,23 @@ def jwt_issued(attested: AttestedCaller, entry: Entry, svid: JwtSvid) -> AuditEv
         audience=svid.audience,
         details={"kind": "jwt", "jti": svid.jti, "not_after": svid.expiry.isoformat(),
                  "ttl": int((svid.expiry - svid.issued_at).total_seconds())},
+    )
+
+
+def validated(attested: AttestedCaller, claims: dict[str, Any], audience: str,
+              validator: tuple[str, ...], err: EnsignError | None = None) -> AuditEvent:
+    """ValidateJWTSVID: the token's holder is the agent (whose identity was used), the
+    process is the validator's, `validator` its SPIFFE IDs (none: it holds no entry)."""
+    aud = claims.get("aud", [])
+    return AuditEvent(
+        type="svid.validated", result="success" if err is None else "denied",
+        reason=err.diagnostics()[:1024] if err else "",
+        agent_id=str(claims.get("agent_id", ""))[:128], spiffe_id=str(claims.get("sub", ""))[:2048],
+        process=process_of(attested.caller, attested), audience=(audience,),
+        details={"jti": str(claims.get("jti", ""))[:128], "validator": list(validator),
+                 "token_audience": [str(a)[:512] for a in (aud if isinstance(aud, list)
+                                                           else [aud])][:32],
+                 "expires_at": int(claims["exp"]) if isinstance(claims.get("exp"), int) else 0},
     )
 
 

@@ -26,6 +26,7 @@ from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
 from ensign.daemon.errors import InvalidRequest, NoIdentity
 from ensign.daemon.issuing import (
+    AudienceMismatch,
     Broadcast,
     CertificateAuthority,
     JwtSvid,
@@ -37,6 +38,7 @@ from ensign.daemon.keys import to_pkcs8_der
 from ensign.daemon.models import AttestedCaller
 from ensign.daemon.registry import AudienceDenied, Entry, RoleBook, jwt_ttl_cap, x509_ttl_cap
 from ensign.daemon.spiffe_id import SpiffeId
+from ensign.daemon.tpm.errors import TpmUnavailable
 from ensign.proto import workload_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,6 @@ MAX_AUDIENCES = 32
 MAX_AUDIENCE_BYTES = 512
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_ISSUED_EVENTS = 1024
-
-#: (agent id, jti, SPIFFE ID) of a JWT-SVID this node validated: anomaly detection
-Validated = Callable[[str, str, str], None]
-
 
 class WorkloadApi:
     def __init__(
@@ -61,9 +59,7 @@ class WorkloadApi:
         audit: AuditLog,
         broadcast: Broadcast,
         clock: Callable[[], datetime],
-        on_validated: Validated | None = None,
     ) -> None:
-        self._on_validated = on_validated
         self._cfg = config
         self._roles = roles
         self._cache = cache
@@ -215,18 +211,28 @@ class WorkloadApi:
         request = await recv(stream)
         if not request.audience:
             raise InvalidRequest("audience must be specified")
+        if len(request.audience.encode()) > MAX_AUDIENCE_BYTES:
+            raise InvalidRequest(f"audience values are limited to {MAX_AUDIENCE_BYTES} bytes")
         if not request.svid:
             raise InvalidRequest("svid must be specified")
         if len(request.svid) > MAX_TOKEN_BYTES:
             raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
-        await call.attested()
-        call.identities()
-        sub, claims = validate_jwt_svid(
-            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
-            self._clock())
-        if self._on_validated is not None:
-            self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),
-                               str(sub))
+        # A validating service need not hold an identity (as with SPIRE); it is attested and
+        # every answer is audited, naming whose token it checked.
+        attested = await call.attested()
+        call.audience = (request.audience,)
+        validator = _validator_ids(call)
+        try:
+            sub, claims = validate_jwt_svid(
+                request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
+                self._clock())
+        except AudienceMismatch as err:  # a genuine token, sent to the wrong service
+            self._audit.record_nowait(_records.validated(
+                attested, err.claims, request.audience, validator, err))
+            call.recorded = True
+            raise
+        self._audit.record_nowait(_records.validated(attested, claims, request.audience,
+                                                     validator))
         response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
         response.claims.update(claims)
         await stream.send_message(response)
@@ -241,6 +247,13 @@ class WorkloadApi:
         self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse], call: Call
     ) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
+
+
+def _validator_ids(call: Call) -> tuple[str, ...]:
+    try:
+        return tuple(e.spiffe_id for e in call.identities())
+    except (NoIdentity, TpmUnavailable):
+        return ()
 
 
 def _check_audience(audience: list[str]) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -315,3 +316,53 @@ def test_duplicate_hints_in_a_jwt_answer_keep_the_first_holder(daemon: Daemon) -
         hints = {s.spiffe_id: s.hint for s in answer.svids}
         assert hints == {first["spiffe_id"]: "same", second["spiffe_id"]: "",
                          third["spiffe_id"]: "other"}
+
+
+_NOBODY_VALIDATOR = """
+import sys, grpc
+path, aud, token = sys.argv[1], sys.argv[2], sys.argv[3]
+ch = grpc.insecure_channel("unix:" + path)
+call = ch.unary_unary("/SpiffeWorkloadAPI/ValidateJWTSVID")
+# ValidateJWTSVIDRequest: 1 audience, 2 svid (both strings)
+def field(n, s):
+    b = s.encode()
+    out, length = bytes([n << 3 | 2]), len(b)
+    while length >= 0x80:
+        out += bytes([length & 0x7F | 0x80]); length >>= 7
+    return out + bytes([length]) + b
+try:
+    resp = call(field(1, aud) + field(2, token), metadata=[("workload.spiffe.io", "true")],
+                timeout=10)
+except grpc.RpcError as e:
+    print("STATUS", e.code().name, e.details())
+else:
+    print("OK", resp.hex())
+"""
+
+
+def test_a_validator_without_an_identity_validates_and_is_audited(daemon: Daemon) -> None:
+    # As with SPIRE, a service that only validates tokens needs no registry entry of its own.
+    holder = daemon.register("holder", "unix:uid:0")
+    token = fetch_jwt(str(daemon.socket), "ledger").svids[0].svid
+    out = run_as(NOBODY, _NOBODY_VALIDATOR, str(daemon.socket), "ledger", token)
+    assert out.stdout.startswith("OK"), out.stdout + out.stderr
+    resp = pb.ValidateJWTSVIDResponse.FromString(bytes.fromhex(out.stdout.split()[1]))
+    assert resp.spiffe_id == holder["spiffe_id"]
+    jti = dict(resp.claims.items())["jti"]
+    # A token for another service is refused, and recorded as the holder's token misdirected.
+    out = run_as(NOBODY, _NOBODY_VALIDATOR, str(daemon.socket), "payments", token)
+    assert out.stdout.startswith("STATUS INVALID_ARGUMENT"), out.stdout + out.stderr
+    assert "does not include 'payments'" in out.stdout
+    records = json.loads(daemon.cli("audit", "list", "--type", "svid.validated",
+                                    "-o", "json").stdout)
+    assert [(r["result"], r["audience"], r["agent_id"], r["spiffe_id"], r["process"]["uid"],
+             r["details"]["jti"], r["details"]["validator"]) for r in records] == [
+        ("success", ["ledger"], holder["id"], holder["spiffe_id"], NOBODY, jti, []),
+        ("denied", ["payments"], holder["id"], holder["spiffe_id"], NOBODY, jti, []),
+    ]
+    assert records[1]["details"]["token_audience"] == ["ledger"]
+    assert "payments" in records[1]["reason"]
+    # no generic refusal record besides the richer one
+    denied = json.loads(daemon.cli("audit", "list", "--type", "request.denied",
+                                   "-o", "json").stdout)
+    assert [r for r in denied if r["details"]["method"] == "ValidateJWTSVID"] == []
