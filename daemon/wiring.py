@@ -42,6 +42,7 @@ from ensign.daemon.server import (
     UnixServer,
     bounds,
     translated,
+    with_reflection,
 )
 from ensign.daemon.state import NodeState
 from ensign.daemon.tpm.service import TpmEvent, TpmService
@@ -114,12 +115,13 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                            broadcast=broadcast, clock=clock)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
-    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
+    # reflection lists what this socket serves: add services above it, never after
+    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),
         front.serve(DelegationBase, DelegationApi(exchange)),
         front.serve(AttestationBase, AttestationApi(tpm)),
         translated(HealthService(state.problem).__mapping__()),
-    ], tracker)
+    ]), tracker)
     admin_gid = _group_id(config.admin_group)
     admin = AdminApi(registry=registry, roles=roles, grants=grants, audit_dir=audit.dir,
                      status=state.status, admin_gid=admin_gid)
