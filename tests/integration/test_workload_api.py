@@ -397,6 +397,14 @@ def test_server_reflection_lists_what_the_socket_serves(
         db = ProtoReflectionDescriptorDatabase(ch)
         listed = sorted(db.get_services())
         assert listed == wired
+        # grpcurl asks v1 first: the same list there
+        from grpclib.reflection.v1 import reflection_pb2 as v1
+
+        answer = v1.ServerReflectionResponse.FromString(next(ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(
+                iter([v1.ServerReflectionRequest(list_services="").SerializeToString()]),
+                timeout=10)))
+        assert sorted(x.name for x in answer.list_services_response.service) == wired
         assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
                 "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
