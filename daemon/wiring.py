@@ -24,6 +24,7 @@ from ensign.daemon.api import (
     Front,
     HealthService,
     Policy,
+    SecretDiscoveryApi,
     WorkloadApi,
 )
 from ensign.daemon.audit import change, tpm_event
@@ -49,6 +50,7 @@ from ensign.daemon.tpm.service import TpmEvent, TpmService
 from ensign.proto.admin_grpc import AdminBase
 from ensign.proto.attestation_grpc import AttestationBase
 from ensign.proto.delegation_grpc import DelegationBase
+from ensign.proto.sds_grpc import SecretDiscoveryServiceBase
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,10 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     # reflection lists what this socket serves: add services above it, never after
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),
+        # Envoy sends no workload.spiffe.io header (nor does SPIRE ask for one on SDS)
+        front.serve(SecretDiscoveryServiceBase, SecretDiscoveryApi(
+            trust_domain=config.trust_domain, roles=roles, cache=cache, ca=ca, audit=audit,
+            broadcast=broadcast), Policy(header=False)),
         front.serve(DelegationBase, DelegationApi(exchange)),
         front.serve(AttestationBase, AttestationApi(tpm)),
         translated(HealthService(state.problem).__mapping__()),

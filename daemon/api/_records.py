@@ -21,13 +21,16 @@ def attestation(attested: AttestedCaller) -> AuditEvent:
     )
 
 
-def x509_issued(attested: AttestedCaller, entry: Entry, svid: X509Svid) -> AuditEvent:
+def x509_issued(attested: AttestedCaller, entry: Entry, svid: X509Svid,
+                via: str = "") -> AuditEvent:
+    """`via` names an API other than the Workload API that delivered it ("sds")."""
     return AuditEvent(
         type="svid.issued", agent_id=entry.id, spiffe_id=svid.spiffe_id, entry_id=entry.id,
         roles=entry.roles, process=process_of(attested.caller, attested),
         details={"kind": "x509", "serial": format(svid.cert.serial_number, "x"),
                  "not_after": svid.not_after.isoformat(),
-                 "ttl": int((svid.not_after - svid.not_before).total_seconds())},
+                 "ttl": int((svid.not_after - svid.not_before).total_seconds()),
+                 **({"via": via} if via else {})},
     )
 
 

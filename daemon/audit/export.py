@@ -56,11 +56,13 @@ def to_ocsf(record: Record) -> Event:
 # -- 3002 Authentication ---------------------------------------------------------------------
 
 def svid_issued(r: Record) -> Event:
-    """An agent obtained an SVID from the Workload API: a logon, the SVID its session."""
+    """An agent obtained an SVID (Workload API, or SDS for Envoy): a logon, the SVID its
+    session."""
     d = r.get("details") or {}
     kind = "JWT-SVID" if d.get("kind") == "jwt" else "X.509-SVID"
     e = _event(r, 3002, 1, "Logon", f"{_who(r)} received a {kind}")
-    e.update(user=_agent_user(r), service=WORKLOAD_API, auth_protocol_id=99,
+    service = {"name": "Envoy SDS"} if d.get("via") == "sds" else WORKLOAD_API
+    e.update(user=_agent_user(r), service=service, auth_protocol_id=99,
              auth_protocol=f"SPIFFE {kind}", session=_session(d.get("jti") or d.get("serial"),
                                                                 d.get("not_after")))
     _actor_process(e, r)

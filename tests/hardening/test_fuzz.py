@@ -25,6 +25,7 @@ import grpc
 import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from envoy.service.secret.v3 import sds_pb2
 from google.protobuf import descriptor as d_
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -119,7 +120,7 @@ def _methods(*modules: Any) -> list[tuple[str, d_.MethodDescriptor]]:
     return out
 
 
-WORKLOAD = _methods(workload_pb2, delegation_pb2, attestation_pb2)
+WORKLOAD = _methods(workload_pb2, delegation_pb2, attestation_pb2, sds_pb2)  # + Envoy's SDS
 ADMIN = _methods(admin_pb2)
 
 

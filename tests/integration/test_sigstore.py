@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.daemon import NOBODY, REPO, Daemon, make_daemon, nobody_site_packages, run_as
-from tests.support.sigstore import GHA, OID_REPOSITORY, PrivateSigstore
+from tests.support.sigstore import GHA, OID_REPOSITORY, SCT_LEAF_INDEX, PrivateSigstore
 
 IDENTITY = "https://github.com/acme/agent/.github/workflows/release.yml@refs/tags/v1.2.3"
 OTHER = "https://github.com/mallory/agent/.github/workflows/release.yml@refs/tags/v6.6.6"
@@ -117,6 +118,55 @@ def test_signed_binary_gets_an_identity_and_variants_do_not(
             d.cli("audit", "list", "--type", "request.denied", "-o", "json").stdout
         )
         assert len(denials) >= 4 and all("sigstore" in json.dumps(r) for r in denials[-4:])
+        assert d.alive()
+    finally:
+        d.stop()
+
+
+def test_rekor_v2_builds_get_identities_offline(short_tmp: Path, fulcio: PrivateSigstore) -> None:
+    """What signers produce since the production root lists a Rekor v2 log: entries without
+    an integrated time (time from an RFC 3161 timestamp), checkpoints with witness
+    cosignatures, SCTs with extensions, DSSE provenance logged as dsse/0.0.2; the trust root
+    given as a ClientTrustConfig. Crashed the attestor (integrated_time None) before."""
+    (short_tmp / "bundles").mkdir()
+    config = short_tmp / "trust_config.json"
+    config.write_text(json.dumps(fulcio.client_trust_config()))
+    d = make_daemon(
+        short_tmp,
+        "[attestors.sigstore]\nenabled = true\n"
+        f'trusted_root = "{config}"\nbundle_dirs = ["{short_tmp / "bundles"}"]\n',
+    )
+    try:
+        d.register("v2-agent", "unix:uid:0", f"sigstore:identity:{IDENTITY}",
+                   "sigstore:repository:https://github.com/acme/agent")
+        d.register("provenance-agent", "unix:uid:0",
+                   "sigstore:builder:https://github.com/actions/runner")
+        bins = short_tmp / "bin"
+        bins.mkdir(mode=0o755)
+        signed = _copy_exe(bins / "agent")
+        data = signed.read_bytes()
+        (bins / "agent.sigstore.json").write_text(json.dumps(fulcio.sign(
+            data, IDENTITY, extra={OID_REPOSITORY: "https://github.com/acme/agent"},
+            rekor="v2", witnesses=2, sct_extensions=SCT_LEAF_INDEX, embed_tsa_cert=False)))
+        built = _copy_exe(bins / "built")
+        built.write_bytes(data + b"\0")  # another build: its own digest
+        built.chmod(0o755)
+        digest = hashlib.sha256(built.read_bytes()).hexdigest()
+        (short_tmp / "bundles" / f"{digest}.sigstore.json").write_text(json.dumps(fulcio.attest(
+            built.read_bytes(), "built", OTHER, "https://github.com/actions/runner",
+            rekor="v2", entry="dsse")))
+        tampered = bins / "tampered"
+        tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))
+        tampered.chmod(0o755)
+        shutil.copy(bins / "agent.sigstore.json", bins / "tampered.sigstore.json")
+
+        assert _run_exe(signed, d) == "ISSUED"
+        assert _run_exe(built, d) == "ISSUED"
+        assert _run_exe(tampered, d) == "REFUSED PERMISSION_DENIED"
+        by_path = {e.get("unix.exe_path"): e for e in _evidence_of(d)}
+        assert by_path[str(signed)]["sigstore.signer"] == IDENTITY
+        assert by_path[str(built)]["sigstore.signer"] == OTHER
+        assert by_path[str(tampered)]["sigstore.failed_check"] == "artifact-digest"
         assert d.alive()
     finally:
         d.stop()

@@ -212,12 +212,12 @@ def test_deleting_entry_ends_open_stream_with_permission_denied(daemon: Daemon) 
         it = stream(ch, "FetchX509SVID", timeout=30)
         first = pb.X509SVIDResponse.FromString(next(it))
         assert first.svids[0].spiffe_id == record["spiffe_id"]
-        started = time.monotonic()
         daemon.cli("agent", "delete", str(record["id"]))
+        committed = time.monotonic()  # the CLI has its answer: the entry is gone
         code, _ = status_of(lambda: next(it))
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - committed
     assert code == grpc.StatusCode.PERMISSION_DENIED
-    assert elapsed < 2.0 + 1.0  # 2 s promised; the CLI call itself is inside the window
+    assert elapsed < 1.0  # the stream ends within a second of the change
     assert daemon.alive()
 
 

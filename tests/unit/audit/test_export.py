@@ -36,6 +36,9 @@ EVENTS: dict[str, AuditEvent] = {
     "x509": _agent_event(type="svid.issued", roles=("reader",), details={
         "kind": "x509", "serial": "1f3a", "not_after": "2026-11-30T13:00:00+00:00",
         "ttl": 3600}),
+    "x509-sds": _agent_event(type="svid.issued", details={
+        "kind": "x509", "serial": "1f3b", "not_after": "2026-11-30T13:00:00+00:00",
+        "ttl": 3600, "via": "sds"}),
     "jwt": _agent_event(type="svid.issued", audience=("https://api.example.org",), details={
         "kind": "jwt", "jti": "j1", "not_after": "2026-11-30T12:05:00+00:00", "ttl": 300}),
     "validated": _agent_event(type="svid.validated", audience=("https://api.example.org",),
@@ -131,6 +134,7 @@ def test_authentication_names_the_agent_its_process_and_the_service() -> None:
     assert event["actor"]["process"] == {"pid": 4242, "user": {"uid": "1001",
                                                                 "type": "Unix account"}}
     assert event["service"] == {"name": "SPIFFE Workload API"}
+    assert to_ocsf(_record(EVENTS["x509-sds"]))["service"] == {"name": "Envoy SDS"}
     assert event["session"]["uid"] == "j1"
     validated = to_ocsf(_record(EVENTS["validated"]))
     assert validated["service"] == {"name": "https://api.example.org",
