@@ -17,7 +17,7 @@ from grpclib.reflection._deprecated import ServerReflection as ServerReflectionV
 from grpclib.reflection.service import ServerReflection
 
 from ensign.daemon.server.translate import Service, translated
-from ensign.proto import _pool
+from ensign.proto import workload_pb2
 
 REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection",
                        "grpc.reflection.v1alpha.ServerReflection")
@@ -31,7 +31,8 @@ def service_names(services: Sequence[Service]) -> list[str]:
 def with_reflection(services: Sequence[Service]) -> list[Service]:
     """`services` and the reflection services, which list all of them and themselves."""
     names = sorted({*service_names(services), *REFLECTION_SERVICES})
-    pools = _Pools(_pool.POOL, descriptor_pool.Default())
+    # the Workload API's descriptors live in a pool of their own (see ensign.proto._pool)
+    pools = _Pools(workload_pb2.DESCRIPTOR.pool, descriptor_pool.Default())
     return [*services,
             translated(ServerReflection(_service_names=names, _pool=pools).__mapping__()),
             translated(ServerReflectionV1Alpha(_service_names=names, _pool=pools).__mapping__())]
