@@ -24,8 +24,10 @@ from typing import Any
 from . import (
     anomaly_overhead,
     audit_append,
+    first_secret,
     first_svid,
     fleet,
+    https_exchange,
     jwt_fetch,
     registry_match,
     sigstore_attest,
@@ -39,7 +41,8 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
-    svid_mint.run, first_svid.run, streams.run, anomaly_overhead.run, fleet.run,
+    svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
+    https_exchange.run, fleet.run,
 ]
 
 

@@ -1,4 +1,5 @@
 """The daemon's configuration: frozen pydantic models holding every default, and `load()`.
+(The sections about other machines, [http], [federation] and [fleet], are in config_net.py.)
 
 `load()` is the only code that reads the config file or the environment. Every other module
 receives a typed section in its constructor.
@@ -7,7 +8,6 @@ receives a typed section in its constructor.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
 from datetime import timedelta
@@ -21,9 +21,25 @@ from ensign.attestors.systemd import SystemdConfig
 from ensign.attestors.tpm import TpmConfig
 from ensign.attestors.tpm import dev_config as tpm_dev_config
 from ensign.attestors.unix import UnixConfig
+from ensign.daemon.config_net import (
+    NODE_NAME,
+    FederatedTrustDomain,
+    FederationConfig,
+    FleetConfig,
+    HttpConfig,
+    check_node_name,
+)
 from ensign.daemon.config_types import Duration, Size, StrictModel
 from ensign.daemon.errors import ConfigError, InvalidRequest
 from ensign.daemon.spiffe_id import validate_trust_domain
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH", "NODE_NAME", "AnomalyConfig", "AttestorsConfig", "AuditConfig",
+    "CaConfig", "Config", "DelegationConfig", "DelegationIssuer", "FederatedTrustDomain",
+    "FederationConfig", "FleetConfig", "HttpConfig", "KeyType", "LimitsConfig", "MetricsConfig",
+    "PolicyConfig", "SvidConfig", "dev_config", "load", "node_name", "parse", "resolve_path",
+    "to_toml",
+]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ensign/ensign.toml")
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048"]
@@ -94,7 +110,24 @@ class DelegationConfig(StrictModel):
     max_chain_depth: int = Field(default=3, ge=1, le=16)
     token_ttl: Duration = timedelta(minutes=5)  # the longest a delegated token lives
     jwks_refresh: Duration = timedelta(minutes=5)  # how often jwks_url issuers are re-fetched
+    # Delegated tokens are signed by a key set of their own (never the JWT-SVID keys).
+    signing_alg: Literal["ES256", "RS256"] = "ES256"  # RFC 9068 names RS256
+    key_rotation: Duration = timedelta(days=30)  # how long one key signs
     issuers: list[DelegationIssuer] = Field(default_factory=list)
+
+    @field_validator("token_ttl")
+    @classmethod
+    def _token_ttl(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(days=1):
+            raise ValueError("must be between 1s and 1d")
+        return v
+
+    @field_validator("key_rotation")
+    @classmethod
+    def _rotation(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= v <= timedelta(days=3650):
+            raise ValueError("must be between 10s and 3650d")
+        return v
 
 
 class AuditConfig(StrictModel):
@@ -136,50 +169,6 @@ class MetricsConfig(StrictModel):
     listen: str = ""
 
 
-#: A node name: a host name's characters (it names the node's database role and its rows).
-NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-class FleetConfig(StrictModel):
-    # Empty: this node alone (SQLite in data_dir). Else the fleet's PostgreSQL, as this node's
-    # own database role (client certificate: sslcert/sslkey in the URL).
-    database_url: str = ""
-    # The admin role's URL, for registry writes made on this node; empty: this node's registry
-    # is read-only (admin writes are made on a node that has it).
-    admin_database_url: str = ""
-    node_name: str = ""  # default: the host name (Config.node_name)
-    heartbeat_interval: Duration = timedelta(seconds=5)
-    connect_timeout: Duration = timedelta(seconds=5)
-
-    @field_validator("database_url", "admin_database_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if v and not v.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL")
-        return v
-
-    @field_validator("node_name")
-    @classmethod
-    def _node_name(cls, v: str) -> str:
-        if v and not NODE_NAME.match(v):
-            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a "
-                             "letter or digit")
-        return v
-
-    @field_validator("heartbeat_interval", "connect_timeout")
-    @classmethod
-    def _interval(cls, v: timedelta) -> timedelta:
-        if not timedelta(seconds=1) <= v <= timedelta(minutes=10):
-            raise ValueError("must be between 1s and 10m")
-        return v
-
-    @model_validator(mode="after")
-    def _admin_needs_node(self) -> FleetConfig:
-        if self.admin_database_url and not self.database_url:
-            raise ValueError("admin_database_url needs database_url")
-        return self
-
-
 class Config(StrictModel):
     trust_domain: str = "example.org"
     socket_path: Path = Path("/run/ensign/agent.sock")
@@ -189,6 +178,9 @@ class Config(StrictModel):
     # otherwise only root and the daemon's own uid (0600).
     admin_group: str = "ensign"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # This node's name: in its SPIFFE ID (spiffe://<td>/ensign/node/<node_name>) and, in a
+    # fleet, its database role and rows. Default: the host name (`node_name()` decides).
+    node_name: str = ""
     ca: CaConfig = Field(default_factory=CaConfig)
     svid: SvidConfig = Field(default_factory=SvidConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -198,19 +190,9 @@ class Config(StrictModel):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
-
-    @property
-    def node_name(self) -> str:
-        """This node's name in the fleet (and in its TLS identity): `[fleet] node_name`, else
-        the host name. The one place the default is decided."""
-        if self.fleet.node_name:
-            return self.fleet.node_name
-        host = socket.gethostname()
-        if NODE_NAME.match(host):
-            return host
-        first = host.split(".")[0]
-        return first if NODE_NAME.match(first) else "localhost"
 
     @field_validator("trust_domain")
     @classmethod
@@ -219,6 +201,11 @@ class Config(StrictModel):
             return validate_trust_domain(v)
         except InvalidRequest as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, v: str) -> str:
+        return check_node_name(v)
 
     @field_validator("socket_path", "admin_socket_path", "data_dir")
     @classmethod
@@ -238,7 +225,23 @@ class Config(StrictModel):
     def _distinct_sockets(self) -> Config:
         if self.socket_path == self.admin_socket_path:
             raise ValueError("socket_path and admin_socket_path must differ")
+        if any(t.trust_domain == self.trust_domain for t in self.federation.trust_domains):
+            raise ValueError("federation.trust_domains: this node's own trust domain cannot "
+                             "be federated")
+        if self.node_name and self.http.node_name and self.node_name != self.http.node_name:
+            raise ValueError("node_name and http.node_name (its former spelling) differ: keep "
+                             "the top-level node_name only")
         return self
+
+
+def node_name(config: Config) -> str:
+    """This node's name (its SPIFFE ID's last segment; in a fleet its database role and rows):
+    `node_name`, else `[http] node_name` (the former spelling), else the host name's first
+    label. The one place that reads it."""
+    if config.node_name or config.http.node_name:
+        return config.node_name or config.http.node_name
+    name = socket.gethostname().split(".")[0]
+    return name if NODE_NAME.match(name) else "node"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -20,6 +20,7 @@ exits with the same code for an error raised in the daemon as for one raised loc
 | SigningError        | INTERNAL            | 70   | a CA or signing key is unusable
 | AuditUnavailable    | UNAVAILABLE         | 74   | the audit log cannot be written: not issuing
 | RateLimited         | UNAVAILABLE         | 75   | over a per-uid limit; retry with backoff
+| RequestTooLarge     | RESOURCE_EXHAUSTED  | 75   | a request message over the bound or budget
 | PermissionDenied    | PERMISSION_DENIED   | 77   | the caller may not do this
 | NoIdentity          | PERMISSION_DENIED   | 77   | no registry entry matches the caller
 | CallerGone          | UNAUTHENTICATED     | 77   | the caller exited, exec'd or its pid was reused
@@ -85,6 +86,16 @@ class Conflict(EnsignError):
     grpc_status = Status.ALREADY_EXISTS
     exit_code = 65  # EX_DATAERR
     public_message = "already exists"
+    detailed = True
+
+
+class RequestTooLarge(EnsignError):
+    """A request message over the socket's bound, or one that does not fit the budget for large
+    messages being received at once (retry later)."""
+
+    grpc_status = Status.RESOURCE_EXHAUSTED
+    exit_code = 75  # EX_TEMPFAIL
+    public_message = "request message too large"
     detailed = True
 
 

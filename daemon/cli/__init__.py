@@ -14,7 +14,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ensign.daemon.errors import EnsignError, exit_code_for
 
-from . import admin_cmds, daemon_cmds, fleet_cmds, tpm_cmds, verify_cmd, workload_cmds
+from . import admin_cmds, daemon_cmds, fleet_cmds, helper_cmd, tpm_cmds, verify_cmd, workload_cmds
 from .common import CliParser, Unreachable, remote_error
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=CliParser)
     daemon_cmds.register(sub)
     workload_cmds.register(sub)
+    helper_cmd.register(sub)
     admin_cmds.register(sub)
     verify_cmd.register(sub)
     tpm_cmds.register(sub)

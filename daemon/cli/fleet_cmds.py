@@ -105,22 +105,24 @@ async def fleet_status(args: argparse.Namespace) -> int:
                        "started_at": n.started_at.isoformat(), "software": n.software,
                        "registry_version": n.registry_version, "audit_seq": n.audit_seq,
                        "audit_shipped": n.audit_shipped, "audit_behind": n.audit_behind,
-                       "problem": n.problem, "jwt_keys": n.keys} for n in st.nodes],
+                       "problem": n.problem, "jwt_keys": n.keys,
+                       "delegation_keys": n.delegation_keys} for n in st.nodes],
         })
         return 0
     print(f"database {st.database}: schema {st.schema_version} (this release "
           f"{SCHEMA_VERSION}), registry version {st.registry_version}, {len(st.nodes)} node(s)")
-    rows = [("NODE", "HEARTBEAT", "REGISTRY", "AUDIT SHIPPED", "JWT KEYS")]
+    rows = [("NODE", "HEARTBEAT", "REGISTRY", "AUDIT SHIPPED", "JWT KEYS", "DELEGATION KEYS")]
     for n in st.nodes:
         registry = f"{n.registry_version}" + (
             "" if n.registry_version >= st.registry_version
             else f" ({st.registry_version - n.registry_version} behind)")
         audit = f"{n.audit_shipped}/{n.audit_seq}" + (
             f" ({n.audit_behind} behind)" if n.audit_behind else "")
-        rows.append((n.name, _age(n.heartbeat_age), registry, audit, ", ".join(n.keys) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((n.name, _age(n.heartbeat_age), registry, audit, ", ".join(n.keys) or "-",
+                     ", ".join(n.delegation_keys) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
     for n in st.nodes:
         if n.problem:
             print(f"{n.name}: {n.problem}")

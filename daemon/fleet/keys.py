@@ -1,10 +1,13 @@
 """The trust domain's signing keys across the fleet: each node publishes the public half of its
 keys with their validity; every node serves the union of the live ones.
 
-Rows are per `use` ("jwt-svid" for JWT-SVID signing keys; delegated-token keys are published the
-same way under their own use) and kid, owned by the node that signs with them. A key stays in
-the table, and in every node's bundle, until its `not_after`: a JWT-SVID is never valid past its
-signing authority's end (issuing/jwt_svid.py caps `exp` there), so a key removed from its node
+Rows are per `use` and kid, owned by the node that signs with them: "jwt-svid" for JWT-SVID
+signing keys (served in the Workload API's JWT bundle, FleetKeys below) and "delegation" for
+delegated-token keys (served at `jwks_uri` and verifying chained tokens, through
+DelegationKeys.set_others); a key of one use never verifies a token of the other. A key stays in
+the table, and in every node's key set, until its `not_after`: a JWT-SVID is never valid past its
+signing authority's end (issuing/jwt_svid.py caps `exp` there), and a delegation key's
+`not_after` is its `keep_until` (its last token expired), so a key removed from its node
 (rotation, a wiped data dir) keeps validating the tokens it signed until none can be valid.
 """
 
@@ -22,11 +25,13 @@ import psycopg
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.daemon import keys
+from ensign.daemon.delegation import DelegationKeys
 from ensign.daemon.issuing import CertificateAuthority, jwks
 
 log = logging.getLogger(__name__)
 
 JWT_SVID = "jwt-svid"
+DELEGATION = "delegation"
 KEYS_CHANNEL = "ensign_keys"
 
 
@@ -63,6 +68,19 @@ def own_keys(ca: CertificateAuthority, node: str) -> list[PublishedKey]:
     """This node's JWT-SVID keys: every authority not yet expired, the prepared next one too."""
     return [PublishedKey(JWT_SVID, a.jwt_kid, node, a.jwt_key.public_key(), a.not_before,
                          a.not_after) for a in ca.authorities()]
+
+
+def own_delegation_keys(dk: DelegationKeys, node: str) -> list[PublishedKey]:
+    """This node's delegated-token keys: the one signing, the next (published ahead) and the
+    retired ones whose tokens may still be valid."""
+    return [PublishedKey(DELEGATION, k.kid, node, k.key.public_key(), k.active_from,
+                         k.keep_until) for k in dk.published()]
+
+
+def others_of(published: Sequence[PublishedKey], node: str,
+              use: str) -> list[tuple[str, keys.PublicKey, datetime]]:
+    """The other nodes' keys of one use as (kid, key, not_after)."""
+    return [(k.kid, k.key, k.not_after) for k in published if k.node != node and k.use == use]
 
 
 async def publish(conn: psycopg.AsyncConnection[Any], node: str,

@@ -31,7 +31,8 @@ class NodeStatus:
     audit_seq: int
     audit_shipped: int
     problem: str
-    keys: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # JWT-SVID key ids
+    delegation_keys: list[str] = field(default_factory=list)  # delegated-token key ids
 
     @property
     def audit_behind(self) -> int:
@@ -78,7 +79,11 @@ async def status(url: str, wait: float = 5.0) -> FleetStatus:
                                  "ORDER BY node, not_before, kid")
         for node_name, use, kid in await cur.fetchall():
             if node_name in by_name:
-                by_name[node_name].keys.append(kid if use == "jwt-svid" else f"{use}:{kid}")
+                n = by_name[node_name]
+                if use == "jwt-svid":
+                    n.keys.append(kid)
+                elif use == "delegation":
+                    n.delegation_keys.append(kid)
         return out
     except psycopg.Error as e:
         raise ConfigError(f"fleet database {describe(url)}: {one_line(e)}") from None

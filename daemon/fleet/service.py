@@ -22,7 +22,8 @@ from typing import Any
 import psycopg
 
 from ensign.daemon.audit import PUBLIC_KEY, AuditLog
-from ensign.daemon.config import Config
+from ensign.daemon.config import Config, node_name
+from ensign.daemon.delegation import DelegationKeys
 from ensign.daemon.errors import ConfigError
 from ensign.daemon.fleet import keys as fleet_keys
 from ensign.daemon.fleet.schema import ADMIN_ROLE, NODE_ROLE, check_version, connect
@@ -46,13 +47,15 @@ def _software() -> str:
 
 class Fleet:
     def __init__(self, config: Config, store: PgStore, registry: Registry, roles: RoleBook,
-                 grants: GrantBook, ca: CertificateAuthority, audit: AuditLog,
-                 clock: Callable[[], datetime], on_change: Callable[[], None]) -> None:
+                 grants: GrantBook, ca: CertificateAuthority, delegation: DelegationKeys,
+                 audit: AuditLog, clock: Callable[[], datetime],
+                 on_change: Callable[[], None]) -> None:
         self._cfg = config.fleet
-        self.node = config.node_name
+        self.node = node_name(config)
         self.store = store
         self._registry, self._roles, self._grants = registry, roles, grants
         self._ca = ca
+        self._delegation = delegation
         self._audit = audit
         self._on_change = on_change
         self.keys = fleet_keys.FleetKeys(ca, self.node, clock)
@@ -60,7 +63,7 @@ class Fleet:
         self.applied = 0  # the registry version this node's copy holds
         self.down: str | None = "not connected yet"
         self.down_since: float | None = None
-        self._published: tuple[str, ...] = ()
+        self._published: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._interval = self._cfg.heartbeat_interval.total_seconds()
@@ -93,9 +96,8 @@ class Fleet:
             if group == NODE_ROLE and (user != self.node or not member):
                 raise ConfigError(
                     f"fleet database {describe(url)}: role {user!r} cannot act as node "
-                    f"{self.node!r}: a node's login role is named after the node ([fleet] "
-                    f"node_name) and is a member of {NODE_ROLE} (`ensign fleet init --node "
-                    f"{self.node}`)")
+                    f"{self.node!r}: a node's login role is named after the node (node_name) "
+                    f"and is a member of {NODE_ROLE} (`ensign fleet init --node {self.node}`)")
             if group == ADMIN_ROLE and not member:
                 raise ConfigError(
                     f"fleet database {describe(url)}: role {user!r} in admin_database_url is not "
@@ -108,7 +110,7 @@ class Fleet:
         async with self.store.connection() as conn:
             chain_ok = await self._register(conn)
             await self._publish(conn)
-            self.keys.set_remote(await fleet_keys.load(conn))
+            self._take_keys(await fleet_keys.load(conn))
         self._mark_up()
         self._spawn(self._listen(), "fleet-listener")
         self._spawn(self._heartbeat(), "fleet-heartbeat")
@@ -144,10 +146,25 @@ class Fleet:
             return False
         return True
 
+    def _own_kids(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (tuple(a.jwt_kid for a in self._ca.authorities()),
+                tuple(k.kid for k in self._delegation.published()))
+
     async def _publish(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """This node's JWT-SVID keys and its delegated-token keys, each under its own use."""
         own = fleet_keys.own_keys(self._ca, self.node)
         await fleet_keys.publish(conn, self.node, own, fleet_keys.JWT_SVID)
-        self._published = tuple(k.kid for k in own)
+        delegation = fleet_keys.own_delegation_keys(self._delegation, self.node)
+        await fleet_keys.publish(conn, self.node, delegation, fleet_keys.DELEGATION)
+        self._published = (tuple(k.kid for k in own), tuple(k.kid for k in delegation))
+
+    def _take_keys(self, published: list[fleet_keys.PublishedKey]) -> None:
+        """The other nodes' keys: JWT-SVID keys into the bundle (streams told when it changed),
+        delegation keys into the delegated-token key set."""
+        self._delegation.set_others(fleet_keys.others_of(published, self.node,
+                                                         fleet_keys.DELEGATION))
+        if self.keys.set_remote(published):
+            self._on_change()
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
@@ -210,8 +227,7 @@ class Fleet:
     async def _reload_keys(self) -> None:
         async with self.store.connection() as conn:
             published = await fleet_keys.load(conn)
-        if self.keys.set_remote(published):
-            self._on_change()
+        self._take_keys(published)
 
     def _mark_down(self, reason: str) -> None:
         if self.down is None:
@@ -237,12 +253,10 @@ class Fleet:
                         "UPDATE nodes SET heartbeat_at = now(), registry_version = %s, "
                         "audit_seq = %s, problem = %s WHERE name = %s",
                         (self.applied, self._audit.seq, self.shipper.problem or "", self.node))
-                    if tuple(k.kid for k in fleet_keys.own_keys(self._ca, self.node)) \
-                            != self._published:
+                    if self._own_kids() != self._published:
                         await self._publish(conn)
                     published = await fleet_keys.load(conn)
-                if self.keys.set_remote(published):
-                    self._on_change()
+                self._take_keys(published)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -269,4 +283,5 @@ class Fleet:
             "audit_shipped": str(self.shipper.shipped),
             "registry_writes": "yes" if self._cfg.admin_database_url else "no (no admin role)",
             "jwt_keys": ", ".join(sorted(self.keys.jwt_keys())),
+            "delegation_keys": ", ".join(sorted(self._delegation.verification_keys())),
         }

@@ -1,162 +1,66 @@
-"""Many nodes, one trust bundle: node CAs signed by an organisation CA; and many nodes, one
-registry and one audit trail on PostgreSQL (the fleet): three real daemons on a real cluster."""
+"""Many nodes, one registry and one audit trail on PostgreSQL (the fleet): three real daemons on
+a real cluster. (Many nodes, one trust bundle without a fleet: test_org_ca.py.)"""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
+import ssl
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import jwt as pyjwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
-from tests.integration.test_spiffe_tls import _CLIENT, _SERVER, CLIENT_GID, SERVER_GID, _free_port
 from tests.support.clients import fetch_jwt
-from tests.support.daemon import Daemon, make_daemon
+from tests.support.daemon import Daemon, needs_root
 from tests.support.fleet import FleetDb, Node, Trio, X509Stream, fleet_config, wait_until
 from tests.support.fleet import org_ca as _org_ca
+from tests.support.https import WebCa, http_config
+from tests.support.idp import CAL, Idp, exchange
+from tests.support.net import free_port
 from tests.support.postgres import Cluster
 
-
-def _node(root: Path, cert: Path, key: Path) -> Daemon:
-    root.mkdir(mode=0o755)
-    return make_daemon(root, f'[ca]\nupstream_cert = "{cert}"\nupstream_key = "{key}"\n')
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="setting supplementary groups needs root")
-def test_two_nodes_handshake_with_only_the_org_bundle(short_tmp: Path, tmp_path: Path) -> None:
-    cert, key, org = _org_ca(tmp_path)
-    a = _node(short_tmp / "a", cert, key)
-    b = _node(short_tmp / "b", cert, key)
-    try:
-        server_id = a.register("server", "unix:uid:0", f"unix:supplementary_gid:{SERVER_GID}")
-        client_id = b.register("client", "unix:uid:0", f"unix:supplementary_gid:{CLIENT_GID}")
-        for d in (a, b):  # each node publishes only the org CA
-            d.register("observer", "unix:uid:0", extra=("--kind", "service"))
-            out = d.cli("fetch", "bundles", "-o", "json").stdout
-            assert out.count("BEGIN CERTIFICATE") == 1
-        port = str(_free_port())
-        server = subprocess.Popen([sys.executable, "-c", _SERVER, a.endpoint, port,
-                                   str(client_id["spiffe_id"])], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, extra_groups=[SERVER_GID])
-        try:
-            assert server.stdout is not None
-            assert server.stdout.readline().split() == ["LISTENING", server_id["spiffe_id"]]
-            client = subprocess.run([sys.executable, "-c", _CLIENT, b.endpoint, port,
-                                     str(server_id["spiffe_id"])], capture_output=True,
-                                    text=True, extra_groups=[CLIENT_GID], timeout=30)
-            assert client.returncode == 0, client.stderr
-            assert client.stdout.split() == ["REPLY", "pong:ping", client_id["spiffe_id"]]
-        finally:
-            server.kill()
-        # The node CAs differ, both chain to the org root.
-        ca_a = (a.data_dir / "ca" / "state.json").read_text()
-        ca_b = (b.data_dir / "ca" / "state.json").read_text()
-        assert ca_a != ca_b and org.subject.rfc4514_string()
-    finally:
-        a.stop()
-        b.stop()
-
-
-def test_bad_upstream_is_a_clear_startup_error(tmp_path: Path, short_tmp: Path) -> None:
-    cert, _, _ = _org_ca(tmp_path)
-    other = ec.generate_private_key(ec.SECP256R1())
-    wrong = tmp_path / "wrong.key"
-    wrong.write_bytes(other.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    cfg = short_tmp / "c.toml"
-    cfg.write_text(f'socket_path = "{short_tmp}/s.sock"\nadmin_socket_path = "{short_tmp}/a.sock"\n'
-                   f'data_dir = "{short_tmp}/data"\n'
-                   f'[ca]\nupstream_cert = "{cert}"\nupstream_key = "{wrong}"\n')
-    out = subprocess.run([sys.executable, "-m", "ensign.daemon", "daemon", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0
-    assert "is not the key of" in out.stderr
-    assert "Traceback" not in out.stderr
-
-
-def _sign_csr(csr_pem: bytes, org_key_path: Path, org: x509.Certificate) -> bytes:
-    csr = x509.load_pem_x509_csr(csr_pem)
-    key = serialization.load_pem_private_key(org_key_path.read_bytes(), password=None)
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(org.subject)
-               .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=1))
-               .not_valid_after(now + dt.timedelta(days=7)))
-    for ext in csr.extensions:
-        builder = builder.add_extension(ext.value, critical=ext.critical)
-    builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
-                                                  False, False), critical=True)
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
-
-
-def test_offline_root_signs_a_node_ca_through_a_csr(short_tmp: Path, tmp_path: Path) -> None:
-    from tests.support.daemon import Daemon
-
-    cert, key, org = _org_ca(tmp_path)
-    d = Daemon(root=short_tmp)
-    d.write_config()
-    csr = tmp_path / "node.csr"
-    d.cli("ca", "request-csr", "--config", str(d.config_path), "-o", str(csr))
-    signed = tmp_path / "node.pem"
-    signed.write_bytes(_sign_csr(csr.read_bytes(), key, org))
-    # A certificate for some other key is refused; the right one installs.
-    other = tmp_path / "other.pem"
-    other.write_bytes(org.public_bytes(serialization.Encoding.PEM))
-    bad = d.cli("ca", "install-signed", str(other), "--root", str(cert), "--config",
-                str(d.config_path), check=False)
-    assert bad.returncode == 64 and "not for the pending CA key" in bad.stderr
-    d.cli("ca", "install-signed", str(signed), "--root", str(cert), "--config",
-          str(d.config_path))
-    d.start()
-    try:
-        d.register("offline", "unix:uid:0")
-        out = tmp_path / "svid"
-        d.cli("fetch", "x509", "--write", str(out))
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "bundle.0.pem"),
-                                 "-untrusted", str(out / "svid.0.pem"), str(out / "svid.0.pem")],
-                                capture_output=True, text=True)
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        assert (out / "bundle.0.pem").read_bytes() == cert.read_bytes()
-    finally:
-        d.stop()
-
-
-# -- many nodes, one registry and one audit trail on PostgreSQL -------------------------------
-
 NODES = ("node-1", "node-2", "node-3")
+# One issuer for the fleet (its load-balanced URL): a delegated token is the fleet's by its `iss`
+ISSUER = "https://ensign.example.org"
+GID_A, GID_B = 5101, 5102  # delegating agents are told apart by supplementary group
 
 
 @pytest.fixture(scope="module")
-def trio(pg: Cluster) -> Iterator[Trio]:
-    """Three daemons sharing one fleet database and one organisation CA, for the whole module
-    (the tests run in file order: later ones stop and restart the database and the nodes)."""
+def fleet_idp() -> Idp:
+    return Idp()
+
+
+@pytest.fixture(scope="module")
+def trio(pg: Cluster, fleet_idp: Idp) -> Iterator[Trio]:
+    """Three daemons sharing one fleet database and one organisation CA, with delegation (one
+    trusted IdP) and the HTTPS endpoint on, for the whole module (the tests run in file order:
+    later ones stop and restart the database and the nodes)."""
     root = Path(tempfile.mkdtemp(prefix="ensf", dir="/tmp"))
     root.chmod(0o755)
     db = FleetDb.create(pg, NODES)
     cert, key, _ = _org_ca(root)
-    trio = Trio(db)
+    web = WebCa.create(root / "web")
+    trio = Trio(db, web_ca=web.cert)
     try:
         for name in NODES:
+            port = free_port()
             d = Daemon(root=root / name, extra_config=fleet_config(db, name, upstream=(cert, key)))
             d.root.mkdir(mode=0o755)
+            d.extra_config += fleet_idp.config(d.root) + http_config(
+                port, *web.issue(name), issuer=ISSUER)
             d.start()
-            trio.nodes.append(Node(name, d))
+            trio.nodes.append(Node(name, d, https=f"https://127.0.0.1:{port}"))
         yield trio
     finally:
         trio.stop()
@@ -180,6 +84,76 @@ def _shipped_lines(db: FleetDb, node: str) -> list[str]:
 def _caught_up(db: FleetDb, n: Node) -> bool:
     """Every record of the node's local log is in the database (none lost, none twice)."""
     return _shipped_lines(db, n.name) == _local_lines(n.daemon)
+
+
+def _get(n: Node, path: str, web_ca: Path | None) -> Any:
+    """GET a JSON document from the node's HTTPS endpoint."""
+    tls = ssl.create_default_context(cafile=str(web_ca))
+    return httpx.get(f"{n.https}{path}", verify=tls, timeout=10).json()
+
+
+def _token_jwks(n: Node, web_ca: Path | None) -> dict[str, dict[str, Any]]:
+    """kid -> JWK of the delegated-token keys at the node's jwks_uri (found via its metadata)."""
+    meta = _get(n, "/.well-known/oauth-authorization-server", web_ca)
+    # the metadata names the fleet's issuer URL; this node serves the same path
+    assert meta["jwks_uri"] == f"{ISSUER}/jwks"
+    return {k["kid"]: k for k in _get(n, "/jwks", web_ca)["keys"]}
+
+
+@needs_root
+def test_a_delegated_token_from_one_node_verifies_and_chains_on_another(
+        trio: Trio, fleet_idp: Idp) -> None:
+    """Each node publishes its delegated-token keys and serves the fleet's union: a token minted
+    on node 1 verifies against node 2's jwks_uri and with `ensign token verify` there, an agent
+    chains it on node 2, and node 3 verifies what node 2 minted. (First in the module: the
+    agents' exchanges must not find other agents of uid 0 registered by later tests.)"""
+    n1, n2, n3 = trio.nodes
+    # every node serves every node's key (one each), and none of them in a JWT-SVID bundle
+    union = wait_until(lambda: (k := [set(_token_jwks(n, trio.web_ca)) for n in trio.nodes])
+                       and k[0] == k[1] == k[2] and len(k[0]) == 3 and k[0])
+    owners = dict(trio.db.rows("SELECT kid, node FROM node_keys WHERE use = 'delegation'"))
+    assert sorted(owners[kid] for kid in union) == list(NODES)
+    jwt_bundle = set(json.loads(n2.cli("status", "-o", "json").stdout)["fleet"]["jwt_keys"]
+                     .split(", "))
+    assert len(jwt_bundle) >= 3 and not union & jwt_bundle
+    # the SPIFFE bundle served to federated domains holds every node's JWT-SVID keys, no others
+    spiffe = _get(n2, "/.well-known/spiffe-bundle", trio.web_ca)["keys"]
+    assert {k["kid"] for k in spiffe if k["use"] == "jwt-svid"} == jwt_bundle
+    n1.cli("role", "create", "calendar-agent", "--audience", f"{CAL}*", "--scope",
+           "calendar.read", "--may-act-for-users", "--may-redelegate")
+    a = n1.daemon.register("dlg-a", "unix:uid:0", f"unix:supplementary_gid:{GID_A}",
+                           extra=("--role", "calendar-agent"))
+    b = n1.daemon.register("dlg-b", "unix:uid:0", f"unix:supplementary_gid:{GID_B}",
+                           extra=("--role", "calendar-agent"))
+    wait_until(lambda: str(b["id"]) in n2.agents() and str(b["id"]) in n3.agents())
+    first = exchange(n1.daemon, GID_A, fleet_idp.token(may_act={"sub": a["spiffe_id"]}),
+                     "--audience", CAL, "--scope", "calendar.read")
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip()
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    assert owners[kid] == "node-1"
+    # a resource server that reads node 2's jwks_uri verifies node 1's token (RFC 9068)
+    jwk = _token_jwks(n2, trio.web_ca)[kid]
+    claims = pyjwt.decode(token, pyjwt.PyJWK.from_dict(jwk).key, algorithms=[jwk["alg"]],
+                          audience=CAL, issuer=ISSUER)
+    assert (claims["sub"], claims["act"]["sub"]) == ("alice", a["spiffe_id"])
+    verified = n2.cli("token", "verify", token, "--audience", CAL)  # Delegation.TokenKeys
+    assert verified.stdout.startswith(f"valid: alice via {a['spiffe_id']}; scope calendar.read")
+    # agent B chains it on node 2: node 2 accepts node 1's token as a delegated token of ours
+    second = exchange(n2.daemon, GID_B, token, "--audience", CAL, "--scope", "calendar.read")
+    assert second.returncode == 0, second.stderr
+    chained = second.stdout.strip()
+    assert owners[pyjwt.get_unverified_header(chained)["kid"]] == "node-2"
+    out = n3.cli("token", "verify", chained, "--audience", CAL, "-o", "json")
+    assert json.loads(out.stdout)["actors"] == [b["spiffe_id"], a["spiffe_id"]]
+    # a token signed by a key no node published is refused on every node
+    forged = pyjwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
+                          headers={"kid": kid[:-2] + "xx", "typ": "at+jwt"})
+    refused = n3.cli("token", "verify", forged, "--audience", CAL, check=False)
+    assert refused.returncode == 65, refused.stderr
+    chain_refused = exchange(n3.daemon, GID_B, forged, "--audience", CAL, "--scope",
+                             "calendar.read")
+    assert chain_refused.returncode == 77, chain_refused.stderr
 
 
 def test_register_on_one_node_fetch_on_the_others_suspend_ends_streams_everywhere(
@@ -244,6 +218,19 @@ def test_a_jwt_svid_from_one_node_validates_on_every_node(trio: Trio) -> None:
                           algorithm="ES256", headers={"kid": kid + "x"})
     bad = n2.cli("validate", "jwt", "--audience", "payments", "--token", forged, check=False)
     assert bad.returncode == 65 and "not found in the trust bundle" in bad.stderr
+    # its agent suspended on node 3: node 1's token is refused by node 2 (the fleet's copy)
+    agent = str(pyjwt.decode(token, options={"verify_signature": False})["agent_id"])
+    n3.cli("agent", "suspend", agent, "--reason", "token check")
+    try:
+        wait_until(lambda: n2.agents()[agent] == "suspended")
+        gone = n2.cli("validate", "jwt", "--audience", "payments", "--token", token, check=False)
+        assert gone.returncode == 65, gone.stderr
+        assert gone.stderr.strip() == "ensign: INVALID_ARGUMENT: the token's agent is suspended"
+    finally:
+        n3.cli("agent", "resume", agent)
+    wait_until(lambda: n2.agents()[agent] == "active")
+    again = n2.cli("validate", "jwt", "--audience", "payments", "--token", token)
+    assert again.returncode == 0
 
 
 def test_fleet_status_and_audit_list_over_every_node(trio: Trio) -> None:
@@ -252,13 +239,22 @@ def test_fleet_status_and_audit_list_over_every_node(trio: Trio) -> None:
     wait_until(lambda: all(_caught_up(trio.db, n) for n in trio.nodes))
     st = json.loads(n1.cli("fleet", "status", "--database-url", url, "-o", "json").stdout)
     assert [n["name"] for n in st["nodes"]] == list(NODES)
+    served_jwt: set[str] = set()
+    served_delegation: set[str] = set()
     for n, row in zip(trio.nodes, st["nodes"], strict=True):
-        own = json.loads(n.cli("status", "-o", "json").stdout)["fleet"]["jwt_keys"]
-        assert set(row["jwt_keys"]) <= set(own.split(", "))  # every node serves the union
+        own = json.loads(n.cli("status", "-o", "json").stdout)["fleet"]
+        assert set(row["jwt_keys"]) <= set(own["jwt_keys"].split(", "))  # the union, served
+        assert set(row["delegation_keys"]) <= set(own["delegation_keys"].split(", "))
+        assert len(row["delegation_keys"]) == 1 and not set(row["jwt_keys"]) & set(
+            row["delegation_keys"])
+        served_jwt |= set(row["jwt_keys"])
+        served_delegation |= set(row["delegation_keys"])
         assert row["heartbeat_age_seconds"] < 30
         assert row["audit_shipped"] > 0
+    assert set(own["jwt_keys"].split(", ")) == served_jwt  # no more than the nodes published
+    assert set(own["delegation_keys"].split(", ")) == served_delegation
     text = n1.cli("fleet", "status", "--database-url", url).stdout
-    assert "node-2" in text and "AUDIT SHIPPED" in text
+    assert "node-2" in text and "AUDIT SHIPPED" in text and "DELEGATION KEYS" in text
     listed = json.loads(n1.cli("audit", "list", "--fleet", "--database-url", url,
                                "--type", "daemon.", "-o", "json").stdout)
     assert sorted({r["node"] for r in listed}) == list(NODES)

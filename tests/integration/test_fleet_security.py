@@ -159,9 +159,9 @@ def test_bad_database_input_is_one_line_exit_78_and_nothing_written(
     newer.sql("UPDATE ensign_schema SET version = 99")
     stranger = CertIssuer(short_tmp, "another CA")
     cases = {
-        "wrong url": ('[fleet]\nnode_name = "node-5"\ndatabase_url = "mysql://db/ensign"\n',
+        "wrong url": ('node_name = "node-5"\n[fleet]\ndatabase_url = "mysql://db/ensign"\n',
                       "must be a postgresql:// URL"),
-        "unreachable": (f'[fleet]\nnode_name = "node-5"\ndatabase_url = '
+        "unreachable": (f'node_name = "node-5"\n[fleet]\ndatabase_url = '
                         f'"postgresql://node-5@127.0.0.1:{free_port()}/x?connect_timeout=2"\n',
                         "Connection refused"),
         "wrong credentials": (fleet_config(db, "node-1").replace(

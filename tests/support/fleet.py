@@ -99,7 +99,8 @@ class FleetDb:
 
 def fleet_config(db: FleetDb, node: str, *, upstream: tuple[Path, Path] | None = None,
                  admin: bool = True) -> str:
-    text = (f'[fleet]\nnode_name = "{node}"\ndatabase_url = "{db.url(node)}"\n'
+    # node_name is top-level: the text must come first in the config (before any other table)
+    text = (f'node_name = "{node}"\n[fleet]\ndatabase_url = "{db.url(node)}"\n'
             'heartbeat_interval = "1s"\nconnect_timeout = "2s"\n')
     if admin:
         text += f'admin_database_url = "{db.admin_url}"\n'
@@ -112,6 +113,7 @@ def fleet_config(db: FleetDb, node: str, *, upstream: tuple[Path, Path] | None =
 class Node:
     name: str
     daemon: Daemon
+    https: str = ""  # the base URL of its HTTPS endpoint, when it serves one
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.daemon.cli(*args, check=check)
@@ -183,6 +185,7 @@ class X509Stream:
 class Trio:
     db: FleetDb
     nodes: list[Node] = field(default_factory=list)
+    web_ca: Path | None = None  # the CA of the nodes' HTTPS certificates
 
     def stop(self) -> None:
         for n in self.nodes:
