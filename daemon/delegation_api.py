@@ -36,6 +36,7 @@ from .models import AttestedCaller
 from .peercred import PeerTracker
 from .registry import Entry, Registry
 from .roles import RoleBook
+from .text import escape
 from .units import MAX_TTL_SECONDS
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ class DelegationApi(DelegationBase):
             spiffe_id=agent.spiffe_id, entry_id=agent.id,
             roles=decision.roles if decision else agent.roles,
             process=audit_records.process_of(attested.caller, attested),
-            delegator=delegator.subject if delegator else "",
+            # An IdP's `sub` is JSON: "\udcff" in it is a lone surrogate, which cannot be written.
+            delegator=escape(delegator.subject) if delegator else "",
             audience=(audience,) if audience else (),
             scopes=decision.scopes if decision else (), details=details,
         )
