@@ -14,8 +14,11 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import pytest
 import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +34,18 @@ OID_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 OID_REPOSITORY = "1.3.6.1.4.1.57264.1.12"
 OID_REF = "1.3.6.1.4.1.57264.1.14"
 OID_WORKFLOW = "1.3.6.1.4.1.57264.1.18"
+
+
+def trusted_tmp() -> Path:
+    """A temporary directory whose every component only root can write (not under /tmp, which
+    anyone can write): where script attestation accepts scripts and unit files."""
+    run = Path("/run")
+    st = run.stat()
+    if os.geteuid() != 0 or st.st_uid != 0 or st.st_mode & 0o022:
+        pytest.skip("needs root and a /run that only root can write")
+    d = Path(tempfile.mkdtemp(prefix="ens-trusted-", dir=run))
+    d.chmod(0o755)
+    return d
 
 
 def b64(data: bytes) -> str:
