@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
+from ..errors import PermissionDenied
 from ..health import REASON_KEY
 from ..svid import load_der_chain
 from .common import (
@@ -93,15 +97,20 @@ def _describe(resp: pb.X509SVIDResponse) -> list[dict[str, Any]]:
 
 
 async def fetch_x509(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
-        stub = SpiffeWorkloadAPIStub(ch)
-        async with stub.FetchX509SVID.open(metadata=HEADER, timeout=args.timeout) as stream:
-            await stream.send_message(pb.X509SVIDRequest(), end=True)
-            resp = await stream.recv_message()
-            await stream.cancel()
-    assert resp is not None
-    if args.write:
-        _write_svids(resp, args.write)
+    out_fd = _open_out_dir(args.write) if args.write else -1  # refused before any key is asked
+    try:
+        async with channel(_sock(args)) as ch:
+            stub = SpiffeWorkloadAPIStub(ch)
+            async with stub.FetchX509SVID.open(metadata=HEADER, timeout=args.timeout) as stream:
+                await stream.send_message(pb.X509SVIDRequest(), end=True)
+                resp = await stream.recv_message()
+                await stream.cancel()
+        assert resp is not None
+        if args.write:
+            _write_svids(resp, out_fd)
+    finally:
+        if out_fd >= 0:
+            os.close(out_fd)
     if args.output == "json":
         print_json(_describe(resp))
     else:
@@ -112,21 +121,61 @@ async def fetch_x509(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_svids(resp: pb.X509SVIDResponse, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _open_out_dir(out: Path) -> int:
+    """`--write DIR`, made 0700 if missing and opened once: files are then written relative to
+    this very directory. Refused (exit 77) if another user could place or swap files in it:
+    it must be the caller's or root's, and not writable by others unless sticky and the
+    caller's (where nobody else may replace the caller's files)."""
+    with contextlib.suppress(FileExistsError):
+        out.mkdir(mode=0o700, parents=True)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st, uid = os.fstat(fd), os.geteuid()
+        if st.st_uid not in (uid, 0):
+            raise PermissionDenied(f"refusing to write SVIDs into {out}: it belongs to uid "
+                                   f"{st.st_uid}, not to you or root")
+        if st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and st.st_uid == uid):
+            raise PermissionDenied(f"refusing to write SVIDs into {out}: other users can write "
+                                   "to it (use a directory only you can write)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _put(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Write `name` as a new file with its final mode, then rename it over whatever was there:
+    a file another user left under that name is replaced, never written into."""
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _write_svids(resp: pb.X509SVIDResponse, dir_fd: int) -> None:
     for i, s in enumerate(resp.svids):
         certs = load_der_chain(s.x509_svid)
         key = load_der_private_key(s.x509_svid_key, password=None)
         bundle = load_der_chain(s.bundle)
-        (out / f"svid.{i}.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs))
-        key_path = out / f"svid.{i}.key"
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-        (out / f"bundle.{i}.pem").write_bytes(
-            b"".join(c.public_bytes(Encoding.PEM) for c in bundle)
-        )
+        _put(dir_fd, f"svid.{i}.key",
+             key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), 0o600)
+        _put(dir_fd, f"svid.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in certs),
+             0o644)
+        _put(dir_fd, f"bundle.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in bundle),
+             0o644)
 
 
 async def fetch_jwt(args: argparse.Namespace) -> int:
