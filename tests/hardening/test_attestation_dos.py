@@ -78,7 +78,7 @@ def test_fifo_bundles_and_huge_executables_do_not_starve_other_callers(
         evil.mkdir()
         os.chown(evil, NOBODY, NOBODY)
         for i in range(FIFO_CALLERS):
-            exe = _python_copy(evil / f"agent{i}")
+            _python_copy(evil / f"agent{i}")
             os.mkfifo(evil / f"agent{i}.sigstore.json")  # the bundle beside it: a FIFO
         for i in range(HUGE_CALLERS):
             _python_copy(evil / f"huge{i}", size=64 << 30)
