@@ -257,7 +257,7 @@ def launched_script(pid: int, exe: str, unit_dirs: Sequence[Path], interpreters:
     names = [e.split(b"=", 1)[0].decode("utf-8", "replace") for e in environ.split(b"\0")
              if b"=" in e]
     _injected(names, "the process's environment")
-    if os.path.realpath(exe) != interpreter:
+    if os.path.realpath(exe.removesuffix(" (deleted)")) != interpreter:
         raise ScriptRefused("interpreter", f"the process runs {escape(exe)}, not {argv[0]}")
     if cmdline.split(b"\0")[:-1] != [w.encode() for w in argv]:
         raise ScriptRefused("cmdline", f"the process's command line is not {unit}'s ExecStart")

@@ -116,7 +116,8 @@ class SigstoreAttestor:
             exe = os.readlink(f"{pid_dir}/exe")
         except OSError as e:
             raise _files.Refused(f"cannot read the executable: {e.strerror}") from None
-        if os.path.realpath(exe) not in self._interpreters:
+        # A replaced interpreter shows as "... (deleted)": still an interpreter running scripts.
+        if os.path.realpath(exe.removesuffix(" (deleted)")) not in self._interpreters:
             evidence["artifact"] = "exe"
             # The magic link opens the very image the process runs, wherever it lives.
             fd, st = _files.open_regular(f"{pid_dir}/exe", "the executable", cap, follow=True)
@@ -151,21 +152,26 @@ class SigstoreAttestor:
         if bundle is None:
             evidence["error"] = f"no Sigstore bundle for {art.name}"
             return Attestation(evidence=evidence)
-        bundle_name, data, bundle_st = bundle
-        cache_key = (_key(art.st), _key(bundle_st))
-        with self._lock:
-            result = self._cache.get(cache_key)
-        if result is None:
-            digest = digest or _files.sha256_capped(art.fd, art.name, self._cfg.max_hash_bytes)
-            try:
-                result = verify(self._verifier, data, digest,
-                                predicate_types=tuple(self._cfg.predicate_types))
-            except CheckFailed as e:
-                result = e
+        bundle_name, bundle_fd, bundle_st = bundle
+        try:
+            cache_key = (_key(art.st), _key(bundle_st))
             with self._lock:
-                self._cache[cache_key] = result
-                if len(self._cache) > CACHE_SIZE:
-                    self._cache.popitem(last=False)
+                result = self._cache.get(cache_key)
+            if result is None:  # read and verify only what was not verified before
+                data = _files.read_capped(bundle_fd, f"bundle {bundle_name}", MAX_BUNDLE_BYTES)
+                digest = digest or _files.sha256_capped(art.fd, art.name,
+                                                        self._cfg.max_hash_bytes)
+                try:
+                    result = verify(self._verifier, data, digest,
+                                    predicate_types=tuple(self._cfg.predicate_types))
+                except CheckFailed as e:
+                    result = e
+                with self._lock:
+                    self._cache[cache_key] = result
+                    if len(self._cache) > CACHE_SIZE:
+                        self._cache.popitem(last=False)
+        finally:
+            os.close(bundle_fd)
         evidence["bundle"] = bundle_name
         if isinstance(result, CheckFailed):
             evidence["error"] = escape(str(result))
@@ -174,26 +180,27 @@ class SigstoreAttestor:
         return Attestation(selectors=_selectors(result, art.kind), evidence={
             **evidence, "signer": escape(result.identity), "issuer": escape(result.issuer)})
 
-    def _bundle_beside(self, art: _Artifact) -> tuple[str, bytes, os.stat_result] | None:
+    def _bundle_beside(self, art: _Artifact) -> tuple[str, int, os.stat_result] | None:
         dir_fd, path = art.beside
         for suffix in (".sigstore.json", ".sigstore"):
-            found = self._read_bundle(path + suffix, dir_fd, art.name + suffix)
+            found = self._open_bundle(path + suffix, dir_fd, art.name + suffix)
             if found is not None:
                 return found
         return None
 
-    def _bundle_in_dirs(self, digest: str) -> tuple[str, bytes, os.stat_result] | None:
+    def _bundle_in_dirs(self, digest: str) -> tuple[str, int, os.stat_result] | None:
         for d in self._cfg.bundle_dirs:
             path = str(d / f"{digest}.sigstore.json")
-            found = self._read_bundle(path, None, escape(path))
+            found = self._open_bundle(path, None, escape(path))
             if found is not None:
                 return found
         return None
 
     @staticmethod
-    def _read_bundle(path: str, dir_fd: int | None,
-                     name: str) -> tuple[str, bytes, os.stat_result] | None:
-        """A bundle that exists is read (a regular file, no symlink, capped) or refused."""
+    def _open_bundle(path: str, dir_fd: int | None,
+                     name: str) -> tuple[str, int, os.stat_result] | None:
+        """A bundle that exists is opened (a regular file, no symlink, capped) or refused; the
+        caller closes the fd. Its fstat keys the cache, so what is read is what was keyed."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
                          dir_fd=dir_fd)
@@ -202,10 +209,10 @@ class SigstoreAttestor:
         except OSError as e:
             raise _files.Refused(f"cannot open bundle {name}: {e.strerror}") from None
         try:
-            st = _files.regular(fd, f"bundle {name}", MAX_BUNDLE_BYTES)
-            return name, _files.read_capped(fd, f"bundle {name}", MAX_BUNDLE_BYTES), st
-        finally:
+            return name, fd, _files.regular(fd, f"bundle {name}", MAX_BUNDLE_BYTES)
+        except BaseException:
             os.close(fd)
+            raise
 
     def state(self) -> str:
         if self._verifier_error is not None:

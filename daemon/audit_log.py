@@ -352,7 +352,12 @@ class AuditLog:
                 future.set_exception(AuditUnavailable(problem))
         if problem is not None:
             self._retain([u for u in written if u[1] is None])
-        elif self._dropped:
+            # Retried at once only for someone waiting; kept records alone wait for the next
+            # record or tick (no busy retry against a full disk).
+            if any(u[1] is not None for u in self._pending):
+                self._schedule_flush()
+            return
+        if self._dropped:
             dropped, self._dropped = self._dropped, 0
             self.record_nowait(AuditEvent(
                 type="audit.recovered", result="failure",
@@ -375,6 +380,8 @@ class AuditLog:
         """Checkpoint an idle log now and then."""
         assert self._loop is not None
         self._jobs.put(self._checkpoint_if_due_sync)
+        if self._pending:  # records kept from a failed write
+            self._schedule_flush()
         self._timer = self._loop.call_later(self._cfg.checkpoint_interval.total_seconds(),
                                             self._tick)
 

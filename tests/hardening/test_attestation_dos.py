@@ -53,8 +53,13 @@ def _python_copy(dst: Path, size: int | None = None) -> Path:
 def _start(exe: Path, client: Path, d: Daemon, uid: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(exe), str(client), str(d.socket), str(nobody_site_packages())],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={"PATH": "/usr/bin:/bin"}, user=uid, group=uid, extra_groups=[])
+
+
+def _outcome(output: str) -> str:
+    lines = [x for x in output.splitlines() if x.startswith(("ISSUED", "REFUSED"))]
+    return lines[-1] if lines else f"no outcome in {output!r}"
 
 
 def test_fifo_bundles_and_huge_executables_do_not_starve_other_callers(
@@ -90,7 +95,7 @@ def test_fifo_bundles_and_huge_executables_do_not_starve_other_callers(
             attackers.append(_start(evil / f"huge{i}", client, d, NOBODY))
         for a in attackers:  # every attacker's request is on its way
             assert a.stdout is not None
-            assert a.stdout.readline().strip() == "SENT"
+            assert a.stdout.readline().strip() == "SENT"  # the rest: read from a.stdout
         # Give the attackers' attestations a moment to occupy whatever they can (they are
         # answered at once here; before the fix they held every thread for good).
         deadline = time.monotonic() + 3
@@ -99,8 +104,12 @@ def test_fifo_bundles_and_huge_executables_do_not_starve_other_callers(
         # Another caller, with an executable never hashed before, gets its identity.
         other = _python_copy(short_tmp / "other-agent")
         answer = _start(other, client, d, 0).communicate(timeout=90)[0]
-        assert answer.splitlines()[-1].startswith("ISSUED"), answer
-        outcomes = [a.communicate(timeout=90)[0].splitlines()[-1] for a in attackers]
+        assert _outcome(answer).startswith("ISSUED"), answer
+        outcomes = []
+        for a in attackers:
+            assert a.stdout is not None
+            outcomes.append(_outcome(a.stdout.read()))
+            a.wait(timeout=90)
         assert all(o.startswith("REFUSED PERMISSION_DENIED") for o in outcomes), outcomes
         records = json.loads(d.cli("audit", "list", "--type", "attestation", "-o", "json").stdout)
         errors = {r["process"]["pid"]: r["details"]["evidence"].get("sigstore.error", "")
