@@ -22,6 +22,7 @@ test: lint proto-check
 lint: $(STAMP)
 	$(BIN)/ruff check daemon attestors tests bench scripts
 	$(BIN)/mypy --strict -p ensign.daemon -p ensign.attestors
+	$(BIN)/lint-imports --no-cache
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

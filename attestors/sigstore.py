@@ -35,11 +35,17 @@ from ensign.daemon.text import escape
 from . import _files
 from ._bounded import Bounded
 from ._launcher import UNIT_DIRS, ScriptRefused, launched_script
-from ._sigstore_verify import DEFAULT_PREDICATE_TYPES, CheckFailed, Verified, load_verifier, verify
+from ._sigstore_verify import (
+    DEFAULT_PREDICATE_TYPES,
+    MAX_BUNDLE_BYTES,
+    CheckFailed,
+    Verified,
+    load_verifier,
+    verify,
+)
 from .base import value
 
 CACHE_SIZE = 1024
-MAX_BUNDLE_BYTES = 16 << 20
 THREADS, THREADS_PER_UID = 4, 2
 
 _Key = tuple[int, int, int, int, int]

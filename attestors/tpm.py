@@ -3,7 +3,7 @@
 Unlike the unix and systemd attestors this one says nothing about the caller itself: it adds
 what the TPM proves about the node the caller runs on (which TPM, which boot state, whether
 that state passes the PCR policy). The TPM work (quotes, policy checks, reconnects) lives in
-`ensign.daemon.tpm_service`; this module only reads its latest verified result, so attesting a
+`ensign.daemon.tpm.service`; this module only reads its latest verified result, so attesting a
 caller never waits on the TPM. Selectors (the pipeline adds the `tpm:` prefix):
 
     ek:<sha256 of the EK public key, DER SubjectPublicKeyInfo>

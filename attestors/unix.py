@@ -19,11 +19,12 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ensign.daemon import procfs as _procfs
 from ensign.daemon.config_types import Size, StrictModel
 from ensign.daemon.models import Attestation, Caller
 from ensign.daemon.text import escape
 
-from . import _files, _procfs
+from . import _files
 from ._bounded import Bounded
 from .base import AttestorError, value
 

@@ -23,6 +23,7 @@ from typing import Any
 from . import (
     anomaly_overhead,
     audit_append,
+    first_secret,
     first_svid,
     jwt_fetch,
     registry_match,
@@ -37,7 +38,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
-    svid_mint.run, first_svid.run, streams.run, anomaly_overhead.run,
+    svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
 ]
 
 

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ensign.daemon.audit_event import GENESIS, AuditEvent, Process, canonical, seal
-from ensign.daemon.audit_log import AuditLog
+from ensign.daemon.audit.event import GENESIS, AuditEvent, Process, canonical, seal
+from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import AuditConfig
 
 from ._stats import meets, ratio, summarize

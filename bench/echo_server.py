@@ -23,9 +23,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from ensign.daemon import keys
-from ensign.daemon.ca import new_authority
+from ensign.daemon.issuing import mint_x509_svid, new_authority
 from ensign.daemon.spiffe_id import SpiffeId
-from ensign.daemon.svid import mint_x509_svid
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
 

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ensign.attestors.unix import UnixAttestor, UnixConfig
-from ensign.daemon.attestation import AttestationPipeline
-from ensign.daemon.events import EventHub
+from ensign.daemon.identity.pipeline import AttestationPipeline
 from ensign.daemon.models import Caller
-from ensign.daemon.registry import Entry, Registry, insert_statement
-from ensign.daemon.roles import RoleBook
-from ensign.daemon.store import Store
+from ensign.daemon.registry import Entry, EventHub, Registry, RoleBook, SqliteStore
+from ensign.daemon.registry.store import PutEntry
 
 from ._stats import meets, ratio, summarize
 
@@ -32,28 +30,28 @@ LIST_NAME = "agent_list_10k_seconds"
 
 
 def _registry(root: Path, n: int) -> Registry:
-    store = Store(root / f"r{n}.db")
+    store = SqliteStore(root / f"r{n}.db")
     store.open()
     events = EventHub()
     reg = Registry(store, RoleBook(store, events), events, "example.org")
     reg.load()
-    statements = []
+    writes = []
     for i in range(n):
         e = reg.prepare_register(Entry(id="", name=f"agent-{i}", kind="agent", spiffe_id="",
                                        selectors=(f"unix:uid:{10_000 + i}", "unix:gid:100"),
                                        owner="bench"), 0)
-        statements.append(insert_statement(e))
+        writes.append(PutEntry(e, new=True))
     me = reg.prepare_register(Entry(id="", name="me", kind="agent", spiffe_id="",
                                     selectors=(f"unix:uid:{os.getuid()}",), owner="bench"), 0)
-    statements.append(insert_statement(me))
-    store.run(statements)
+    writes.append(PutEntry(me, new=True))
+    store.write(writes)
     reg.load()
     return reg
 
 
 async def _time(reg: Registry, n: int) -> float:
     pipeline = AttestationPipeline([UnixAttestor(UnixConfig())])
-    from ensign.attestors import _procfs
+    from ensign.daemon import procfs as _procfs
 
     caller = Caller(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(),
                     start_ticks=_procfs.read_stat(os.getpid()).start_ticks,

@@ -23,7 +23,7 @@ SIZE = 64 << 20
 
 def _sign(root: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.sigstore_fixture import PrivateSigstore
+    from tests.support.sigstore import PrivateSigstore
 
     fulcio = PrivateSigstore()
     art = root / "agent.bin"

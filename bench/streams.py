@@ -67,7 +67,7 @@ def _streamer(client: int, sock: str, n: int, go: Event, stop: Event,
     import grpc  # type: ignore[import-untyped,unused-ignore]
     from cryptography import x509
 
-    from ensign.daemon.svid import split_der
+    from ensign.daemon.issuing import split_der
     from ensign.proto import workload_pb2 as pb
 
     async def main() -> None:

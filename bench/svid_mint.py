@@ -22,9 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ensign.daemon import keys
-from ensign.daemon.ca import new_authority
+from ensign.daemon.issuing import mint_x509_svid, new_authority
 from ensign.daemon.spiffe_id import SpiffeId
-from ensign.daemon.svid import mint_x509_svid
 
 from ._stats import meets, ratio, summarize
 

@@ -35,9 +35,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ensign.attestors import _tpm_structs as ts
 from ensign.attestors.tpm import TpmConfig
-from ensign.daemon.tpm_service import TpmService
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.service import TpmService
 
 from ._stats import meets, ratio, summarize
 

@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..attestors.sigstore import SigstoreConfig
-from ..attestors.systemd import SystemdConfig
-from ..attestors.tpm import TpmConfig
-from ..attestors.tpm import dev_config as tpm_dev_config
-from ..attestors.unix import UnixConfig
-from .config_types import Duration, Size, StrictModel
-from .errors import ConfigError, InvalidRequest
-from .spiffe_id import validate_trust_domain
+from ensign.attestors.sigstore import SigstoreConfig
+from ensign.attestors.systemd import SystemdConfig
+from ensign.attestors.tpm import TpmConfig
+from ensign.attestors.tpm import dev_config as tpm_dev_config
+from ensign.attestors.unix import UnixConfig
+from ensign.daemon.config_types import Duration, Size, StrictModel
+from ensign.daemon.errors import ConfigError, InvalidRequest
+from ensign.daemon.spiffe_id import validate_trust_domain
 
 DEFAULT_CONFIG_PATH = Path("/etc/ensign/ensign.toml")
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048"]

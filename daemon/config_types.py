@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
-from .units import format_duration, format_size, parse_duration, parse_size
+from ensign.daemon.units import format_duration, format_size, parse_duration, parse_size
 
 
 class StrictModel(BaseModel):

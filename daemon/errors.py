@@ -1,7 +1,30 @@
-"""One error hierarchy, translated in exactly two places: the gRPC servicers and the CLI.
+"""One error hierarchy, and one table of what each error means on the wire and to a shell.
 
-Each class carries the gRPC status a workload sees, the exit code the CLI returns, and the
-message that is safe to send to a workload. Details for operators go to the log.
+Every class carries the gRPC status a workload sees, the exit code the CLI returns, and the
+message that is safe to send to a workload. Translation happens in exactly two places: the
+server (`ensign.daemon.server.translate`, once per service) and the CLI (`ensign.daemon.cli`).
+A refused call names its error class in the trailing metadata key `ensign-error`, so the CLI
+exits with the same code for an error raised in the daemon as for one raised locally.
+
+| class               | gRPC status         | exit | meaning
+|---------------------|---------------------|------|------------------------------------------------
+| UsageError          | (CLI only)          | 64   | a command line that cannot be carried out
+| InvalidRequest      | INVALID_ARGUMENT    | 64   | a request missing or misusing a field
+| TokenInvalid        | INVALID_ARGUMENT    | 65   | bad signature, expired, wrong audience
+| Conflict            | ALREADY_EXISTS      | 65   | a name is taken
+| InvalidTransition   | FAILED_PRECONDITION | 65   | the current state does not allow it
+| NotFound            | NOT_FOUND           | 66   | no such agent, role, grant or file
+| AttestationError    | UNAVAILABLE         | 69   | attestation failed or timed out
+| StoreError          | UNAVAILABLE         | 74   | the registry cannot be read or written
+| SigningError        | INTERNAL            | 70   | a CA or signing key is unusable
+| AuditUnavailable    | UNAVAILABLE         | 74   | the audit log cannot be written: not issuing
+| RateLimited         | UNAVAILABLE         | 75   | over a per-uid limit; retry with backoff
+| RequestTooLarge     | RESOURCE_EXHAUSTED  | 75   | a request message over the bound or budget
+| PermissionDenied    | PERMISSION_DENIED   | 77   | the caller may not do this
+| NoIdentity          | PERMISSION_DENIED   | 77   | no registry entry matches the caller
+| CallerGone          | UNAUTHENTICATED     | 77   | the caller exited, exec'd or its pid was reused
+| ConfigError         | (startup only)      | 78   | a bad config key or value
+| EnsignError (other) | INTERNAL            | 70   | a bug: logged with its traceback
 """
 
 from __future__ import annotations
@@ -10,11 +33,22 @@ from typing import ClassVar
 
 from grpclib.const import Status
 
+#: Trailing metadata key naming the error class of a refused call.
+ERROR_KEY = "ensign-error"
+
 
 class EnsignError(Exception):
     grpc_status: ClassVar[Status] = Status.INTERNAL
     exit_code: ClassVar[int] = 70  # EX_SOFTWARE
     public_message: ClassVar[str] = "internal error"
+    #: May the caller read str(e)? True for errors about its own request; never for details
+    #: that would map the node for an attacker (paths, selectors).
+    detailed: ClassVar[bool] = False
+    _by_name: ClassVar[dict[str, type[EnsignError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        EnsignError._by_name.setdefault(cls.__name__, cls)
 
     def diagnostics(self) -> str:
         """Text for operators: what went wrong and, where known, what to do."""
@@ -37,18 +71,31 @@ class InvalidRequest(EnsignError):
     grpc_status = Status.INVALID_ARGUMENT
     exit_code = 64
     public_message = "invalid request"
+    detailed = True
 
 
 class NotFound(EnsignError):
     grpc_status = Status.NOT_FOUND
     exit_code = 66  # EX_NOINPUT
     public_message = "not found"
+    detailed = True
 
 
 class Conflict(EnsignError):
     grpc_status = Status.ALREADY_EXISTS
     exit_code = 65  # EX_DATAERR
     public_message = "already exists"
+    detailed = True
+
+
+class RequestTooLarge(EnsignError):
+    """A request message over the socket's bound, or one that does not fit the budget for large
+    messages being received at once (retry later)."""
+
+    grpc_status = Status.RESOURCE_EXHAUSTED
+    exit_code = 75  # EX_TEMPFAIL
+    public_message = "request message too large"
+    detailed = True
 
 
 class AttestationError(EnsignError):
@@ -75,12 +122,14 @@ class PermissionDenied(EnsignError):
     grpc_status = Status.PERMISSION_DENIED
     exit_code = 77
     public_message = "permission denied"
+    detailed = True
 
 
 class TokenInvalid(EnsignError):
     grpc_status = Status.INVALID_ARGUMENT
     exit_code = 65
     public_message = "token is not valid"
+    detailed = True
 
 
 class StoreError(EnsignError):
@@ -100,6 +149,7 @@ class InvalidTransition(EnsignError):
     grpc_status = Status.FAILED_PRECONDITION
     exit_code = 65
     public_message = "invalid state transition"
+    detailed = True
 
 
 class AuditRecordRejected(EnsignError):
@@ -117,3 +167,26 @@ class AuditUnavailable(EnsignError):
     grpc_status = Status.UNAVAILABLE
     exit_code = 74  # EX_IOERR
     public_message = "audit log unavailable: not issuing"
+    detailed = True
+
+
+def exit_code_for(status: Status, error_class: str = "") -> int:
+    """The CLI's exit code for a refused call: its error class's when the daemon named one
+    (trailing metadata `ensign-error`), else the code of the first class above with that
+    status. One table, so a remote error exits as the same error raised locally would."""
+    cls = EnsignError._by_name.get(error_class)
+    if cls is not None:
+        return cls.exit_code
+    return _EXIT_FOR_STATUS.get(status, 70)
+
+
+def _first_by_status() -> dict[Status, int]:
+    table: dict[Status, int] = {Status.DEADLINE_EXCEEDED: 75, Status.UNIMPLEMENTED: 69,
+                                Status.RESOURCE_EXHAUSTED: 75}
+    for cls in (InvalidRequest, NotFound, Conflict, InvalidTransition, AttestationError,
+                CallerGone, PermissionDenied, SigningError):
+        table.setdefault(cls.grpc_status, cls.exit_code)
+    return table
+
+
+_EXIT_FOR_STATUS = _first_by_status()

@@ -18,6 +18,9 @@ class Caller:
     gid: int
     start_ticks: int
     pidfd: int | None = field(default=None, compare=False)
+    #: (device, inode) of its executable when it connected: an exec since then is refused.
+    #: Not ctime: a chmod or a new hard link of a running binary is not another program.
+    exe: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
+from ensign.daemon.errors import InvalidRequest
 
 MAX_ID_BYTES = 2048
 MAX_TRUST_DOMAIN_BYTES = 255

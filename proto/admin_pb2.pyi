@@ -81,7 +81,7 @@ class AuditRecords(_message.Message):
     def __init__(self, records: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by", "history")
+    __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by", "history", "federates_with")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class Agent(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     kind: str
@@ -131,7 +132,8 @@ class Agent(_message.Message):
     expires_at: int
     created_by: int
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., expires_at: _Optional[int] = ..., created_by: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ...) -> None: ...
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., expires_at: _Optional[int] = ..., created_by: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., federates_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("at", "from_state", "to_state", "reason", "actor")
@@ -196,7 +198,7 @@ class ApplyResponse(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[PlanStep, _Mapping]]] = ..., applied: _Optional[bool] = ...) -> None: ...
 
 class Role(_message.Message):
-    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate", "created_at", "updated_at", "revision", "holders")
+    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate", "created_at", "updated_at", "revision", "holders", "may_introspect")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class Role(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    MAY_INTROSPECT_FIELD_NUMBER: _ClassVar[int]
     name: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
     scopes: _containers.RepeatedScalarFieldContainer[str]
@@ -217,7 +220,8 @@ class Role(_message.Message):
     updated_at: int
     revision: int
     holders: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ...) -> None: ...
+    may_introspect: bool
+    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ..., may_introspect: _Optional[bool] = ...) -> None: ...
 
 class ListRolesRequest(_message.Message):
     __slots__ = ()
@@ -236,20 +240,22 @@ class GetRoleRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class UpdateRoleRequest(_message.Message):
-    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate")
+    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate", "may_introspect")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     MAX_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAY_ACT_FOR_USERS_FIELD_NUMBER: _ClassVar[int]
     MAY_REDELEGATE_FIELD_NUMBER: _ClassVar[int]
+    MAY_INTROSPECT_FIELD_NUMBER: _ClassVar[int]
     name: str
     audiences: StringList
     scopes: StringList
     max_ttl_seconds: int
     may_act_for_users: bool
     may_redelegate: bool
-    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Union[StringList, _Mapping]] = ..., scopes: _Optional[_Union[StringList, _Mapping]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ...) -> None: ...
+    may_introspect: bool
+    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Union[StringList, _Mapping]] = ..., scopes: _Optional[_Union[StringList, _Mapping]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ..., may_introspect: _Optional[bool] = ...) -> None: ...
 
 class DeleteRoleRequest(_message.Message):
     __slots__ = ("name",)
@@ -262,7 +268,7 @@ class DeleteRoleResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentSpec(_message.Message):
-    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at")
+    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at", "federates_with")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +290,7 @@ class AgentSpec(_message.Message):
     ROLES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     spiffe_id: str
@@ -298,7 +305,8 @@ class AgentSpec(_message.Message):
     roles: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
     expires_at: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
     __slots__ = ("spec",)
@@ -343,7 +351,7 @@ class StringList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdateAgentRequest(_message.Message):
-    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at")
+    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at", "federates_with")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +365,7 @@ class UpdateAgentRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     spiffe_id: str
@@ -370,7 +379,8 @@ class UpdateAgentRequest(_message.Message):
     capabilities: StringList
     roles: StringList
     expires_at: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    federates_with: StringList
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
 
 class DeleteAgentRequest(_message.Message):
     __slots__ = ("id",)

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ..errors import EnsignError
-from . import admin_cmds, daemon_cmds, tpm_cmds, verify_cmd, workload_cmds
-from .common import EXIT_FOR_STATUS, CliParser, Unreachable
+from ensign.daemon.errors import EnsignError, exit_code_for
+
+from . import admin_cmds, daemon_cmds, helper_cmd, tpm_cmds, verify_cmd, workload_cmds
+from .common import CliParser, Unreachable, remote_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=CliParser)
     daemon_cmds.register(sub)
     workload_cmds.register(sub)
+    helper_cmd.register(sub)
     admin_cmds.register(sub)
     verify_cmd.register(sub)
     tpm_cmds.register(sub)
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except GRPCError as e:
         print(f"ensign: {e.status.name}: {e.message or 'no message'}", file=sys.stderr)
-        return EXIT_FOR_STATUS.get(e.status, 70)
+        return exit_code_for(e.status, remote_error())
     except Unreachable as e:
         print(f"ensign: {e}", file=sys.stderr)
         return 69

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from ..errors import UsageError
 from . import anomaly_cmds, apply_file, audit_cmds, ops_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
@@ -52,6 +52,9 @@ def register(sub: Any) -> None:
         p.add_argument("--expires-at", type=timestamp, metavar="TIME")
         p.add_argument("--dns-name", action="append")
         p.add_argument("--hint")
+        p.add_argument("--federates-with", action="append", metavar="TRUST_DOMAIN",
+                       help="also hand this entry the bundle of that federated trust domain "
+                            "(repeatable)")
         if creating:
             p.add_argument("--metadata", action="append", metavar="KEY=VALUE", default=[],
                            help="free-form labels; anomaly.action=alert|suspend|off overrides "
@@ -117,12 +120,13 @@ def _print_agent(a: pb.Agent) -> None:
         ("x509_ttl", f"{a.x509_ttl_seconds}s" if a.x509_ttl_seconds else "default"),
         ("jwt_ttl", f"{a.jwt_ttl_seconds}s" if a.jwt_ttl_seconds else "default"),
         ("dns_names", ", ".join(a.dns_names) or "-"), ("hint", a.hint or "-"),
+        ("federates_with", ", ".join(a.federates_with) or "-"),
         ("expires_at", iso(a.expires_at)), ("created", iso(a.created_at)),
         ("updated", iso(a.updated_at)), ("revision", str(a.revision)),
     ]
     rows += [(f"metadata.{k}", v) for k, v in sorted(a.metadata.items())]
     for k, v in rows:
-        print(f"{k:13} {v}")
+        print(f"{k:14} {v}")
     if a.history:
         print("history:")
         for h in a.history:
@@ -147,7 +151,7 @@ async def agent_register(args: argparse.Namespace) -> int:
         capabilities=args.capability or [], roles=args.role or [],
         x509_ttl_seconds=args.x509_ttl or 0, jwt_ttl_seconds=args.jwt_ttl or 0,
         expires_at=args.expires_at or 0, dns_names=args.dns_name or [], hint=args.hint or "",
-        metadata=_metadata(args.metadata),
+        metadata=_metadata(args.metadata), federates_with=args.federates_with or [],
     )
     async with channel(admin_socket(args)) as ch:
         agent = await AdminStub(ch).RegisterAgent(pb.RegisterAgentRequest(spec=spec),
@@ -195,7 +199,8 @@ async def agent_update(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(req, field, value)
     for flag, field in (("selector", "selectors"), ("dns_name", "dns_names"),
-                        ("capability", "capabilities"), ("role", "roles")):
+                        ("capability", "capabilities"), ("role", "roles"),
+                        ("federates_with", "federates_with")):
         values = getattr(args, flag)
         if values is not None:
             getattr(req, field).values.extend(values)

@@ -9,10 +9,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from ensign.daemon.config_types import Duration, StrictModel
+from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
-
-from ..config_types import Duration, StrictModel
-from ..errors import UsageError
 
 
 class RoleDoc(StrictModel):
@@ -22,6 +21,7 @@ class RoleDoc(StrictModel):
     max_ttl: Duration = timedelta(0)
     may_act_for_users: bool = False
     may_redelegate: bool = False
+    may_introspect: bool = False
 
 
 class AgentDoc(StrictModel):
@@ -39,6 +39,7 @@ class AgentDoc(StrictModel):
     jwt_ttl: Duration = timedelta(0)
     dns_names: list[str] = Field(default_factory=list)
     hint: str = ""
+    federates_with: list[str] = Field(default_factory=list)
     expires_at: datetime | None = None
     state: Literal["active", "suspended", "decommissioned"] = "active"
 
@@ -88,7 +89,8 @@ def to_request(doc: RegistryDoc, *, dry_run: bool, prune: bool) -> pb.ApplyReque
         prune=prune,
         roles=[pb.Role(name=r.name, audiences=r.audiences, scopes=r.scopes,
                        max_ttl_seconds=int(r.max_ttl.total_seconds()),
-                       may_act_for_users=r.may_act_for_users, may_redelegate=r.may_redelegate)
+                       may_act_for_users=r.may_act_for_users, may_redelegate=r.may_redelegate,
+                       may_introspect=r.may_introspect)
                for r in doc.role],
         agents=[pb.DesiredAgent(
             id=a.id, state=a.state,
@@ -98,6 +100,7 @@ def to_request(doc: RegistryDoc, *, dry_run: bool, prune: bool) -> pb.ApplyReque
                 metadata=a.metadata, x509_ttl_seconds=int(a.x509_ttl.total_seconds()),
                 jwt_ttl_seconds=int(a.jwt_ttl.total_seconds()), dns_names=a.dns_names,
                 hint=a.hint, expires_at=int(a.expires_at.timestamp()) if a.expires_at else 0,
+                federates_with=a.federates_with,
             ),
         ) for a in doc.agent],
     )

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ensign.daemon import config as config_mod
+from ensign.daemon.audit.archive import archive
+from ensign.daemon.audit.query import to_ocsf
+from ensign.daemon.audit.verify import verify
+from ensign.daemon.errors import EnsignError
+from ensign.daemon.units import parse_duration
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from .. import config as config_mod
-from ..audit_archive import archive
-from ..audit_query import to_ocsf
-from ..audit_verify import verify
-from ..errors import EnsignError
-from ..units import parse_duration
 from .common import admin_socket, channel, count, print_json
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]

@@ -13,27 +13,23 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.events import RecvTrailingMetadata, listen
 
-from .. import config as config_mod
-from ..errors import ConfigError, UsageError
-from ..units import parse_duration
+from ensign.daemon import config as config_mod
+from ensign.daemon.errors import ERROR_KEY, ConfigError, UsageError
+from ensign.daemon.units import parse_duration
 
 DEFAULT_SOCKET = "/run/ensign/agent.sock"
 DEFAULT_ADMIN_SOCKET = "/run/ensign/admin.sock"
 TIMEOUT = 10.0
 
-EXIT_FOR_STATUS = {
-    Status.INVALID_ARGUMENT: 64,
-    Status.NOT_FOUND: 66,
-    Status.ALREADY_EXISTS: 65,
-    Status.PERMISSION_DENIED: 77,
-    Status.UNAUTHENTICATED: 77,
-    Status.UNAVAILABLE: 69,
-    Status.UNIMPLEMENTED: 69,
-    Status.DEADLINE_EXCEEDED: 75,
-    Status.FAILED_PRECONDITION: 65,
-}
+#: The error class the daemon named for the last refused call (trailing `ensign-error`).
+#: A plain global, not a ContextVar: it is set in asyncio.run's tasks and read after it.
+_remote_error = [""]
+
+
+def remote_error() -> str:
+    return _remote_error[0]
 
 
 class Unreachable(Exception):
@@ -70,12 +66,18 @@ async def channel(path: str) -> AsyncIterator[Channel]:
     if not os.path.exists(path):  # noqa: ASYNC240 (one stat, before any I/O)
         raise Unreachable(f"no daemon socket at {path} (is the daemon running? set --socket)")
     ch = Channel(path=path)
+    listen(ch, RecvTrailingMetadata, _note_error)
     try:
         yield ch
     except OSError as e:
         raise Unreachable(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
     finally:
         ch.close()
+
+
+async def _note_error(event: RecvTrailingMetadata) -> None:
+    name = event.metadata.get(ERROR_KEY) if event.metadata else None
+    _remote_error[0] = str(name) if name else ""
 
 
 def count(text: str) -> int:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_mod
-from .. import logs
-from ..sdnotify import notify
+from ensign.daemon import config as config_mod
+from ensign.daemon.observe import logs
+from ensign.daemon.observe.sdnotify import notify
 
 
 def register(sub: Any) -> None:
@@ -58,7 +58,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     def ready() -> None:
         notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
 
-    from ..app import Daemon  # the whole daemon: imported only when running one
+    from ensign.daemon.app import Daemon  # the whole daemon: imported only when running one
 
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
@@ -94,7 +94,7 @@ def config_defaults(args: argparse.Namespace) -> int:
 
 
 def ca_request_csr(args: argparse.Namespace) -> int:
-    from ..ca_offline import request_csr
+    from ensign.daemon.issuing.ca_offline import request_csr
 
     cfg = config_mod.load(args.config)
     args.out.write_bytes(request_csr(cfg.data_dir, cfg.trust_domain, cfg.ca.key_type))
@@ -104,7 +104,7 @@ def ca_request_csr(args: argparse.Namespace) -> int:
 
 
 def ca_install_signed(args: argparse.Namespace) -> int:
-    from ..ca_offline import install_signed
+    from ensign.daemon.issuing.ca_offline import install_signed
 
     cfg = config_mod.load(args.config)
     try:

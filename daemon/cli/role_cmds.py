@@ -30,6 +30,9 @@ def register(sub: Any, common: Common) -> None:
                        default=False if creating else None)
         p.add_argument("--may-redelegate", action=argparse.BooleanOptionalAction,
                        default=False if creating else None)
+        p.add_argument("--may-introspect", action=argparse.BooleanOptionalAction,
+                       default=False if creating else None,
+                       help="holders may call the HTTPS introspection endpoint")
 
     create = common(rsub.add_parser("create", help="create a role"))
     create.add_argument("name")
@@ -61,6 +64,7 @@ def _print(r: pb.Role) -> None:
     print(f"max_ttl           {f'{r.max_ttl_seconds}s' if r.max_ttl_seconds else '-'}")
     print(f"may_act_for_users {str(r.may_act_for_users).lower()}")
     print(f"may_redelegate    {str(r.may_redelegate).lower()}")
+    print(f"may_introspect    {str(r.may_introspect).lower()}")
     print(f"updated           {iso(r.updated_at)}  (revision {r.revision})")
     if r.holders:
         print(f"holders           {', '.join(r.holders)}")
@@ -73,7 +77,7 @@ def _sock(args: argparse.Namespace) -> str:
 async def role_create(args: argparse.Namespace) -> int:
     req = pb.Role(name=args.name, audiences=args.audience, scopes=args.scope or [],
                   max_ttl_seconds=args.max_ttl or 0, may_act_for_users=args.may_act_for_users,
-                  may_redelegate=args.may_redelegate)
+                  may_redelegate=args.may_redelegate, may_introspect=args.may_introspect)
     async with channel(_sock(args)) as ch:
         role = await AdminStub(ch).CreateRole(req, timeout=TIMEOUT)
     print_json(_dict(role)) if args.output == "json" else print(role.name)
@@ -112,6 +116,8 @@ async def role_update(args: argparse.Namespace) -> int:
         req.may_act_for_users = args.may_act_for_users
     if args.may_redelegate is not None:
         req.may_redelegate = args.may_redelegate
+    if args.may_introspect is not None:
+        req.may_introspect = args.may_introspect
     async with channel(_sock(args)) as ch:
         role = await AdminStub(ch).UpdateRole(req, timeout=TIMEOUT)
     if args.output == "json":

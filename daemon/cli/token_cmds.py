@@ -13,6 +13,9 @@ from typing import Any
 import jwt
 from google.protobuf.json_format import MessageToDict
 
+from ensign.daemon.delegation.idp import parse_jwks
+from ensign.daemon.delegation.tokens import verify_delegated
+from ensign.daemon.errors import TokenInvalid, UsageError
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import delegation_pb2 as dpb
 from ensign.proto import workload_pb2 as wpb
@@ -20,9 +23,6 @@ from ensign.proto.admin_grpc import AdminStub
 from ensign.proto.delegation_grpc import DelegationStub
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
-from ..errors import TokenInvalid, UsageError
-from ..idp import parse_jwks
-from ..tokens import verify_delegated
 from .common import (
     DEFAULT_SOCKET,
     TIMEOUT,

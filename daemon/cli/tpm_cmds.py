@@ -30,16 +30,16 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from google.protobuf.json_format import MessageToDict
 
-from ensign.attestors import _tpm_structs as ts
+from ensign.daemon.api.attestation import evidence_from_pb
+from ensign.daemon.errors import UsageError
+from ensign.daemon.files import write_private
+from ensign.daemon.tpm import structs as ts
+from ensign.daemon.tpm.ekcert import load_certificates
+from ensign.daemon.tpm.evidence import Evidence, Verdict, spki, verify_evidence
+from ensign.daemon.tpm.policy import PcrPolicy
 from ensign.proto import attestation_pb2 as pb
 from ensign.proto.attestation_grpc import AttestationStub
 
-from ..attestation_api import evidence_from_pb
-from ..errors import UsageError
-from ..files import write_private
-from ..tpm_ekcert import load_certificates
-from ..tpm_evidence import Evidence, Verdict, spki, verify_evidence
-from ..tpm_policy import PcrPolicy
 from .common import DEFAULT_SOCKET, TIMEOUT, add_output, channel, print_json, socket_path
 
 HEADER = {"workload.spiffe.io": "true"}
@@ -172,7 +172,9 @@ async def _evidence(args: argparse.Namespace, nonce: bytes,
 async def tpm_quote(args: argparse.Namespace) -> int:
     challenge = None
     if args.challenge:
-        from ..tpm_challenge import Challenge  # loads tpm2-tss: only where a challenge is used
+        from ensign.daemon.tpm.challenge import (
+            Challenge,  # loads tpm2-tss: only where a challenge is used
+        )
 
         c = Challenge.from_json(_read(args.challenge))
         challenge = pb.CredentialChallenge(credential_blob=c.credential_blob,
@@ -199,7 +201,9 @@ async def tpm_policy(args: argparse.Namespace) -> int:
 
 
 def tpm_challenge(args: argparse.Namespace) -> int:
-    from ..tpm_challenge import make_challenge  # loads tpm2-tss; verify-evidence never does
+    from ensign.daemon.tpm.challenge import (
+        make_challenge,  # loads tpm2-tss; verify-evidence never does
+    )
 
     ev = Evidence.from_json(_read(args.evidence))
     challenge, secret = make_challenge(ev, load_certificates(args.ek_ca))

@@ -22,12 +22,12 @@ from google.protobuf.json_format import MessageToDict
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from ensign.daemon.api.health import REASON_KEY
+from ensign.daemon.errors import PermissionDenied
+from ensign.daemon.issuing import load_der_chain
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
-from ..errors import PermissionDenied
-from ..health import REASON_KEY
-from ..svid import load_der_chain
 from .common import (
     DEFAULT_SOCKET,
     TIMEOUT,

@@ -28,11 +28,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.proto import delegation_pb2, workload_pb2
-
-from ..conftest import ENSIGN, NOBODY, Daemon, make_daemon, run_as
-from ..sigstore_fixture import GHA, PrivateSigstore
-from ..test_peer_identity import _HANDOFF
-from .support import HEADER, audit, call, fd_count, healthy, rss_kib, settle_fds
+from tests.integration.test_peer_identity import _HANDOFF
+from tests.support.daemon import ENSIGN, NOBODY, Daemon, make_daemon, run_as
+from tests.support.hardening import HEADER, audit, call, fd_count, healthy, rss_kib, settle_fds
+from tests.support.sigstore import GHA, PrivateSigstore
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other uids, groups)")
 
@@ -439,7 +438,7 @@ def test_slowloris_clients_do_not_starve_others(node: tuple[Daemon, dict[str, An
     assert healthy(d)
 
 
-LIMITS_SKIP = pytest.mark.skipif(importlib.util.find_spec("ensign.daemon.limits") is None,
+LIMITS_SKIP = pytest.mark.skipif(importlib.util.find_spec("ensign.daemon.server.limits") is None,
                                  reason="needs [limits] in the daemon")
 _HOLDER = """
 import sys, time, grpc
@@ -665,7 +664,7 @@ def test_limits_config_is_validated(tmp_path: Path, body: str, ok: bool) -> None
 
 
 def _nobody_site() -> Path:
-    from ..conftest import nobody_site_packages
+    from tests.support.daemon import nobody_site_packages
 
     return nobody_site_packages()
 

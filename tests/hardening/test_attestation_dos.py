@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from ensign.attestors._bounded import Bounded
-
-from ..conftest import NOBODY, Daemon, make_daemon, nobody_site_packages
-from ..sigstore_fixture import PrivateSigstore
+from tests.support.daemon import NOBODY, Daemon, make_daemon, nobody_site_packages
+from tests.support.sigstore import PrivateSigstore
 
 CLIENT = """
 import os, sys

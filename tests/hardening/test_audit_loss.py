@@ -29,11 +29,10 @@ from hypothesis import strategies as st
 from ensign.daemon.audit_query import read_records
 from ensign.daemon.text import escape, unescape
 from ensign.proto import workload_pb2 as pb
-
-from ..cgroups import cgroup2_mount, own_cgroup, spawn_in, unique
-from ..conftest import NOBODY, make_daemon, nobody_site_packages
-from ..sigstore_fixture import PrivateSigstore
-from .support import HEADER, soak
+from tests.support.daemon import NOBODY, make_daemon, nobody_site_packages
+from tests.support.hardening import HEADER, soak
+from tests.support.sigstore import PrivateSigstore
+from tests.support.units import cgroup2_mount, own_cgroup, spawn_in, unique
 
 FUZZ = settings(max_examples=soak(12, 120), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -22,12 +22,11 @@ from typing import Any
 import grpc
 import pytest
 
-from ensign.daemon.audit_query import read_records
+from ensign.daemon.audit.query import read_records
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import workload_pb2 as pb
-
-from ..conftest import ENSIGN, Daemon, make_daemon
-from .support import call, healthy, soak, socket_answers
+from tests.support.daemon import ENSIGN, Daemon, make_daemon
+from tests.support.hardening import call, healthy, soak, socket_answers
 
 KILLS = soak(10, 100)
 
@@ -158,7 +157,7 @@ def _bundle(d: Daemon) -> dict[bytes, float]:
     code, _, raw = call(d.socket, "/SpiffeWorkloadAPI/FetchX509Bundles", stream=True)
     assert code == grpc.StatusCode.OK, code
     der = next(iter(pb.X509BundlesResponse.FromString(raw).bundles.values()))
-    from ensign.daemon.svid import load_der_chain
+    from ensign.daemon.issuing import load_der_chain
 
     return {c.tbs_certificate_bytes: c.not_valid_after_utc.timestamp()
             for c in load_der_chain(der)}

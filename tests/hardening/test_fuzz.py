@@ -25,6 +25,7 @@ import grpc
 import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from envoy.service.secret.v3 import sds_pb2
 from google.protobuf import descriptor as d_
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -32,9 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ensign.proto import admin_pb2, attestation_pb2, delegation_pb2, workload_pb2
-
-from ..conftest import REPO, Daemon, make_daemon
-from .support import HEADER, call, fd_count, healthy, settle_fds, soak
+from tests.support.daemon import REPO, Daemon, make_daemon
+from tests.support.hardening import HEADER, call, fd_count, healthy, settle_fds, soak
 
 EXAMPLES = soak(40, 400)
 SLOW_EXAMPLES = soak(8, 60)  # each example is a process or a connection
@@ -120,7 +120,7 @@ def _methods(*modules: Any) -> list[tuple[str, d_.MethodDescriptor]]:
     return out
 
 
-WORKLOAD = _methods(workload_pb2, delegation_pb2, attestation_pb2)
+WORKLOAD = _methods(workload_pb2, delegation_pb2, attestation_pb2, sds_pb2)  # + Envoy's SDS
 ADMIN = _methods(admin_pb2)
 
 

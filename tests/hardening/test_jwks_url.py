@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.daemon.config import jwks_url_problem, parse
 from ensign.daemon.errors import ConfigError
-
-from ..conftest import ENSIGN, Daemon, make_daemon
+from tests.support.daemon import ENSIGN, Daemon, make_daemon
 
 BAD = [
     "http://127.0.0.1.evil.example/jwks",  # passed the old startswith("http://127.0.0.1")

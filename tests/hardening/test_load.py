@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..conftest import make_daemon
-from .support import fd_count, healthy, rss_kib, settle_fds, soak
+from tests.support.daemon import make_daemon
+from tests.support.hardening import fd_count, healthy, rss_kib, settle_fds, soak
 
 PROCESSES = soak(8, 32)
 SECONDS = soak(15, 60)

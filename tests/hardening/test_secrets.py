@@ -20,11 +20,10 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ensign.daemon.svid import split_der
+from ensign.daemon.issuing import split_der
 from ensign.proto import delegation_pb2, workload_pb2
-
-from ..conftest import ENSIGN, Daemon
-from .support import call
+from tests.support.daemon import ENSIGN, Daemon
+from tests.support.hardening import call
 
 IDP = "https://idp.example.org"
 CAL = "https://calendar.example.org"

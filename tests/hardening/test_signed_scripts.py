@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from ..cgroups import cgroups, run_in, unique
-from ..conftest import NOBODY, Daemon, make_daemon, nobody_site_packages
-from ..sigstore_fixture import PrivateSigstore, trusted_tmp
+from tests.support.daemon import NOBODY, Daemon, make_daemon, nobody_site_packages
+from tests.support.sigstore import PrivateSigstore
+from tests.support.units import cgroups, run_in, trusted_tmp, unique
 
 IDENTITY = "https://github.com/acme/agent/.github/workflows/release.yml@refs/tags/v1.2.3"
 PYTHON = "/usr/bin/python3"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import NOBODY, Daemon, make_daemon, run_as
+from tests.support.daemon import NOBODY, Daemon, make_daemon, run_as
 
 # The other user: creates svid.0.key (0666, its own), keeps it open, and reports what it can
 # read through its descriptor and by name once the fetch is done (it waits for "go").

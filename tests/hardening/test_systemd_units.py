@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cgroups import cgroups, run_in, unique
-from ..conftest import NOBODY, Daemon, nobody_site_packages
+from tests.support.daemon import NOBODY, Daemon, nobody_site_packages
+from tests.support.units import cgroups, run_in, unique
 
 CLIENT = """
 import sys

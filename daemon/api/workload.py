@@ -1,0 +1,267 @@
+"""The SPIFFE Workload API servicer: compose what the caller's identities get, and send it.
+
+The front (api/front.py) has checked the header and found the caller; the rules live elsewhere
+(attestation, registry match, roles, SVID cache). Streams send their first message at once,
+then the full state after every change, suppressing duplicates; before every update the caller
+is attested again through the cache, so a stream whose process exited (a child holding the
+socket) ends with UNAUTHENTICATED instead of receiving new keys, and it ends with
+PermissionDenied when the caller's last identity goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from ensign.daemon.api import _records
+from ensign.daemon.api.front import Call, recv
+from ensign.daemon.audit.event import AuditEvent
+from ensign.daemon.audit.log import AuditLog
+from ensign.daemon.config import Config
+from ensign.daemon.errors import InvalidRequest, NoIdentity
+from ensign.daemon.issuing import (
+    Broadcast,
+    CertificateAuthority,
+    JwtSvid,
+    SvidCache,
+    X509Svid,
+    validate_jwt_svid,
+)
+from ensign.daemon.keys import to_pkcs8_der
+from ensign.daemon.models import AttestedCaller
+from ensign.daemon.registry import AudienceDenied, Entry, RoleBook, jwt_ttl_cap, x509_ttl_cap
+from ensign.daemon.spiffe_id import SpiffeId
+from ensign.proto import workload_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_AUDIENCES = 32
+MAX_AUDIENCE_BYTES = 512
+MAX_TOKEN_BYTES = 16 * 1024
+MAX_ISSUED_EVENTS = 1024
+
+#: (agent id, jti, SPIFFE ID) of a JWT-SVID this node validated: anomaly detection
+Validated = Callable[[str, str, str], None]
+
+
+class WorkloadApi:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        roles: RoleBook,
+        cache: SvidCache,
+        ca: CertificateAuthority,
+        audit: AuditLog,
+        broadcast: Broadcast,
+        clock: Callable[[], datetime],
+        on_validated: Validated | None = None,
+    ) -> None:
+        self._on_validated = on_validated
+        self._cfg = config
+        self._roles = roles
+        self._cache = cache
+        self._audit = audit
+        self._ca = ca
+        self._broadcast = broadcast
+        self._clock = clock
+        self._td_id = str(SpiffeId.for_trust_domain(config.trust_domain))
+        self._issued: dict[tuple[int, int, int],
+                           tuple[AttestedCaller, Entry, JwtSvid, AuditEvent]] = {}
+        # entry id -> (svid, bundle, hint, message): serializing the key and chain once per SVID.
+        # Served only while the cache still hands out that very SVID; bounded like _issued.
+        self._x509_messages: dict[str, tuple[X509Svid, bytes, str, pb.X509SVID]] = {}
+
+    def _jwt_issued(self, attested: AttestedCaller, entry: Entry, svid: JwtSvid) -> AuditEvent:
+        """The same event object for the same caller, entry and cached token: the audit log
+        then reuses its encoding."""
+        key = (id(attested), id(entry), id(svid))
+        hit = self._issued.get(key)
+        if hit is not None and hit[0] is attested and hit[1] is entry and hit[2] is svid:
+            return hit[3]
+        if len(self._issued) >= MAX_ISSUED_EVENTS:
+            self._issued.clear()
+        event = _records.jwt_issued(attested, entry, svid)
+        self._issued[key] = (attested, entry, svid, event)  # held, so the ids stay theirs
+        return event
+
+    # -- X.509 -----------------------------------------------------------------------------
+
+    async def FetchX509SVID(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse],
+                            call: Call) -> None:
+        await stream.recv_message()
+        watched: list[str] = []
+        last = b""
+        version = self._broadcast.version
+        try:
+            while True:
+                attested = await call.attested()  # again at every update: is it still there?
+                entries = call.identities()
+                ids = [e.id for e in entries]
+                if ids != watched:
+                    self._cache.watch(ids)
+                    self._cache.unwatch(watched)
+                    watched = ids
+                response, issued = self._compose_x509(entries)
+                data = response.SerializeToString(deterministic=True)
+                if data != last:
+                    await self._audit.durable([_records.x509_issued(attested, e, svid)
+                                               for e, svid in issued])
+                    await stream.send_message(response)
+                    last = data
+                version = await self._broadcast.wait(version)
+        finally:
+            self._cache.unwatch(watched)
+
+    def _compose_x509(
+        self, entries: Sequence[Entry]
+    ) -> tuple[pb.X509SVIDResponse, list[tuple[Entry, X509Svid]]]:
+        bundle = self._ca.x509_bundle_der()
+        svids = []
+        issued = []
+        for e in entries:
+            svid = self._cache.x509_for(e, x509_ttl_cap(e.roles, self._roles.all))
+            issued.append((e, svid))
+            svids.append(self._x509_message(e, svid, bundle))
+        return pb.X509SVIDResponse(svids=_unique_hints(svids)), issued
+
+    def _x509_message(self, entry: Entry, svid: X509Svid, bundle: bytes) -> pb.X509SVID:
+        hit = self._x509_messages.get(entry.id)
+        if hit is not None and hit[0] is svid and hit[1] is bundle and hit[2] == entry.hint:
+            return hit[3]
+        if len(self._x509_messages) >= MAX_ISSUED_EVENTS:
+            self._x509_messages.clear()
+        message = pb.X509SVID(spiffe_id=svid.spiffe_id, x509_svid=svid.chain_der(),
+                              x509_svid_key=to_pkcs8_der(svid.key), bundle=bundle,
+                              hint=entry.hint)
+        self._x509_messages[entry.id] = (svid, bundle, entry.hint, message)
+        return message
+
+    async def FetchX509Bundles(
+        self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse], call: Call
+    ) -> None:
+        await stream.recv_message()
+        await self._stream_bundles(stream, call, lambda: pb.X509BundlesResponse(
+            bundles={self._td_id: self._ca.x509_bundle_der()}))
+
+    async def _stream_bundles(self, stream: Stream[Any, Any], call: Call,
+                              compose: Callable[[], Any]) -> None:
+        """Bundles go to callers that hold an identity (as SPIRE does), again after changes."""
+        last = b""
+        version = self._broadcast.version
+        while True:
+            await call.attested()
+            call.identities()
+            response = compose()
+            data = response.SerializeToString(deterministic=True)
+            if data != last:
+                await stream.send_message(response)
+                last = data
+            version = await self._broadcast.wait(version)
+
+    # -- JWT -------------------------------------------------------------------------------
+
+    async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse],
+                           call: Call) -> None:
+        request = await recv(stream)
+        audience = call.audience = _check_audience(list(request.audience))
+        wanted: SpiffeId | None = None
+        if request.spiffe_id:
+            wanted = SpiffeId.parse(request.spiffe_id)
+        attested = await call.attested()
+        entries = call.identities()
+        if wanted is not None:
+            entries = [e for e in entries if e.spiffe_id == str(wanted)]
+            if not entries:
+                raise NoIdentity(f"caller is not entitled to {wanted}")
+        svids = []
+        records: list[AuditEvent] = []
+        denied: AudienceDenied | None = None
+        for e in entries:
+            try:
+                cap = jwt_ttl_cap(e.roles, self._roles.all, audience,
+                                  default_allow=self._cfg.policy.default_allow_audiences)
+            except AudienceDenied as err:
+                denied = err  # another identity of this caller may still be allowed
+                call.entry = e
+                continue
+            jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
+            records.append(self._jwt_issued(attested, e, jwt_svid))
+            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
+        if not svids and denied is not None:
+            raise denied
+        await self._audit.durable(records)  # on disk before the tokens leave: fail closed
+        await stream.send_message(pb.JWTSVIDResponse(svids=svids))
+
+    async def FetchJWTBundles(
+        self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse], call: Call
+    ) -> None:
+        await stream.recv_message()
+        await self._stream_bundles(stream, call, lambda: pb.JWTBundlesResponse(
+            bundles={self._td_id: self._ca.jwks()}))
+
+    async def ValidateJWTSVID(
+        self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse], call: Call
+    ) -> None:
+        request = await recv(stream)
+        if not request.audience:
+            raise InvalidRequest("audience must be specified")
+        if not request.svid:
+            raise InvalidRequest("svid must be specified")
+        if len(request.svid) > MAX_TOKEN_BYTES:
+            raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
+        await call.attested()
+        call.identities()
+        sub, claims = validate_jwt_svid(
+            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
+            self._clock())
+        if self._on_validated is not None:
+            self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),
+                               str(sub))
+        response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
+        response.claims.update(claims)
+        await stream.send_message(response)
+
+    # -- WIT (not supported; the standard requires Unimplemented) ----------------------------
+
+    async def FetchWITSVID(self, stream: Stream[pb.WITSVIDRequest, pb.WITSVIDResponse],
+                           call: Call) -> None:
+        raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT-SVIDs is not implemented")
+
+    async def FetchWITBundles(
+        self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse], call: Call
+    ) -> None:
+        raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
+
+
+def _check_audience(audience: list[str]) -> tuple[str, ...]:
+    if not audience:
+        raise InvalidRequest("audience must be specified")
+    if len(audience) > MAX_AUDIENCES:
+        raise InvalidRequest(f"at most {MAX_AUDIENCES} audiences per request, got {len(audience)}")
+    for a in audience:
+        if not a.strip():
+            raise InvalidRequest("audience values must not be empty")
+        if len(a.encode()) > MAX_AUDIENCE_BYTES:
+            raise InvalidRequest(f"audience values are limited to {MAX_AUDIENCE_BYTES} bytes")
+    return tuple(audience)
+
+
+def _unique_hints(svids: list[pb.X509SVID]) -> list[pb.X509SVID]:
+    """Hints must be unique within a response (Workload API §5.2.1): keep the first holder."""
+    seen: set[str] = set()
+    out = []
+    for s in svids:
+        if s.hint in seen:
+            s = pb.X509SVID(spiffe_id=s.spiffe_id, x509_svid=s.x509_svid,
+                            x509_svid_key=s.x509_svid_key, bundle=s.bundle)  # cached: not edited
+        elif s.hint:
+            seen.add(s.hint)
+        out.append(s)
+    return out

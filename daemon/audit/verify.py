@@ -1,0 +1,153 @@
+"""`ensign audit verify`: recompute the chain and check the signed checkpoints, offline.
+
+Names the first record that is missing, altered or out of order. Works on a stopped daemon's
+files and on archived segments (a log may start after a checkpoint whose segments were moved
+away: the first record must then link to that checkpoint).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ensign.daemon.audit.event import GENESIS, canonical, record_hash
+from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
+
+
+@dataclass
+class Report:
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    records: int = 0
+    checkpoints: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def fail(self, message: str) -> None:
+        self.ok = False
+        self.problems.append(message)
+
+
+def _load_public_key(audit_dir: Path, report: Report) -> ec.EllipticCurvePublicKey | None:
+    path = audit_dir / PUBLIC_KEY
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as e:
+        report.fail(f"cannot read the audit public key {path}: {e}")
+        return None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        report.fail(f"{path} is not an EC public key")
+        return None
+    return key
+
+
+def _checkpoints(audit_dir: Path, key: ec.EllipticCurvePublicKey | None,
+                 report: Report) -> list[dict[str, Any]]:
+    path = audit_dir / CHECKPOINTS
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            cp = json.loads(line)
+            body = {k: v for k, v in cp.items() if k != "sig"}
+            sig = base64.b64decode(cp["sig"])
+        except (ValueError, KeyError, TypeError):
+            report.fail(f"checkpoint line {n} is not valid (altered or truncated)")
+            continue
+        if key is not None:
+            try:
+                key.verify(sig, canonical(body), ec.ECDSA(hashes.SHA256()))
+            except InvalidSignature:
+                report.fail(f"checkpoint line {n} (seq {cp.get('seq')}): signature does not verify")
+                continue
+        out.append(cp)
+    return out
+
+
+def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
+    report = Report()
+    key = _load_public_key(audit_dir, report)
+    chain = chain_id(key) if key is not None else None
+    cps = _checkpoints(audit_dir, key, report)
+    report.checkpoints = len(cps)
+    by_seq = {int(cp["seq"]): cp for cp in cps}
+    found = segments(audit_dir)
+    if not found:
+        report.fail(f"no audit segments in {audit_dir}")
+        return report
+
+    expected_seq: int | None = None
+    prev = GENESIS
+    if from_checkpoint is not None:
+        start = by_seq.get(from_checkpoint)
+        if start is None:
+            report.fail(f"no valid checkpoint at seq {from_checkpoint}")
+            return report
+        expected_seq, prev = from_checkpoint + 1, str(start["hash"])
+    hashes_at: dict[int, str] = {}
+    for _, path in found:
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            report.fail(f"{path.name}: ends inside a record (truncated at byte {len(data)})")
+        for lineno, line in enumerate(data.splitlines(), 1):
+            where = f"{path.name} line {lineno}"
+            try:
+                record = json.loads(line)
+                seq = int(record["seq"])
+            except (ValueError, KeyError, TypeError):
+                report.fail(f"{where}: not a valid record (altered or truncated)")
+                return report
+            if expected_seq is None:
+                expected_seq = seq
+                if seq != 1:
+                    start = by_seq.get(seq - 1)
+                    if start is None:
+                        report.fail(f"{where}: log starts at seq {seq} and no checkpoint "
+                                    f"covers seq {seq - 1} (records 1..{seq - 1} are missing)")
+                        return report
+                    prev = str(start["hash"])
+                    report.notes.append(f"starts after checkpoint {seq - 1} "
+                                        "(earlier segments archived)")
+                report.first_seq = seq
+            if seq != expected_seq:
+                what = ("missing or out of order" if seq > expected_seq
+                        else "out of order or repeated")
+                report.fail(f"{where}: seq {seq} where {expected_seq} was expected "
+                            f"(record {expected_seq} is {what})")
+                return report
+            if record.get("prev") != prev:
+                report.fail(f"{where} (seq {seq}): does not link to the record before it "
+                            "(a record was removed, reordered or altered)")
+                return report
+            if record_hash(record) != record.get("hash"):
+                report.fail(f"{where} (seq {seq}): content does not match its hash (altered)")
+                return report
+            if chain is not None and record.get("chain") != chain:
+                report.fail(f"{where} (seq {seq}): belongs to another chain")
+                return report
+            hashes_at[seq] = record["hash"]
+            prev = record["hash"]
+            expected_seq = seq + 1
+            report.records += 1
+            report.last_seq = seq
+    for cp in cps:
+        seq = int(cp["seq"])
+        if seq > report.last_seq:
+            report.fail(f"truncated: checkpoint at seq {seq} but the log ends at seq "
+                        f"{report.last_seq}")
+        elif seq >= report.first_seq and hashes_at.get(seq) != cp["hash"]:
+            report.fail(f"checkpoint at seq {seq} does not match the record there (altered)")
+    last_cp = max((int(cp["seq"]) for cp in cps), default=0)
+    if report.ok and report.last_seq > last_cp:
+        report.notes.append(f"records {last_cp + 1}..{report.last_seq} come after the last "
+                            "checkpoint: their removal could not be detected")
+    return report

@@ -1,0 +1,219 @@
+"""The agent registry: entries, their lifecycle and history, kept in memory over a store.
+
+An entry matches a caller when every one of the entry's selectors is among the caller's. The
+index maps each entry's first (sorted) selector to the entry, so a match looks only at entries
+that share at least that selector with the caller: O(caller selectors), not O(entries).
+Every change goes through `EventHub` with the actor, the before and the after. No gRPC here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ulid import ULID
+
+from ensign.daemon.errors import InvalidRequest, InvalidTransition, NotFound
+from ensign.daemon.registry.events import Action, ChangeEvent, EventHub
+from ensign.daemon.registry.model import (
+    _MUTABLE,
+    DAEMON_ACTOR,
+    TRANSITIONS,
+    BulkChange,
+    Entry,
+    ListFilter,
+    StateChange,
+    validate_entry,
+)
+from ensign.daemon.registry.roles import RoleBook
+from ensign.daemon.registry.store import DeleteEntry, PutEntry, RecordState, RegistryStore, Write
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    """Entries of one trust domain. Use from one thread (the event loop)."""
+
+    def __init__(self, store: RegistryStore, roles: RoleBook, events: EventHub, trust_domain: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._roles = roles
+        self._events = events
+        self._td = trust_domain
+        self._clock = clock
+        self._entries: dict[str, Entry] = {}
+        self._index: dict[str, set[str]] = defaultdict(set)
+        roles.holders = self.holders
+
+    def load(self) -> None:
+        self._entries.clear()
+        self._index.clear()
+        for e in self._store.entries():
+            self._remember(e)
+        log.info("registry loaded", extra={"entries": len(self._entries)})
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, entry_id: str) -> Entry:
+        try:
+            return self._entries[entry_id]
+        except KeyError:
+            raise NotFound(f"no entry with id {entry_id!r}") from None
+
+    def entries(self, flt: ListFilter | None = None) -> list[Entry]:
+        flt = flt or ListFilter()
+        return sorted((e for e in self._entries.values() if flt.accepts(e)), key=lambda e: e.id)
+
+    @property
+    def lookup(self) -> Mapping[str, Entry]:
+        """Every entry by id (a read-only view: no copy per lookup)."""
+        return self._entries
+
+    def live_ids(self) -> set[str]:
+        now = self._clock()
+        return {e.id for e in self._entries.values() if e.is_live(now)}
+
+    def active_selector_sets(self) -> Iterator[tuple[str, ...]]:
+        return (e.selectors for e in self._entries.values() if e.state == "active")
+
+    def holders(self, role: str) -> list[str]:
+        return sorted(e.id for e in self._entries.values()
+                      if role in e.roles and e.state != "decommissioned")
+
+    def history(self, entry_id: str) -> list[StateChange]:
+        self.get(entry_id)
+        return self._store.history(entry_id)
+
+    def match(self, selectors: Iterable[str]) -> list[Entry]:
+        """Live entries whose selectors are all among `selectors`, in id order."""
+        have = frozenset(selectors)
+        now = self._clock()
+        found: dict[str, Entry] = {}
+        for s in have:
+            for entry_id in self._index.get(s, ()):
+                e = self._entries[entry_id]
+                if e.is_live(now) and have.issuperset(e.selectors):
+                    found[entry_id] = e
+        return [found[k] for k in sorted(found)]
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def prepare_register(self, entry: Entry, actor_uid: int,
+                         planned_roles: Collection[str] = ()) -> Entry:
+        """Validate a new entry and give it its id, without writing it."""
+        now = int(self._clock())
+        entry_id = f"agt_{ULID()}"
+        spiffe_id = entry.spiffe_id or f"spiffe://{self._td}/agent/{entry_id}"
+        self._roles.check_exist(r for r in entry.roles if r not in planned_roles)
+        return validate_entry(
+            replace(entry, id=entry_id, spiffe_id=spiffe_id, created_at=now, updated_at=now,
+                    revision=1, state="active", created_by=actor_uid),
+            self._td,
+        )
+
+    def register(self, entry: Entry, actor_uid: int) -> Entry:
+        e = self.prepare_register(entry, actor_uid)
+        self._commit([PutEntry(e, new=True), RecordState(
+            e.id, e.created_at, "", "active", "registered", f"uid:{actor_uid}")])
+        self._remember(e)
+        self._emit("register", e.id, f"uid:{actor_uid}", None, e, "")
+        return e
+
+    def prepare_update(self, entry_id: str, planned_roles: Collection[str] = (),
+                       **changes: Any) -> tuple[Entry, Entry]:
+        old = self.get(entry_id)
+        bad = set(changes) - _MUTABLE
+        if bad:
+            raise InvalidRequest(f"{', '.join(sorted(bad))} cannot be changed with update")
+        if old.state == "decommissioned":
+            raise InvalidTransition(f"entry {entry_id} is decommissioned; it cannot change")
+        if "roles" in changes:
+            self._roles.check_exist(r for r in changes["roles"] if r not in planned_roles)
+        new = validate_entry(
+            replace(old, **changes, updated_at=int(self._clock()), revision=old.revision + 1),
+            self._td,
+        )
+        return old, new
+
+    def update(self, entry_id: str, actor_uid: int, **changes: Any) -> Entry:
+        old, new = self.prepare_update(entry_id, **changes)
+        self._commit([PutEntry(new)])
+        self._replace(old, new)
+        self._emit("update", new.id, f"uid:{actor_uid}", old, new, "")
+        return new
+
+    def transition(self, entry_id: str, action: Action, actor: str, reason: str) -> Entry:
+        old = self.get(entry_id)
+        to = TRANSITIONS.get((old.state, action))
+        if to is None:
+            raise InvalidTransition(f"cannot {action} entry {entry_id}: it is {old.state}")
+        now = int(self._clock())
+        new = replace(old, state=to, updated_at=now, revision=old.revision + 1)
+        self._commit([PutEntry(new), RecordState(entry_id, now, old.state, to, reason, actor)])
+        self._replace(old, new)
+        self._emit(action, entry_id, actor, old, new, reason)
+        return new
+
+    def delete(self, entry_id: str, actor_uid: int) -> Entry:
+        old = self.get(entry_id)
+        now = int(self._clock())
+        self._commit([
+            DeleteEntry(entry_id, now),
+            RecordState(entry_id, now, old.state, "deleted", "deleted", f"uid:{actor_uid}"),
+        ])
+        self._forget(old)
+        self._emit("delete", entry_id, f"uid:{actor_uid}", old, None, "")
+        return old
+
+    def expire_due(self) -> list[Entry]:
+        """Decommission entries whose `expires_at` has passed. Returns those changed."""
+        now = self._clock()
+        due = [e.id for e in self._entries.values()
+               if e.expires_at and e.expires_at <= now and e.state != "decommissioned"]
+        return [self.transition(i, "expire", DAEMON_ACTOR, "expired") for i in due]
+
+    # -- bulk (declarative apply) ----------------------------------------------------------
+
+    def commit_bulk(self, writes: Sequence[Write], changes: list[BulkChange]) -> None:
+        """Write many prepared changes in one transaction, then update memory and emit."""
+        self._commit(writes)
+        for action, entry_id, actor, before, after, reason in changes:
+            if before is not None and after is not None:
+                self._replace(before, after)
+            elif after is not None:
+                self._remember(after)
+            self._emit(action, entry_id, actor, before, after, reason)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _commit(self, writes: Sequence[Write]) -> None:
+        self._store.write(writes)
+
+    def _emit(self, action: Action, subject: str, actor: str, before: Entry | None,
+              after: Entry | None, reason: str) -> None:
+        self._events.emit(ChangeEvent(
+            action, subject, actor, before.as_dict() if before else None,
+            after.as_dict() if after else None, reason, at=int(self._clock())))
+
+    def _replace(self, old: Entry, new: Entry) -> None:
+        self._forget(old)
+        self._remember(new)
+
+    def _remember(self, e: Entry) -> None:
+        self._entries[e.id] = e
+        self._index[e.selectors[0]].add(e.id)
+
+    def _forget(self, e: Entry) -> None:
+        self._entries.pop(e.id, None)
+        ids = self._index.get(e.selectors[0])
+        if ids is not None:
+            ids.discard(e.id)
+            if not ids:
+                del self._index[e.selectors[0]]

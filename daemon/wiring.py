@@ -1,0 +1,192 @@
+"""The daemon's object graph, built in one place: which component gets which.
+
+Nothing here starts or opens anything (the lifecycle in app.py does); `build()` only constructs,
+so the graph can be read top to bottom and tested without a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ensign.attestors import BUILTIN
+from ensign.attestors.base import Attestor
+from ensign.daemon.anomaly import Responder
+from ensign.daemon.api import (
+    AdminApi,
+    AttestationApi,
+    DelegationApi,
+    Front,
+    HealthService,
+    Policy,
+    SecretDiscoveryApi,
+    WorkloadApi,
+)
+from ensign.daemon.audit import change, tpm_event
+from ensign.daemon.audit.log import AuditLog
+from ensign.daemon.config import Config
+from ensign.daemon.delegation import TokenExchange, TrustedIssuers
+from ensign.daemon.identity import AttestationPipeline, Resolver
+from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
+from ensign.daemon.registry import ChangeEvent, EventHub, GrantBook, Registry, RoleBook, SqliteStore
+from ensign.daemon.server import (
+    ADMIN_MAX_REQUEST_BYTES,
+    ADMIN_SOCKET_MODE,
+    WORKLOAD_SOCKET_MODE,
+    PeerTracker,
+    UidLimits,
+    UnixServer,
+    bounds,
+    translated,
+)
+from ensign.daemon.state import NodeState
+from ensign.daemon.tpm.service import TpmEvent, TpmService
+from ensign.proto.admin_grpc import AdminBase
+from ensign.proto.attestation_grpc import AttestationBase
+from ensign.proto.delegation_grpc import DelegationBase
+from ensign.proto.sds_grpc import SecretDiscoveryServiceBase
+from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """Every long-lived component of one daemon."""
+
+    config: Config
+    clock: Callable[[], datetime]
+    events: EventHub
+    store: SqliteStore
+    roles: RoleBook
+    registry: Registry
+    grants: GrantBook
+    issuers: TrustedIssuers
+    tpm: TpmService | None
+    ca: CertificateAuthority
+    broadcast: Broadcast
+    cache: SvidCache
+    tracker: PeerTracker
+    pipeline: AttestationPipeline
+    audit: AuditLog
+    responder: Responder | None
+    state: NodeState
+    workload_server: UnixServer
+    admin_server: UnixServer
+
+
+def build(config: Config, clock: Callable[[], datetime]) -> Node:
+    data = config.data_dir
+    events = EventHub()
+    store = SqliteStore(data / "registry.db")
+    roles = RoleBook(store, events)
+    registry = Registry(store, roles, events, config.trust_domain)
+    grants = GrantBook(store, events)
+    broadcast = Broadcast()
+    audit = AuditLog(config.audit, data, clock)
+    tpm: TpmService | None = None
+    if config.attestors.tpm.enabled:
+        tpm = _tpm(config, data, broadcast, audit)
+    ca = CertificateAuthority(config.ca, config.trust_domain, data, clock,
+                              sealer=tpm if config.ca.seal_with_tpm else None)
+    cache = SvidCache(ca, config.svid, clock)
+    lim = config.limits
+    bounds.configure(lim.max_request_bytes, lim.max_pending_request_bytes)
+    tracker = PeerTracker(limits=UidLimits(
+        lim.max_connections_per_uid, lim.requests_per_second_per_uid, lim.burst_per_uid))
+    attestors: list[Attestor] = [
+        factory(getattr(config.attestors, name)) for name, factory in BUILTIN.items()
+        # the tpm attestor's node selectors are merged at match time (identity.resolve)
+        if getattr(config.attestors, name).enabled and name != "tpm"]
+    pipeline = AttestationPipeline(attestors, measure=tpm.measure if tpm is not None else None)
+    responder = (Responder(config.anomaly, registry, audit, data / "anomaly.json")
+                 if config.anomaly.enabled else None)
+    issuers = TrustedIssuers(config.delegation)
+    state = NodeState(config=config, registry=registry, roles=roles, grants=grants, ca=ca,
+                      cache=cache, audit=audit, pipeline=pipeline, tracker=tracker, tpm=tpm,
+                      started=time.time())
+    front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
+                  audit=audit)
+    workload = WorkloadApi(config=config, roles=roles, cache=cache, ca=ca, audit=audit,
+                           broadcast=broadcast, clock=clock,
+                           on_validated=responder.validated if responder else None)
+    exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
+                             issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
+    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
+        front.serve(SpiffeWorkloadAPIBase, workload),
+        # Envoy sends no workload.spiffe.io header (nor does SPIRE ask for one on SDS)
+        front.serve(SecretDiscoveryServiceBase, SecretDiscoveryApi(
+            trust_domain=config.trust_domain, roles=roles, cache=cache, ca=ca, audit=audit,
+            broadcast=broadcast), Policy(header=False)),
+        front.serve(DelegationBase, DelegationApi(exchange)),
+        front.serve(AttestationBase, AttestationApi(tpm)),
+        translated(HealthService(state.problem).__mapping__()),
+    ], tracker)
+    admin_gid = _group_id(config.admin_group)
+    admin = AdminApi(registry=registry, roles=roles, grants=grants, audit_dir=audit.dir,
+                     status=state.status, admin_gid=admin_gid)
+    admin_server = UnixServer(
+        config.admin_socket_path, ADMIN_SOCKET_MODE if admin_gid is None else 0o660,
+        [front.serve(AdminBase, admin, Policy(
+            header=False, audit="auth", authorize=admin.authorize, prefix="admin.",
+            max_request_bytes=ADMIN_MAX_REQUEST_BYTES))],
+        tracker, gid=admin_gid)
+    node = Node(config=config, clock=clock, events=events, store=store, roles=roles,
+                registry=registry, grants=grants, issuers=issuers, tpm=tpm, ca=ca,
+                broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
+                audit=audit, responder=responder, state=state, workload_server=workload_server,
+                admin_server=admin_server)
+    events.subscribe(_on_change(node))
+    return node
+
+
+def _tpm(config: Config, data: object, broadcast: Broadcast, audit: AuditLog) -> TpmService:
+    def on_event(e: TpmEvent) -> None:
+        audit.record_nowait(tpm_event(e.type, e.result, e.reason, e.details))
+
+    # streams re-match against the new node selectors when the TPM's verdict changes
+    return TpmService(config.attestors.tpm, config.data_dir, on_change=broadcast.publish,
+                      on_event=on_event)
+
+
+def _on_change(node: Node) -> Callable[[ChangeEvent], None]:
+    """Registry, role and grant changes: audited, cached SVIDs dropped, streams woken."""
+    prune_scheduled = False
+
+    def prune() -> None:
+        nonlocal prune_scheduled
+        prune_scheduled = False
+        node.cache.prune(node.registry.live_ids())
+
+    def on_change(event: ChangeEvent) -> None:
+        nonlocal prune_scheduled
+        node.audit.record_nowait(change(event))
+        if event.action.startswith("role_"):
+            node.cache.forget_jwts()
+        # One prune per loop pass, however many changes a bulk apply emits (10,000 agents
+        # in one transaction would otherwise rebuild the live set 10,000 times).
+        if not prune_scheduled:
+            prune_scheduled = True
+            asyncio.get_running_loop().call_soon(prune)
+        log.info("registry changed", extra={
+            "action": event.action, "subject": event.subject, "actor": event.actor,
+            "reason": event.reason})
+        # Suspended, decommissioned or deleted entries lose their cached SVIDs at once; streams
+        # wake, recompute, and end with PermissionDenied when no identity is left.
+        node.broadcast.publish()
+
+    return on_change
+
+
+def _group_id(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None

@@ -1,0 +1,193 @@
+"""The CLI as users and scripts meet it: outputs, exit codes, one-line errors, dev mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import ENSIGN, Daemon
+
+
+def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+         timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ENSIGN, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_config_check(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('trust_domain = "corp.example"\n[svid]\njwt_ttl = "2m"\n')
+    ok = _run("config", "check", "--config", str(good))
+    assert ok.returncode == 0 and "corp.example" in ok.stdout
+    garbage = tmp_path / "garbage.toml"
+    garbage.write_bytes(os.urandom(256))
+    result = _run("config", "check", "--config", str(garbage))
+    assert result.returncode == 78
+    assert "not valid TOML" in _one_line_error(result)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[svid]\nx509_tll = \"1h\"\n")
+    result = _run("config", "check", "--config", str(typo))
+    assert "svid.x509_tll: unknown key" in _one_line_error(result)
+
+
+def test_daemon_refuses_bad_config_with_config_exit_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('trust_domain = "UPPER"\n')
+    result = _run("daemon", "--config", str(bad))
+    assert result.returncode == 78
+    assert "trust_domain" in _one_line_error(result)
+
+
+def test_usage_errors_are_one_line(daemon: Daemon) -> None:
+    result = daemon.cli("agent", "register", "--name", "x", check=False)
+    assert result.returncode == 64
+    assert "--selector" in _one_line_error(result)
+    result = daemon.cli("agent", "register", "--name", "x", "--selector", "bogus", "--owner", "o",
+                        check=False)
+    assert "INVALID_ARGUMENT" in _one_line_error(result)
+    result = daemon.cli("agent", "register", "--name", "x", "--selector", "unix:uid:1",
+                        "--owner", "o", "--x509-ttl", "soon", check=False)
+    assert "invalid duration" in _one_line_error(result)
+
+
+def test_agent_lifecycle_through_cli(daemon: Daemon) -> None:
+    rid = daemon.cli("agent", "register", "--name", "builder", "--selector", "unix:uid:1234",
+                     "--owner", "alice@example.org", "--capability", "build").stdout.strip()
+    assert rid.startswith("agt_")
+    shown = json.loads(daemon.cli("agent", "show", rid, "-o", "json").stdout)
+    assert shown["owner"] == "alice@example.org" and shown["revision"] == "1"
+    listed = json.loads(daemon.cli("agent", "list", "--owner", "alice@example.org",
+                                   "-o", "json").stdout)
+    assert [a["id"] for a in listed] == [rid]
+    assert json.loads(daemon.cli("agent", "list", "--owner", "bob", "-o", "json").stdout) == []
+    daemon.cli("agent", "update", rid, "--selector", "unix:uid:1235", "--x509-ttl", "10m")
+    shown = json.loads(daemon.cli("agent", "show", rid, "-o", "json").stdout)
+    assert shown["selectors"] == ["unix:uid:1235"] and shown["x509_ttl_seconds"] == "600"
+    dup = daemon.cli("agent", "register", "--name", "builder", "--selector", "unix:uid:9",
+                     "--owner", "a@b", check=False)
+    assert dup.returncode == 65 and "ALREADY_EXISTS" in _one_line_error(dup)
+    daemon.cli("agent", "delete", rid)
+    gone = daemon.cli("agent", "show", rid, check=False)
+    assert gone.returncode == 66 and "NOT_FOUND" in _one_line_error(gone)
+
+
+def test_fetch_without_identity_and_without_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    denied = daemon.cli("fetch", "x509", check=False)
+    assert denied.returncode == 77
+    assert "PERMISSION_DENIED" in _one_line_error(denied)
+    nosock = _run("fetch", "jwt", "--audience", "a", "--socket", f"unix://{tmp_path}/none.sock")
+    assert nosock.returncode == 69
+    assert "no daemon socket" in _one_line_error(nosock)
+    bad_uri = _run("healthcheck", "--socket", "tcp://127.0.0.1:1")
+    assert bad_uri.returncode == 64
+
+
+def test_jwt_fetch_and_validate_via_cli(daemon: Daemon) -> None:
+    daemon.register("me", "unix:uid:0")
+    token = daemon.cli("fetch", "jwt", "--audience", "svc").stdout.strip()
+    assert token.count(".") == 2
+    ok = daemon.cli("validate", "jwt", "--audience", "svc", "--token", "-", input=token)
+    assert ok.stdout.startswith("valid: spiffe://example.org/agent/")
+    wrong = daemon.cli("validate", "jwt", "--audience", "other", "--token", token, check=False)
+    assert wrong.returncode == 65 and "audience" in _one_line_error(wrong)
+    bundles = json.loads(daemon.cli("fetch", "bundles", "-o", "json").stdout)
+    td = bundles["spiffe://example.org"]
+    assert td["x509_authorities"] and all("kid" in k for k in td["jwt_authorities"]["keys"])
+
+
+def test_admin_socket_mode_and_refusal_of_other_uids(daemon: Daemon) -> None:
+    assert oct(daemon.admin_socket.stat().st_mode & 0o777) == "0o600"
+    assert oct(daemon.socket.stat().st_mode & 0o777) == "0o666"
+    assert oct(daemon.data_dir.stat().st_mode & 0o777) == "0o700"
+    ca_state = daemon.data_dir / "ca" / "state.json"
+    assert oct(ca_state.stat().st_mode & 0o777) == "0o600"
+    assert "PRIVATE KEY" not in daemon.log.read_text()
+
+
+def test_dev_mode_prints_exports_and_serves(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*ENSIGN, "daemon", "--dev", "--state-dir", str(tmp_path / "s")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        first, second = proc.stdout.readline().strip(), proc.stdout.readline().strip()
+        assert first == f"export SPIFFE_ENDPOINT_SOCKET=unix://{tmp_path}/s/agent.sock"
+        assert second == f"export ENSIGN_ADMIN_SOCKET=unix://{tmp_path}/s/admin.sock"
+        env = dict(line.removeprefix("export ").split("=", 1) for line in (first, second))
+        deadline = time.monotonic() + 15
+        while not (tmp_path / "s" / "admin.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _run("agent", "register", "--name", "me", "--selector", f"unix:uid:{os.getuid()}",
+                    "--owner", "me@example.org", env=env).returncode == 0
+        fetched = _run("fetch", "x509", env=env)
+        denied = _run("fetch", "jwt", "--audience", "a", env=env)  # no roles: deny by default
+        assert denied.returncode == 77 and "no roles" in denied.stderr
+        assert fetched.returncode == 0 and "spiffe://example.org/agent/agt_" in fetched.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("args", [["--help"], ["agent", "--help"], ["fetch", "x509", "--help"]])
+def test_help(args: list[str]) -> None:
+    result = _run(*args)
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_module_entry_point_matches_console_script() -> None:
+    script = Path(sys.executable).parent / "ensign"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "fetch" in result.stdout
+
+
+_ADMIN_CLIENT = """
+import sys, grpc
+ch = grpc.insecure_channel("unix:" + sys.argv[1])
+call = ch.unary_unary("/ensign.admin.v1.Admin/ListAgents")
+try:
+    call(b"", timeout=10)
+    print("ALLOWED")
+except grpc.RpcError as e:
+    print("REFUSED", e.code().name)
+"""
+
+
+def test_admin_group_members_may_use_the_admin_socket(short_tmp: Path) -> None:
+    import grp
+
+    from tests.support.daemon import NOBODY, make_daemon, nobody_site_packages, run_as
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a group")
+    name = f"ensadm{os.getpid() % 10000}"
+    subprocess.run(["groupadd", "-f", name], check=True)
+    try:
+        gid = grp.getgrnam(name).gr_gid
+        d = make_daemon(short_tmp, f'admin_group = "{name}"\n')  # a top-level key
+        st = d.admin_socket.stat()
+        assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == gid
+        env = {"PYTHONPATH": str(nobody_site_packages()), "PATH": "/usr/bin:/bin"}
+        member = subprocess.run(["/usr/bin/python3", "-c", _ADMIN_CLIENT, str(d.admin_socket)],
+                                capture_output=True, text=True, env=env, user=NOBODY,
+                                group=NOBODY, extra_groups=[gid], timeout=30)
+        assert member.stdout.strip() == "ALLOWED", member.stdout + member.stderr
+        stranger = run_as(NOBODY, _ADMIN_CLIENT, str(d.admin_socket))
+        assert stranger.stdout.strip() == "REFUSED UNAVAILABLE"  # cannot even connect (0660)
+        d.stop()
+    finally:
+        subprocess.run(["groupdel", name], capture_output=True)

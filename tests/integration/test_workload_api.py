@@ -1,0 +1,305 @@
+"""The Workload API end to end: a real daemon, py-spiffe, openssl and raw grpcio clients."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from hypothesis import given
+from hypothesis import strategies as st
+from spiffe import JwtSvid, WorkloadApiClient
+from spiffe.errors import PySpiffeError
+
+from ensign.daemon.registry import AudienceDenied, Role, jwt_ttl_cap
+from ensign.proto import workload_pb2 as pb
+from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
+from tests.support.daemon import NOBODY, Daemon, run_as
+
+
+def _exe() -> str:
+    return os.path.realpath(f"/proc/{os.getpid()}/exe")
+
+
+@pytest.fixture(scope="module")
+def entry(shared_daemon: Daemon) -> dict[str, object]:
+    """This test process's identity: root running this Python binary."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(_exe()).read_bytes()).hexdigest()
+    return shared_daemon.register(
+        "pytest", "unix:uid:0", f"unix:path:{_exe()}", f"unix:sha256:{digest}",
+        extra=("--dns-name", "pytest.local", "--hint", "internal"),
+    )
+
+
+def test_py_spiffe_fetches_x509_context(shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    with WorkloadApiClient(socket_path=shared_daemon.endpoint) as client:
+        ctx = client.fetch_x509_context()
+    svid = ctx.default_svid
+    assert str(svid.spiffe_id) == entry["spiffe_id"]
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    assert bundle is not None and len(bundle.x509_authorities) >= 1
+    leaf = svid.leaf
+    assert leaf.extensions.get_extension_for_class(x509.KeyUsage).critical
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).critical
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(eku)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [entry["spiffe_id"]]
+    assert sans.get_values_for_type(x509.DNSName) == ["pytest.local"]
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert 3500 <= lifetime.total_seconds() <= 3700  # default 1h (+10s backdating)
+
+
+def test_py_spiffe_jwt_round_trip(shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    with WorkloadApiClient(socket_path=shared_daemon.endpoint) as client:
+        jwt_svid = client.fetch_jwt_svid(audience={"billing"})
+        bundles = client.fetch_jwt_bundles()
+        assert str(jwt_svid.spiffe_id) == entry["spiffe_id"]
+        bundle = bundles.get_bundle_for_trust_domain(jwt_svid.spiffe_id.trust_domain)
+        assert bundle is not None
+        parsed = JwtSvid.parse_and_validate(jwt_svid.token, bundle, {"billing"})
+        assert parsed.spiffe_id == jwt_svid.spiffe_id
+        validated = client.validate_jwt_svid(jwt_svid.token, "billing")
+        assert str(validated.spiffe_id) == entry["spiffe_id"]
+        with pytest.raises(PySpiffeError):
+            client.validate_jwt_svid(jwt_svid.token, "someone-else")
+    # The cached token is reused until half life: a second fetch gets the same one.
+    again = fetch_jwt(str(shared_daemon.socket), "billing")
+    assert again.svids[0].svid == jwt_svid.token
+
+
+def test_validate_returns_claims(shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    token = fetch_jwt(str(shared_daemon.socket), "ledger").svids[0].svid
+    raw = unary(str(shared_daemon.socket), "ValidateJWTSVID",
+                pb.ValidateJWTSVIDRequest(audience="ledger", svid=token).SerializeToString())
+    resp = pb.ValidateJWTSVIDResponse.FromString(raw)
+    assert resp.spiffe_id == entry["spiffe_id"]
+    claims = dict(resp.claims.items())
+    assert claims["sub"] == entry["spiffe_id"]
+    assert list(claims["aud"]) == ["ledger"]
+    assert "jti" in claims and "exp" in claims and "iat" in claims
+
+
+def test_cli_writes_files_openssl_verifies(
+    shared_daemon: Daemon, entry: dict[str, object], tmp_path: Path
+) -> None:
+    out = tmp_path / "svid"
+    shared_daemon.cli("fetch", "x509", "--write", str(out))
+    key_mode = stat.S_IMODE((out / "svid.0.key").stat().st_mode)
+    assert key_mode == 0o600
+    result = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(out / "bundle.0.pem"), str(out / "svid.0.pem")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+
+
+def test_missing_security_header_is_invalid_argument(shared_daemon: Daemon) -> None:
+    code, details = status_of(
+        unary, str(shared_daemon.socket), "FetchJWTSVID",
+        pb.JWTSVIDRequest(audience=["a"]).SerializeToString(), header=False,
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "security header" in details
+    with channel(str(shared_daemon.socket)) as ch:
+        code, _ = status_of(lambda: next(stream(ch, "FetchX509SVID", header=False)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expect"),
+    [
+        (b"\xff\xff\xff\xff", "malformed"),
+        (pb.JWTSVIDRequest().SerializeToString(), "audience must be specified"),
+        (pb.JWTSVIDRequest(audience=[""]).SerializeToString(), "must not be empty"),
+        (pb.JWTSVIDRequest(audience=[f"a{i}" for i in range(10_000)]).SerializeToString(),
+         "at most"),
+        (pb.JWTSVIDRequest(audience=["a"], spiffe_id="not a spiffe id").SerializeToString(),
+         "invalid SPIFFE ID"),
+        (pb.JWTSVIDRequest(audience=["a"], spiffe_id="spiffe://example.org/a/../b")
+         .SerializeToString(), "invalid SPIFFE ID"),
+    ],
+    ids=["garbage", "no-audience", "empty-audience", "10k-audiences", "bad-id", "dot-segment"],
+)
+def test_bad_jwt_requests_get_invalid_argument_and_daemon_keeps_serving(
+    shared_daemon: Daemon, entry: dict[str, object], request_bytes: bytes, expect: str
+) -> None:
+    code, details = status_of(unary, str(shared_daemon.socket), "FetchJWTSVID", request_bytes)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert expect in details
+    assert fetch_jwt(str(shared_daemon.socket), "still-works").svids
+    assert shared_daemon.alive()
+
+
+def test_validate_rejects_bad_tokens(shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    sock = str(shared_daemon.socket)
+    for token, expect in [
+        ("", "svid must be specified"),
+        ("not.a.jwt", "malformed"),
+        ("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "algorithm"),
+    ]:
+        req = pb.ValidateJWTSVIDRequest(audience="a", svid=token).SerializeToString()
+        code, details = status_of(unary, sock, "ValidateJWTSVID", req)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, token
+        assert expect in details
+
+
+def test_wit_rpcs_are_unimplemented(shared_daemon: Daemon) -> None:
+    with channel(str(shared_daemon.socket)) as ch:
+        code, _ = status_of(lambda: next(stream(ch, "FetchWITSVID")))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_spiffe_id_filter(shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    resp = fetch_jwt(str(shared_daemon.socket), "x", spiffe_id=str(entry["spiffe_id"]))
+    assert [s.spiffe_id for s in resp.svids] == [entry["spiffe_id"]]
+    code, _ = status_of(fetch_jwt, str(shared_daemon.socket), "x",
+                        spiffe_id="spiffe://example.org/someone/else")
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_healthcheck(shared_daemon: Daemon) -> None:
+    result = shared_daemon.cli("healthcheck")
+    assert result.stdout.strip() == "healthy"
+
+
+_NOBODY_CLIENT = """
+import sys, grpc
+path, aud = sys.argv[1], sys.argv[2]
+ch = grpc.insecure_channel("unix:" + path)
+call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
+req = b"\\n" + bytes([len(aud)]) + aud.encode()
+try:
+    resp = call(req, metadata=[("workload.spiffe.io", "true")], timeout=10)
+except grpc.RpcError as e:
+    print("STATUS", e.code().name, e.details())
+else:
+    print("OK", resp.hex())
+"""
+
+
+def test_other_uid_without_entry_is_denied(shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    result = run_as(NOBODY, _NOBODY_CLIENT, str(shared_daemon.socket), "aud")
+    assert result.stdout.startswith("STATUS PERMISSION_DENIED"), result.stdout + result.stderr
+    assert "no identity issued" in result.stdout
+
+
+def test_other_uid_gets_only_its_own_identity(shared_daemon: Daemon) -> None:
+    other = shared_daemon.register("nobody-agent", f"unix:uid:{NOBODY}")
+    result = run_as(NOBODY, _NOBODY_CLIENT, str(shared_daemon.socket), "aud")
+    assert result.stdout.startswith("OK"), result.stdout + result.stderr
+    resp = pb.JWTSVIDResponse.FromString(bytes.fromhex(result.stdout.split()[1]))
+    assert [s.spiffe_id for s in resp.svids] == [other["spiffe_id"]]
+    shared_daemon.cli("agent", "delete", str(other["id"]))
+
+
+def test_deleting_entry_ends_open_stream_with_permission_denied(daemon: Daemon) -> None:
+    record = daemon.register("short-lived", "unix:uid:0")
+    with channel(str(daemon.socket)) as ch:
+        it = stream(ch, "FetchX509SVID", timeout=30)
+        first = pb.X509SVIDResponse.FromString(next(it))
+        assert first.svids[0].spiffe_id == record["spiffe_id"]
+        daemon.cli("agent", "delete", str(record["id"]))
+        committed = time.monotonic()  # the CLI has its answer: the entry is gone
+        code, _ = status_of(lambda: next(it))
+        elapsed = time.monotonic() - committed
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert elapsed < 1.0  # the stream ends within a second of the change
+    assert daemon.alive()
+
+
+def test_entry_update_reaches_open_stream(daemon: Daemon) -> None:
+    record = daemon.register("updated", "unix:uid:0")
+    with channel(str(daemon.socket)) as ch:
+        it = stream(ch, "FetchX509SVID", timeout=30)
+        first = pb.X509SVIDResponse.FromString(next(it))
+        daemon.cli("agent", "update", str(record["id"]), "--dns-name", "new.example")
+        second = pb.X509SVIDResponse.FromString(next(it))
+    assert first.svids[0].x509_svid != second.svids[0].x509_svid
+    leaf = x509.load_der_x509_certificate(second.svids[0].x509_svid[: _der_len(second)])
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["new.example"]
+
+
+def _der_len(resp: pb.X509SVIDResponse) -> int:
+    from ensign.daemon.issuing import split_der
+
+    return len(split_der(resp.svids[0].x509_svid)[0])
+
+
+def test_py_spiffe_importable_beside_daemon_protos() -> None:
+    # Both define the package-less Workload API; ours lives in a private descriptor pool.
+    code = ("import spiffe._proto.workload_pb2, ensign.proto.workload_pb2; "
+            "import ensign.daemon.api.workload; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def _reference_jwt_ttl_cap(agent_roles: tuple[str, ...], roles: dict[str, Role],
+                           audiences: tuple[str, ...]) -> timedelta | None:
+    """The rule as the docs state it, spelled out plainly (default_allow=False)."""
+    held = [roles[r] for r in agent_roles if r in roles]
+    if not held:
+        raise AudienceDenied("no roles")
+    cap: int | None = None
+    for audience in audiences:
+        caps = [r.max_ttl for r in held if r.allows(audience)]
+        if not caps:
+            raise AudienceDenied(audience)
+        if 0 not in caps:
+            cap = max(caps) if cap is None else min(cap, max(caps))
+    return None if cap is None else timedelta(seconds=cap)
+
+
+_AUD = st.sampled_from(["a", "ab", "b", "api.x", "api.*", "c"])
+
+
+@given(
+    roles=st.dictionaries(
+        st.sampled_from(["r1", "r2", "r3"]),
+        st.tuples(st.lists(st.sampled_from(["a", "ab", "a*", "api.*", "b", "*"]), min_size=1,
+                           max_size=3), st.sampled_from([0, 60, 300, 3600])),
+        max_size=3),
+    held=st.lists(st.sampled_from(["r1", "r2", "r3", "gone"]), max_size=3),
+    audiences=st.lists(_AUD, min_size=1, max_size=3),
+)
+def test_jwt_ttl_cap_follows_the_rule(roles: dict[str, tuple[list[str], int]], held: list[str],
+                                      audiences: list[str]) -> None:
+    book = {n: Role(name=n, audiences=tuple(a), max_ttl=t) for n, (a, t) in roles.items()}
+    args = (tuple(held), book, tuple(audiences))
+    try:
+        expected: timedelta | type[AudienceDenied] | None = _reference_jwt_ttl_cap(*args)
+    except AudienceDenied:
+        expected = AudienceDenied
+    try:
+        got: timedelta | type[AudienceDenied] | None = jwt_ttl_cap(*args, default_allow=False)
+    except AudienceDenied:
+        got = AudienceDenied
+    assert got == expected
+
+
+def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -> None:
+    # Hints are unique within a response (Workload API 5.2.1). The second answer is built from
+    # the per-SVID messages the daemon keeps: clearing a duplicate must not edit those.
+    daemon.register("first", "unix:uid:0", extra=("--hint", "same"))
+    daemon.register("second", "unix:uid:0", extra=("--hint", "same"))
+    answers = []
+    for _ in range(2):
+        with channel(str(daemon.socket)) as ch:
+            raw = next(stream(ch, "FetchX509SVID", timeout=10))
+        answers.append(pb.X509SVIDResponse.FromString(raw))
+    for answer in answers:
+        assert sorted(s.hint for s in answer.svids) == ["", "same"]
+    assert answers[0].svids[0].x509_svid == answers[1].svids[0].x509_svid  # the cached SVID
