@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from .common import (
     print_json,
     socket_path,
 )
+from .helper_files import CertDir
 
 HEADER = {"workload.spiffe.io": "true"}
 
@@ -107,7 +107,7 @@ async def fetch_x509(args: argparse.Namespace) -> int:
                 await stream.cancel()
         assert resp is not None
         if args.write:
-            _write_svids(resp, out_fd)
+            _write_svids(resp, CertDir(args.write, out_fd))
     finally:
         if out_fd >= 0:
             os.close(out_fd)
@@ -143,39 +143,19 @@ def _open_out_dir(out: Path) -> int:
     return fd
 
 
-def _put(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Write `name` as a new file with its final mode, then rename it over whatever was there:
-    a file another user left under that name is replaced, never written into."""
-    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-
-
-def _write_svids(resp: pb.X509SVIDResponse, dir_fd: int) -> None:
+def _write_svids(resp: pb.X509SVIDResponse, out: CertDir) -> None:
+    """Each file a new one renamed over the old name (CertDir.write): a file another user
+    left under that name is replaced, never written into."""
     for i, s in enumerate(resp.svids):
         certs = load_der_chain(s.x509_svid)
         key = load_der_private_key(s.x509_svid_key, password=None)
         bundle = load_der_chain(s.bundle)
-        _put(dir_fd, f"svid.{i}.key",
-             key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), 0o600)
-        _put(dir_fd, f"svid.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in certs),
-             0o644)
-        _put(dir_fd, f"bundle.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in bundle),
-             0o644)
+        out.write(f"svid.{i}.key",
+                  key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), 0o600)
+        out.write(f"svid.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in certs), 0o644)
+        out.write(f"bundle.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in bundle),
+                  0o644)
+    out.sync()
 
 
 async def fetch_jwt(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ensign.daemon.audit_query import read_records
+from ensign.daemon.audit.query import read_records
 from ensign.daemon.text import escape, unescape
 from ensign.proto import workload_pb2 as pb
 from tests.support.daemon import NOBODY, make_daemon, nobody_site_packages
