@@ -109,11 +109,12 @@ def as_nobody(argv: list[str], *, cwd: str = "/", env: dict[str, str] | None = N
                           extra_groups=[], timeout=60)
 
 
-def write_as_nobody(path: Path, text: str) -> None:
+def write_as_nobody(evil: Path, path: Path, text: str) -> None:
+    """Write `path` below `evil`, the file and the directories made for it owned by 65534."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     for p in (path, *path.parents):
-        if p == path.parents[len(path.parents) - 1] or not str(p).startswith("/tmp/ens"):
+        if p == evil:
             break
         os.chown(p, NOBODY, NOBODY)
 
@@ -125,7 +126,7 @@ def test_the_issues_five_attacks_get_no_signed_identity(node: Node) -> None:
     sock = str(d.socket)
     # The unsigned agent.py, which moves the evidence the old rule read before asking.
     bad = evil / "bad" / "agent.py"
-    write_as_nobody(bad, evil_code + f"""
+    write_as_nobody(evil, bad, evil_code + f"""
 if "chdir" in sys.argv:
     os.chdir({str(signed.parent)!r})  # the relative path now names the signed script
 if "swap" in sys.argv:
@@ -137,7 +138,7 @@ ask("EVIL", {sock!r})
     home = evil / "home"
     version = subprocess.run([PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    write_as_nobody(home / f".local/lib/python{version}/site-packages/usercustomize.py",
+    write_as_nobody(evil, home / f".local/lib/python{version}/site-packages/usercustomize.py",
                     evil_code + f"ask('EVIL', {sock!r})\n")
     attacks = {
         "cd evil; python3 agent.py (chdir to the signed dir)":
