@@ -25,6 +25,7 @@ from . import (
     audit_append,
     first_secret,
     first_svid,
+    https_exchange,
     jwt_fetch,
     registry_match,
     sigstore_attest,
@@ -39,6 +40,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
     svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
+    https_exchange.run,
 ]
 
 

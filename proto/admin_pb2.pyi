@@ -397,8 +397,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level")
+    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level", "federation")
     class AttestorStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FederationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -419,6 +426,7 @@ class StatusResponse(_message.Message):
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     ATTESTOR_STATE_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
     trust_domain: str
     started_at: int
     entries: int
@@ -433,7 +441,8 @@ class StatusResponse(_message.Message):
     problem: str
     attestor_state: _containers.ScalarMap[str, str]
     log_level: str
-    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ...) -> None: ...
+    federation: _containers.ScalarMap[str, str]
+    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ..., federation: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LogLevel(_message.Message):
     __slots__ = ("level",)

@@ -28,6 +28,7 @@ from ensign.daemon.api._sds_resources import SECRET_TYPE_URL, Composed, check_na
 from ensign.daemon.api.front import Call, recv
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.errors import NoIdentity
+from ensign.daemon.federation import FederatedBundles
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache, X509Svid
 from ensign.daemon.registry import Entry, RoleBook, x509_ttl_cap
 
@@ -65,7 +66,9 @@ class _StreamState:
 
 class SecretDiscoveryApi:
     def __init__(self, *, trust_domain: str, roles: RoleBook, cache: SvidCache,
-                 ca: CertificateAuthority, audit: AuditLog, broadcast: Broadcast) -> None:
+                 ca: CertificateAuthority, audit: AuditLog, broadcast: Broadcast,
+                 federation: FederatedBundles | None = None) -> None:
+        self._federation = federation
         self._td = trust_domain
         self._roles = roles
         self._cache = cache
@@ -77,8 +80,13 @@ class SecretDiscoveryApi:
         return self._cache.x509_for(entry, x509_ttl_cap(entry.roles, self._roles.all))
 
     def _compose(self, names: tuple[str, ...], entries: list[Entry]) -> Composed:
-        # federated trust domains' bundles join this mapping once they exist
+        """Our bundle first, then those of the trust domains the caller's entries federate
+        with (as for FetchX509SVID): `ALL` carries them all, a trust domain's name its own."""
         bundles = {self._td: self._ca.x509_bundle_pem()}
+        wanted = tuple(td for e in entries for td in e.federates_with)
+        if self._federation is not None and wanted:
+            bundles.update((b.trust_domain, b.x509_pem())
+                           for b in self._federation.available(wanted))
         return compose(names, entries, self._svid_for, self._td, bundles)
 
     async def _audited(self, call: Call, composed: Composed,

@@ -6,15 +6,21 @@ then the full state after every change, suppressing duplicates; before every upd
 is attested again through the cache, so a stream whose process exited (a child holding the
 socket) ends with UNAUTHENTICATED instead of receiving new keys, and it ends with
 PermissionDenied when the caller's last identity goes away.
+
+Federation: a caller whose entries name trust domains in `federates_with` also receives those
+domains' bundles (as fetched from their bundle endpoints) in FetchX509SVID's
+`federated_bundles`, in FetchX509Bundles and FetchJWTBundles, and ValidateJWTSVID accepts their
+JWT-SVIDs; nobody else sees or is vouched for by a federated bundle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import jwt
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -24,7 +30,8 @@ from ensign.daemon.api.front import Call, recv
 from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
-from ensign.daemon.errors import InvalidRequest, NoIdentity
+from ensign.daemon.errors import EnsignError, InvalidRequest, NoIdentity, TokenInvalid
+from ensign.daemon.federation import FederatedBundles, TrustBundle
 from ensign.daemon.issuing import (
     Broadcast,
     CertificateAuthority,
@@ -61,8 +68,10 @@ class WorkloadApi:
         audit: AuditLog,
         broadcast: Broadcast,
         clock: Callable[[], datetime],
+        federation: FederatedBundles | None = None,
         on_validated: Validated | None = None,
     ) -> None:
+        self._federation = federation
         self._on_validated = on_validated
         self._cfg = config
         self._roles = roles
@@ -109,6 +118,8 @@ class WorkloadApi:
                     self._cache.unwatch(watched)
                     watched = ids
                 response, issued = self._compose_x509(entries)
+                for b in self._federated(entries):
+                    response.federated_bundles[_td_id(b.trust_domain)] = b.x509_der()
                 data = response.SerializeToString(deterministic=True)
                 if data != last:
                     await self._audit.durable([_records.x509_issued(attested, e, svid)
@@ -147,18 +158,26 @@ class WorkloadApi:
         self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse], call: Call
     ) -> None:
         await stream.recv_message()
-        await self._stream_bundles(stream, call, lambda: pb.X509BundlesResponse(
-            bundles={self._td_id: self._ca.x509_bundle_der()}))
+        await self._stream_bundles(stream, call, lambda entries: pb.X509BundlesResponse(
+            bundles={self._td_id: self._ca.x509_bundle_der(),
+                     **{_td_id(b.trust_domain): b.x509_der()
+                        for b in self._federated(entries)}}))
+
+    def _federated(self, entries: Sequence[Entry]) -> list[TrustBundle]:
+        """The federated bundles these entries receive (their `federates_with`, as held)."""
+        if self._federation is None:
+            return []
+        wanted = tuple(td for e in entries for td in e.federates_with)
+        return self._federation.available(wanted) if wanted else []
 
     async def _stream_bundles(self, stream: Stream[Any, Any], call: Call,
-                              compose: Callable[[], Any]) -> None:
+                              compose: Callable[[Sequence[Entry]], Any]) -> None:
         """Bundles go to callers that hold an identity (as SPIRE does), again after changes."""
         last = b""
         version = self._broadcast.version
         while True:
             await call.attested()
-            call.identities()
-            response = compose()
+            response = compose(call.identities())
             data = response.SerializeToString(deterministic=True)
             if data != last:
                 await stream.send_message(response)
@@ -203,8 +222,10 @@ class WorkloadApi:
         self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse], call: Call
     ) -> None:
         await stream.recv_message()
-        await self._stream_bundles(stream, call, lambda: pb.JWTBundlesResponse(
-            bundles={self._td_id: self._ca.jwks()}))
+        # JWT-SVID keys only: the delegated-token keys are never in a JWT bundle (§6.2.2).
+        await self._stream_bundles(stream, call, lambda entries: pb.JWTBundlesResponse(
+            bundles={self._td_id: self._ca.jwks(),
+                     **{_td_id(b.trust_domain): b.jwks() for b in self._federated(entries)}}))
 
     async def ValidateJWTSVID(
         self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse], call: Call
@@ -217,16 +238,28 @@ class WorkloadApi:
         if len(request.svid) > MAX_TOKEN_BYTES:
             raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
         await call.attested()
-        call.identities()
-        sub, claims = validate_jwt_svid(
-            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
-            self._clock())
+        entries = call.identities()
+        td, keys = self._authorities_for(request.svid, entries)
+        sub, claims = validate_jwt_svid(request.svid, request.audience, keys, td, self._clock())
         if self._on_validated is not None:
             self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),
                                str(sub))
         response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
         response.claims.update(claims)
         await stream.send_message(response)
+
+    def _authorities_for(self, token: str,
+                         entries: Sequence[Entry]) -> tuple[str, Mapping[str, Any]]:
+        """The trust domain a JWT-SVID claims (its `sub`) and the keys that may have signed it:
+        ours, or a federated domain's when the caller federates with it."""
+        td = _claimed_trust_domain(token) or self._cfg.trust_domain
+        if td == self._cfg.trust_domain:
+            return td, self._ca.jwt_keys()
+        for b in self._federated(entries):
+            if b.trust_domain == td:
+                return td, b.jwt_authorities
+        raise TokenInvalid(f"token subject is in trust domain {td}, which the caller does "
+                           "not federate with (or whose bundle is not available)")
 
     # -- WIT (not supported; the standard requires Unimplemented) ----------------------------
 
@@ -238,6 +271,19 @@ class WorkloadApi:
         self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse], call: Call
     ) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
+
+
+def _td_id(trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}"
+
+
+def _claimed_trust_domain(token: str) -> str:
+    """The trust domain of the unverified `sub`; "" when it names none (validation says why)."""
+    try:
+        sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
+        return SpiffeId.parse(str(sub)).trust_domain if isinstance(sub, str) else ""
+    except (jwt.PyJWTError, EnsignError):
+        return ""
 
 
 def _check_audience(audience: list[str]) -> tuple[str, ...]:

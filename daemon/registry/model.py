@@ -20,6 +20,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_SELECTORS = 64
 MAX_NAME = 128
 DAEMON_ACTOR = "ensign"
+RESERVED_PATH = "/ensign"  # spiffe://<td>/ensign/node/<name>: the daemon's own SVIDs
 
 #: (from, action) -> to. Decommissioned is terminal.
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -154,6 +155,9 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
         raise InvalidRequest(f"SPIFFE ID {e.spiffe_id} is not in trust domain {trust_domain}")
     if not sid.is_workload:
         raise InvalidRequest("SPIFFE ID needs a path; the bare trust domain ID is the CA's")
+    if sid.path == RESERVED_PATH or sid.path.startswith(RESERVED_PATH + "/"):
+        raise InvalidRequest(f"SPIFFE ID paths under {RESERVED_PATH}/ are reserved for the "
+                             "daemon's own identities (its HTTPS endpoint)")
     if e.x509_ttl < 0 or e.jwt_ttl < 0 or e.expires_at < 0:
         raise InvalidRequest("TTLs and expiry must not be negative")
     if max(e.x509_ttl, e.jwt_ttl) > MAX_TTL_SECONDS:

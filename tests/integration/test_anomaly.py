@@ -4,11 +4,8 @@ normal traffic."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -19,6 +16,8 @@ import grpc
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import HEADER, channel, fetch_jwt, stream
 from tests.support.daemon import Daemon, make_daemon
+from tests.support.exe import copy_exe, run_exe, tampered
+from tests.support.scripts import FETCH_JWT
 
 FAST = ('[anomaly]\nlearning_period = "3s"\ncooldown = "1s"\n'
         'burst_threshold = 20\nburst_window = "10s"\n')
@@ -72,18 +71,9 @@ def test_surge_after_steady_learning_is_flagged_and_suspends(short_tmp: Path) ->
         assert shown["state"] == "suspended" and "anomaly rate" in shown["history"][-1]["reason"]
         assert ended[0][0] - start < 5
         d.cli("agent", "resume", str(rec["id"]))  # resume clears the suspension
-        assert fetch_jwt(sock, "api").svids
+        assert len(fetch_jwt(sock, "api").svids) == 1
     finally:
         d.stop()
-
-
-_CLIENT = """
-import sys, grpc
-ch = grpc.insecure_channel("unix:" + sys.argv[1])
-call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
-call(b"\\n\\x01a", metadata=[("workload.spiffe.io", "true")], timeout=20)
-print("OK")
-"""
 
 
 def test_binary_drift(short_tmp: Path) -> None:
@@ -91,15 +81,11 @@ def test_binary_drift(short_tmp: Path) -> None:
     try:
         bins = short_tmp / "bin"
         bins.mkdir(mode=0o755)
-        exe = bins / "agent"
-        shutil.copy2(os.path.realpath(sys.executable), exe)
+        exe = copy_exe(bins / "agent")
         rec = d.register("drifter", "unix:uid:0", f"unix:path:{exe}")
-        env = {"PYTHONPATH": sysconfig.get_paths()["purelib"], "PATH": "/usr/bin:/bin"}
 
         def run() -> None:
-            out = subprocess.run([str(exe), "-c", _CLIENT, str(d.socket)], capture_output=True,
-                                 text=True, env=env, timeout=60)
-            assert out.stdout.strip() == "OK", out.stderr
+            assert run_exe(exe, d) == "ISSUED"
 
         run()
         time.sleep(3.5)  # past the learning period
@@ -107,7 +93,7 @@ def test_binary_drift(short_tmp: Path) -> None:
         assert not [f for f in _findings(d) if f["details"]["signal"] == "binary-drift"]
         data = exe.read_bytes()  # another build at the same path (no sha256 selector)
         exe.unlink()
-        exe.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        exe.write_bytes(tampered(data))
         exe.chmod(0o755)
         run()
         drift = [f for f in _findings(d, str(rec["id"]))
@@ -139,9 +125,9 @@ print(n)
         assert _findings(d) == [], _findings(d)
         # Then 20 refusals in 10 s from one uid (nobody has an entry for gid 6999).
         for _ in range(20):
-            out = subprocess.run([sys.executable, "-c", _CLIENT, str(d.socket)],
+            out = subprocess.run([sys.executable, "-c", FETCH_JWT, str(d.socket)],
                                  capture_output=True, text=True, extra_groups=[6999])
-            assert "PERMISSION_DENIED" in out.stderr
+            assert out.stdout.strip() == "REFUSED PERMISSION_DENIED", out.stdout + out.stderr
         bursts = [f for f in _findings(d) if f["details"]["signal"] == "denial-burst"]
         assert bursts and "20 refusals" in bursts[0]["reason"]
     finally:

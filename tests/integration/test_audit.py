@@ -12,25 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import jwt as pyjwt
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from ensign.daemon.audit.event import (
-    AuditEvent,
-    Sealer,
-    canonical,
-    record_hash,
-    record_time,
-    seal,
-    seal_line,
-)
+from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.audit.query import read_records
 from ensign.daemon.audit.verify import verify
@@ -41,10 +30,7 @@ from ensign.daemon.text import unescape
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream
 from tests.support.daemon import Daemon, make_daemon
-
-
-def _records(d: Daemon, *args: str) -> list[dict[str, Any]]:
-    return list(json.loads(d.cli("audit", "list", "-o", "json", *args).stdout))
+from tests.support.scripts import JTI_HAMMER
 
 
 def test_every_credential_a_client_received_is_in_the_trail(daemon: Daemon) -> None:
@@ -63,7 +49,7 @@ def test_every_credential_a_client_received_is_in_the_trail(daemon: Daemon) -> N
     code, _ = status_of(fetch_jwt, sock, "a", spiffe_id="spiffe://example.org/not/mine")
     assert code == grpc.StatusCode.PERMISSION_DENIED
 
-    trail = _records(daemon, "--agent", str(me["id"]))
+    trail = daemon.audit("--agent", str(me["id"]))
     issued = [r for r in trail if r["type"] == "svid.issued"]
     got_jtis = {(r["details"]["jti"], r["audience"][0]) for r in issued
                 if r["details"]["kind"] == "jwt"}
@@ -75,31 +61,12 @@ def test_every_credential_a_client_received_is_in_the_trail(daemon: Daemon) -> N
     # The agent's trail holds only its own actions; the admin's registration is a registry
     # event with the human (uid 0) as actor, found by subject.
     assert all(r.get("agent_id") == me["id"] for r in trail)
-    admin = _records(daemon, "--subject", str(me["id"]))
+    admin = daemon.audit("--subject", str(me["id"]))
     assert [(r["type"], r["actor"], r["details"]["action"]) for r in admin] == [
         ("registry.change", "uid:0", "register")]
-    denials = _records(daemon, "--type", "request.denied")
-    assert any("not/mine" in r["reason"] for r in denials)
-
-
-_CLIENT = """
-import sys, time, grpc, jwt
-from ensign.proto import workload_pb2 as pb
-sock, out = sys.argv[1], sys.argv[2]
-req = pb.JWTSVIDRequest(audience=["crash"]).SerializeToString()
-with open(out, "a") as f:
-    while True:
-        try:
-            with grpc.insecure_channel("unix:" + sock) as ch:
-                call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
-                while True:
-                    raw = call(req, metadata=[("workload.spiffe.io", "true")], timeout=5)
-                    token = pb.JWTSVIDResponse.FromString(raw).svids[0].svid
-                    f.write(jwt.decode(token, options={"verify_signature": False})["jti"] + "\\n")
-                    f.flush()
-        except grpc.RpcError:
-            time.sleep(0.02)
-"""
+    denials = daemon.audit("--type", "request.denied")
+    assert len(denials) == 1 and "not/mine" in denials[0]["reason"], denials
+    assert denials[0]["details"]["method"] == "FetchJWTSVID"
 
 
 def test_kill_minus_9_never_loses_a_released_credential(short_tmp: Path) -> None:
@@ -107,7 +74,7 @@ def test_kill_minus_9_never_loses_a_released_credential(short_tmp: Path) -> None
     d = make_daemon(short_tmp, '[svid]\njwt_ttl = "2s"\n[audit]\ncheckpoint_every = 50\n')
     d.register("crashy", "unix:uid:0")
     outs = [short_tmp / f"client{i}.txt" for i in range(8)]
-    clients = [subprocess.Popen([sys.executable, "-c", _CLIENT, str(d.socket), str(o)])
+    clients = [subprocess.Popen([sys.executable, "-c", JTI_HAMMER, str(d.socket), str(o)])
                for o in outs]
     rng = random.Random(7)
     try:
@@ -181,8 +148,8 @@ def _flip(lines: list[bytes]) -> bytes:
 def test_tampering_is_named(stopped_log: Path, tmp_path: Path, edit: Any, expect: str) -> None:
     bad = _tampered(stopped_log, tmp_path / "audit", edit)
     report = verify(bad)
-    assert not report.ok
-    assert any(expect in p for p in report.problems), report.problems
+    assert report.ok is False
+    assert expect in report.problems[0], report.problems  # the first problem names the edit
     cli = subprocess.run([sys.executable, "-m", "ensign.daemon", "audit", "verify",
                           "--data-dir", str(tmp_path)], capture_output=True, text=True)
     assert cli.returncode == 65
@@ -217,7 +184,7 @@ def test_full_or_read_only_audit_disk_stops_issuing_until_it_recovers(short_tmp:
         d = make_daemon(short_tmp)
         d.register("disk", "unix:uid:0")
         sock = str(d.socket)
-        assert fetch_jwt(sock, "ok").svids
+        assert len(fetch_jwt(sock, "ok").svids) == 1
         filler = audit_dir / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=1000"],
                        capture_output=True)
@@ -235,7 +202,7 @@ def test_full_or_read_only_audit_disk_stops_issuing_until_it_recovers(short_tmp:
         health = d.cli("healthcheck", check=False)
         assert health.returncode == 1 and "No space left" in health.stdout
         filler.unlink()
-        assert fetch_jwt(sock, "recovered").svids
+        assert len(fetch_jwt(sock, "recovered").svids) == 1
         assert d.cli("healthcheck").stdout.strip() == "healthy"
         d.stop()
         assert d.cli("audit", "verify", "--data-dir", str(d.data_dir)).returncode == 0
@@ -260,7 +227,7 @@ def test_read_only_audit_disk_at_start_serves_health_and_recovers(short_tmp: Pat
         health = d.cli("healthcheck", check=False)
         assert health.returncode == 1 and "Read-only" in health.stdout
         subprocess.run(["mount", "-o", "remount,rw", str(audit_dir)], check=True)
-        assert fetch_jwt(str(d.socket), "rw-again").svids
+        assert len(fetch_jwt(str(d.socket), "rw-again").svids) == 1
         assert d.cli("healthcheck").stdout.strip() == "healthy"
         d.stop()
         assert d.cli("audit", "verify", "--data-dir", str(d.data_dir)).returncode == 0
@@ -288,39 +255,6 @@ def test_segments_rotate_and_archived_segments_still_verify(short_tmp: Path) -> 
     assert any("archived" in n for n in live.notes)
     old = verify(archive)
     assert old.ok, old.problems
-
-
-_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
-_VALUE = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | _TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
-    max_leaves=8,
-)
-
-
-@given(body=st.dictionaries(_TEXT, _VALUE, max_size=8),
-       prev=st.sampled_from(["ab" * 32, "0" * 64, 'x"\\y\n']))
-def test_seal_line_is_the_canonical_sealed_record(body: dict[str, Any], prev: str) -> None:
-    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    line, digest = seal_line(body, seq=7, prev=prev, chain="cd" * 16, at=at)
-    record = seal(body, seq=7, prev=prev, chain="cd" * 16, at=at)
-    assert line == canonical(record) + b"\n"
-    assert digest == record["hash"] == record_hash(json.loads(line))
-    sealer = Sealer(body, "cd" * 16)
-    assert sealer.seal(seq=7, prev=prev, at=at) == (line, digest)
-    assert sealer.seal(seq=8, prev=digest, at=at, stamp=record_time(at)) == seal_line(
-        body, seq=8, prev=digest, chain="cd" * 16, at=at)
-    assert canonical(body) == json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                         ensure_ascii=False).encode()
-
-
-def test_a_body_holding_the_sealer_hole_is_still_sealed_canonically() -> None:
-    from ensign.daemon.audit.event import _HOLE
-
-    body = {"reason": f"{_HOLE}s", "type": "anomaly"}
-    at = datetime(2026, 1, 2, tzinfo=UTC)
-    assert Sealer(body, "c").seal(seq=1, prev="0" * 64, at=at) == seal_line(
-        body, seq=1, prev="0" * 64, chain="c", at=at)
 
 
 # -- one record that cannot be encoded costs nobody else (issue 15 item 2) -------------------

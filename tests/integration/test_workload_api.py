@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from hypothesis import given
-from hypothesis import strategies as st
 from spiffe import JwtSvid, WorkloadApiClient
 from spiffe.errors import PySpiffeError
 
-from ensign.daemon.registry import AudienceDenied, Role, jwt_ttl_cap
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
-from tests.support.daemon import NOBODY, Daemon, run_as
-
-
-def _exe() -> str:
-    return os.path.realpath(f"/proc/{os.getpid()}/exe")
+from tests.support.daemon import NOBODY, Daemon
+from tests.support.exe import sha256_of, this_exe
+from tests.support.scripts import fetch_jwt_as
 
 
 @pytest.fixture(scope="module")
 def entry(shared_daemon: Daemon) -> dict[str, object]:
     """This test process's identity: root running this Python binary."""
-    import hashlib
-
-    digest = hashlib.sha256(Path(_exe()).read_bytes()).hexdigest()
     return shared_daemon.register(
-        "pytest", "unix:uid:0", f"unix:path:{_exe()}", f"unix:sha256:{digest}",
+        "pytest", "unix:uid:0", f"unix:path:{this_exe()}",
+        f"unix:sha256:{sha256_of(this_exe())}",
         extra=("--dns-name", "pytest.local", "--hint", "internal"),
     )
 
@@ -139,7 +129,7 @@ def test_bad_jwt_requests_get_invalid_argument_and_daemon_keeps_serving(
     code, details = status_of(unary, str(shared_daemon.socket), "FetchJWTSVID", request_bytes)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert expect in details
-    assert fetch_jwt(str(shared_daemon.socket), "still-works").svids
+    assert len(fetch_jwt(str(shared_daemon.socket), "still-works").svids) == 1
     assert shared_daemon.alive()
 
 
@@ -175,32 +165,16 @@ def test_healthcheck(shared_daemon: Daemon) -> None:
     assert result.stdout.strip() == "healthy"
 
 
-_NOBODY_CLIENT = """
-import sys, grpc
-path, aud = sys.argv[1], sys.argv[2]
-ch = grpc.insecure_channel("unix:" + path)
-call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
-req = b"\\n" + bytes([len(aud)]) + aud.encode()
-try:
-    resp = call(req, metadata=[("workload.spiffe.io", "true")], timeout=10)
-except grpc.RpcError as e:
-    print("STATUS", e.code().name, e.details())
-else:
-    print("OK", resp.hex())
-"""
-
-
 def test_other_uid_without_entry_is_denied(shared_daemon: Daemon, entry: dict[str, object]) -> None:
-    result = run_as(NOBODY, _NOBODY_CLIENT, str(shared_daemon.socket), "aud")
-    assert result.stdout.startswith("STATUS PERMISSION_DENIED"), result.stdout + result.stderr
-    assert "no identity issued" in result.stdout
+    result = fetch_jwt_as(NOBODY, shared_daemon.socket, "aud")
+    assert result == "STATUS PERMISSION_DENIED no identity issued", result
 
 
 def test_other_uid_gets_only_its_own_identity(shared_daemon: Daemon) -> None:
     other = shared_daemon.register("nobody-agent", f"unix:uid:{NOBODY}")
-    result = run_as(NOBODY, _NOBODY_CLIENT, str(shared_daemon.socket), "aud")
-    assert result.stdout.startswith("OK"), result.stdout + result.stderr
-    resp = pb.JWTSVIDResponse.FromString(bytes.fromhex(result.stdout.split()[1]))
+    result = fetch_jwt_as(NOBODY, shared_daemon.socket, "aud")
+    assert result.startswith("OK "), result
+    resp = pb.JWTSVIDResponse.FromString(bytes.fromhex(result.split()[1]))
     assert [s.spiffe_id for s in resp.svids] == [other["spiffe_id"]]
     shared_daemon.cli("agent", "delete", str(other["id"]))
 
@@ -208,15 +182,14 @@ def test_other_uid_gets_only_its_own_identity(shared_daemon: Daemon) -> None:
 def test_deleting_entry_ends_open_stream_with_permission_denied(daemon: Daemon) -> None:
     record = daemon.register("short-lived", "unix:uid:0")
     with channel(str(daemon.socket)) as ch:
-        it = stream(ch, "FetchX509SVID", timeout=30)
+        # A stream the deletion does not end runs into its deadline instead (DEADLINE_EXCEEDED).
+        # No timed assertion: speed is bench's.
+        it = stream(ch, "FetchX509SVID", timeout=20)
         first = pb.X509SVIDResponse.FromString(next(it))
         assert first.svids[0].spiffe_id == record["spiffe_id"]
         daemon.cli("agent", "delete", str(record["id"]))
-        committed = time.monotonic()  # the CLI has its answer: the entry is gone
-        code, _ = status_of(lambda: next(it))
-        elapsed = time.monotonic() - committed
-    assert code == grpc.StatusCode.PERMISSION_DENIED
-    assert elapsed < 1.0  # the stream ends within a second of the change
+        code, details = status_of(lambda: next(it))
+    assert (code, details) == (grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
     assert daemon.alive()
 
 
@@ -245,49 +218,6 @@ def test_py_spiffe_importable_beside_daemon_protos() -> None:
             "import ensign.daemon.api.workload; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
-
-
-def _reference_jwt_ttl_cap(agent_roles: tuple[str, ...], roles: dict[str, Role],
-                           audiences: tuple[str, ...]) -> timedelta | None:
-    """The rule as the docs state it, spelled out plainly (default_allow=False)."""
-    held = [roles[r] for r in agent_roles if r in roles]
-    if not held:
-        raise AudienceDenied("no roles")
-    cap: int | None = None
-    for audience in audiences:
-        caps = [r.max_ttl for r in held if r.allows(audience)]
-        if not caps:
-            raise AudienceDenied(audience)
-        if 0 not in caps:
-            cap = max(caps) if cap is None else min(cap, max(caps))
-    return None if cap is None else timedelta(seconds=cap)
-
-
-_AUD = st.sampled_from(["a", "ab", "b", "api.x", "api.*", "c"])
-
-
-@given(
-    roles=st.dictionaries(
-        st.sampled_from(["r1", "r2", "r3"]),
-        st.tuples(st.lists(st.sampled_from(["a", "ab", "a*", "api.*", "b", "*"]), min_size=1,
-                           max_size=3), st.sampled_from([0, 60, 300, 3600])),
-        max_size=3),
-    held=st.lists(st.sampled_from(["r1", "r2", "r3", "gone"]), max_size=3),
-    audiences=st.lists(_AUD, min_size=1, max_size=3),
-)
-def test_jwt_ttl_cap_follows_the_rule(roles: dict[str, tuple[list[str], int]], held: list[str],
-                                      audiences: list[str]) -> None:
-    book = {n: Role(name=n, audiences=tuple(a), max_ttl=t) for n, (a, t) in roles.items()}
-    args = (tuple(held), book, tuple(audiences))
-    try:
-        expected: timedelta | type[AudienceDenied] | None = _reference_jwt_ttl_cap(*args)
-    except AudienceDenied:
-        expected = AudienceDenied
-    try:
-        got: timedelta | type[AudienceDenied] | None = jwt_ttl_cap(*args, default_allow=False)
-    except AudienceDenied:
-        got = AudienceDenied
-    assert got == expected
 
 
 def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -> None:
