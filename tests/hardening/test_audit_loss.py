@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 from ensign.daemon.audit.query import read_records
 from ensign.daemon.text import escape, unescape
 from ensign.proto import workload_pb2 as pb
+from tests.support.clients import HEADER
 from tests.support.daemon import NOBODY, make_daemon, nobody_site_packages
-from tests.support.hardening import HEADER, soak
+from tests.support.hardening import soak
 from tests.support.sigstore import PrivateSigstore
 from tests.support.units import cgroup2_mount, own_cgroup, spawn_in, unique
 
