@@ -45,6 +45,7 @@ from ensign.daemon.server import (
     UnixServer,
     bounds,
     translated,
+    with_reflection,
 )
 from ensign.daemon.state import NodeState
 from ensign.daemon.tpm.service import TpmEvent, TpmService
@@ -123,13 +124,13 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                       federation=federation, started=time.time())
     front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
                   audit=audit)
-    workload = WorkloadApi(config=config, roles=roles, cache=cache, ca=ca, audit=audit,
-                           broadcast=broadcast, clock=clock, federation=federation,
-                           on_validated=responder.validated if responder else None)
+    workload = WorkloadApi(config=config, registry=registry, roles=roles, cache=cache, ca=ca,
+                           audit=audit, broadcast=broadcast, clock=clock, federation=federation)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, keys=delegation_keys, audit=audit,
                              clock=clock)
-    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
+    # reflection lists what this socket serves: add services above it, never after
+    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),
         # Envoy sends no workload.spiffe.io header (nor does SPIRE ask for one on SDS)
         front.serve(SecretDiscoveryServiceBase, SecretDiscoveryApi(
@@ -138,7 +139,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
         front.serve(DelegationBase, DelegationApi(exchange, delegation_keys)),
         front.serve(AttestationBase, AttestationApi(tpm)),
         translated(HealthService(state.problem).__mapping__()),
-    ], tracker)
+    ]), tracker)
     admin_gid = _group_id(config.admin_group)
     admin = AdminApi(registry=registry, roles=roles, grants=grants, audit_dir=audit.dir,
                      status=state.status, admin_gid=admin_gid)

@@ -33,8 +33,10 @@ from ensign.daemon.config import Config
 from ensign.daemon.errors import EnsignError, InvalidRequest, NoIdentity, TokenInvalid
 from ensign.daemon.federation import FederatedBundles, TrustBundle
 from ensign.daemon.issuing import (
+    AudienceMismatch,
     Broadcast,
     CertificateAuthority,
+    HolderInactive,
     JwtSvid,
     SvidCache,
     X509Svid,
@@ -42,8 +44,16 @@ from ensign.daemon.issuing import (
 )
 from ensign.daemon.keys import to_pkcs8_der
 from ensign.daemon.models import AttestedCaller
-from ensign.daemon.registry import AudienceDenied, Entry, RoleBook, jwt_ttl_cap, x509_ttl_cap
+from ensign.daemon.registry import (
+    AudienceDenied,
+    Entry,
+    Registry,
+    RoleBook,
+    jwt_ttl_cap,
+    x509_ttl_cap,
+)
 from ensign.daemon.spiffe_id import SpiffeId
+from ensign.daemon.tpm.errors import TpmUnavailable
 from ensign.proto import workload_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -53,15 +63,12 @@ MAX_AUDIENCE_BYTES = 512
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_ISSUED_EVENTS = 1024
 
-#: (agent id, jti, SPIFFE ID) of a JWT-SVID this node validated: anomaly detection
-Validated = Callable[[str, str, str], None]
-
-
 class WorkloadApi:
     def __init__(
         self,
         *,
         config: Config,
+        registry: Registry,
         roles: RoleBook,
         cache: SvidCache,
         ca: CertificateAuthority,
@@ -69,10 +76,9 @@ class WorkloadApi:
         broadcast: Broadcast,
         clock: Callable[[], datetime],
         federation: FederatedBundles | None = None,
-        on_validated: Validated | None = None,
     ) -> None:
         self._federation = federation
-        self._on_validated = on_validated
+        self._registry = registry
         self._cfg = config
         self._roles = roles
         self._cache = cache
@@ -202,6 +208,7 @@ class WorkloadApi:
         svids = []
         records: list[AuditEvent] = []
         denied: AudienceDenied | None = None
+        hints: set[str] = set()  # unique within a response (Workload API 6.2.1): first keeps it
         for e in entries:
             try:
                 cap = jwt_ttl_cap(e.roles, self._roles.all, audience,
@@ -212,7 +219,9 @@ class WorkloadApi:
                 continue
             jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
             records.append(self._jwt_issued(attested, e, jwt_svid))
-            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
+            hint = e.hint if e.hint not in hints else ""
+            hints.add(hint)
+            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=hint))
         if not svids and denied is not None:
             raise denied
         await self._audit.durable(records)  # on disk before the tokens leave: fail closed
@@ -233,20 +242,43 @@ class WorkloadApi:
         request = await recv(stream)
         if not request.audience:
             raise InvalidRequest("audience must be specified")
+        if len(request.audience.encode()) > MAX_AUDIENCE_BYTES:
+            raise InvalidRequest(f"audience values are limited to {MAX_AUDIENCE_BYTES} bytes")
         if not request.svid:
             raise InvalidRequest("svid must be specified")
         if len(request.svid) > MAX_TOKEN_BYTES:
             raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
-        await call.attested()
-        entries = call.identities()
-        td, keys = self._authorities_for(request.svid, entries)
-        sub, claims = validate_jwt_svid(request.svid, request.audience, keys, td, self._clock())
-        if self._on_validated is not None:
-            self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),
-                               str(sub))
+        # A validating service need not hold an identity (as with SPIRE); it is attested and
+        # every answer is audited, naming whose token it checked.
+        attested = await call.attested()
+        call.audience = (request.audience,)
+        entries = _identities_or_none(call)
+        validator = tuple(e.spiffe_id for e in entries)
+        try:
+            td, keys = self._authorities_for(request.svid, entries)
+            sub, claims = validate_jwt_svid(request.svid, request.audience, keys, td,
+                                            self._clock())
+            self._check_holder(td, claims)
+        except (AudienceMismatch, HolderInactive) as err:  # genuine: its agent is named
+            self._audit.record_nowait(_records.validated(
+                attested, err.claims, request.audience, validator, err))
+            call.recorded = True
+            raise
+        self._audit.record_nowait(_records.validated(attested, claims, request.audience,
+                                                     validator))
         response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
         response.claims.update(claims)
         await stream.send_message(response)
+
+    def _check_holder(self, trust_domain: str, claims: dict[str, Any]) -> None:
+        """A JWT-SVID of ours names its agent; once that agent is suspended, decommissioned or
+        deleted, this node no longer vouches for its tokens (as introspection says inactive)."""
+        if trust_domain != self._cfg.trust_domain:
+            return
+        entry = self._registry.lookup.get(str(claims.get("agent_id", "")))
+        if entry is None or not entry.is_live(self._clock().timestamp()):
+            state = entry.state if entry is not None else "deleted"
+            raise HolderInactive(f"the token's agent is {state}", claims)
 
     def _authorities_for(self, token: str,
                          entries: Sequence[Entry]) -> tuple[str, Mapping[str, Any]]:
@@ -284,6 +316,14 @@ def _claimed_trust_domain(token: str) -> str:
         return SpiffeId.parse(str(sub)).trust_domain if isinstance(sub, str) else ""
     except (jwt.PyJWTError, EnsignError):
         return ""
+
+
+def _identities_or_none(call: Call) -> list[Entry]:
+    """The caller's identities, or none: a validator need not hold one."""
+    try:
+        return call.identities()
+    except (NoIdentity, TpmUnavailable):
+        return []
 
 
 def _check_audience(audience: list[str]) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ensign.daemon import config as config_mod
 from ensign.daemon.audit.archive import archive
-from ensign.daemon.audit.query import to_ocsf
+from ensign.daemon.audit.export import to_ocsf
 from ensign.daemon.audit.verify import verify
 from ensign.daemon.errors import EnsignError
 from ensign.daemon.units import parse_duration

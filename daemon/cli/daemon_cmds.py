@@ -12,6 +12,8 @@ from ensign.daemon import config as config_mod
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
 
+from . import dev
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("daemon", help="run the daemon in the foreground")
@@ -53,33 +55,26 @@ def run_daemon(args: argparse.Namespace) -> int:
     cfg = config_mod.dev_config(args.state_dir) if args.dev else config_mod.load(args.config)
     logs.setup(cfg.log_level)
     if args.dev:
-        _print_dev_env(cfg, args.state_dir)
-
-    def ready() -> None:
-        notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
+        dev.forget_env(args.state_dir)
 
     from ensign.daemon.app import Daemon  # the whole daemon: imported only when running one
 
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
-        return await Daemon(cfg, config_path=None if args.dev else
-                            (args.config or config_mod.resolve_path())).run(ready)
+        daemon = Daemon(cfg, config_path=None if args.dev else
+                        (args.config or config_mod.resolve_path()))
+
+        def ready() -> None:  # both sockets serve
+            if args.dev:
+                dev.ready(cfg, args.state_dir, daemon.node.roles, daemon.node.registry)
+            notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
+
+        return await daemon.run(ready)
 
     try:
         return asyncio.run(serve())
     finally:
         notify("STOPPING=1")
-
-
-def _print_dev_env(cfg: config_mod.Config, state_dir: Path) -> None:
-    lines = [
-        f"export SPIFFE_ENDPOINT_SOCKET=unix://{cfg.socket_path}",
-        f"export ENSIGN_ADMIN_SOCKET=unix://{cfg.admin_socket_path}",
-    ]
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (state_dir / "env").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    print(f"# (also in {state_dir.resolve() / 'env'}: `. {state_dir / 'env'}`)", flush=True)
 
 
 def config_check(args: argparse.Namespace) -> int:

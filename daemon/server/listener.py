@@ -64,7 +64,8 @@ class UnixServer:
         self.path = path
         self._mode = mode
         self._gid = gid
-        self._server = TrackingServer(services, tracker, config=Configuration())
+        self.services = list(services)
+        self._server = TrackingServer(self.services, tracker, config=Configuration())
 
     async def start(self) -> None:
         bounds.install()  # before the first connection: request messages, h2 memory

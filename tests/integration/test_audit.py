@@ -19,7 +19,7 @@ import grpc
 import jwt as pyjwt
 import pytest
 
-from ensign.daemon.audit.event import AuditEvent
+from ensign.daemon.audit.event import AuditEvent, record_hash
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.audit.query import read_records
 from ensign.daemon.audit.verify import verify
@@ -28,9 +28,14 @@ from ensign.daemon.errors import AuditRecordRejected, AuditUnavailable
 from ensign.daemon.issuing import split_der
 from ensign.daemon.text import unescape
 from ensign.proto import workload_pb2 as pb
-from tests.support.clients import channel, fetch_jwt, status_of, stream
+from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
 from tests.support.daemon import Daemon, make_daemon
+from tests.support.ocsf import problems as ocsf_problems
 from tests.support.scripts import JTI_HAMMER
+
+
+def _records(d: Daemon, *args: str) -> list[dict[str, Any]]:
+    return list(json.loads(d.cli("audit", "list", "-o", "json", *args).stdout))
 
 
 def test_every_credential_a_client_received_is_in_the_trail(daemon: Daemon) -> None:
@@ -68,6 +73,44 @@ def test_every_credential_a_client_received_is_in_the_trail(daemon: Daemon) -> N
     assert len(denials) == 1 and "not/mine" in denials[0]["reason"], denials
     assert denials[0]["details"]["method"] == "FetchJWTSVID"
 
+
+
+def test_ocsf_export_passes_the_schema_and_keeps_who_acted(daemon: Daemon) -> None:
+    # What a schema-checking SIEM pipeline receives from `ensign audit export --format ocsf`.
+    me = daemon.register("exported", "unix:uid:0", extra=("--owner", "alice@example.org"))
+    sock = str(daemon.socket)
+    token = fetch_jwt(sock, "ledger").svids[0].svid
+    with channel(sock) as ch:
+        next(stream(ch, "FetchX509SVID", timeout=10))
+    assert status_of(fetch_jwt, sock, "a", spiffe_id="spiffe://example.org/x")[0] == \
+        grpc.StatusCode.PERMISSION_DENIED
+    validate = pb.ValidateJWTSVIDRequest(audience="payments", svid=token)
+    assert status_of(unary, sock, "ValidateJWTSVID", validate.SerializeToString())[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT  # a finding: token-misdirected
+    daemon.cli("role", "create", "reader", "--audience", "ledger")
+    daemon.cli("agent", "suspend", str(me["id"]), "--reason", "check")
+    daemon.cli("agent", "resume", str(me["id"]))
+    out = daemon.cli("audit", "export", "--format", "ocsf").stdout
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["metadata"]["sequence"] for e in events] == list(range(1, len(events) + 1))
+    for e in events:
+        assert ocsf_problems(e) == [], (e["metadata"]["event_code"], ocsf_problems(e))
+    assert {e["class_uid"] for e in events} == {2004, 3002, 3004, 6002}
+    by_code = {(e["metadata"]["event_code"], e["activity_id"]) for e in events}
+    assert {("registry.change", 12), ("registry.change", 13), ("role.change", 1),
+            ("daemon.start", 3), ("svid.issued", 1), ("svid.validated", 1),
+            ("anomaly", 1), ("request.denied", 1), ("attestation", 99)} <= by_code
+    issued = [e for e in events if e["metadata"]["event_code"] == "svid.issued"]
+    assert {e["user"]["name"] for e in issued} == {me["spiffe_id"]}
+    assert {e["actor"]["process"]["user"]["uid"] for e in issued} == {"0"}
+    suspend = next(e for e in events if e["activity_id"] == 12)
+    assert suspend["actor"]["user"]["uid"] == "0" and suspend["entity"]["uid"] == me["id"]
+    # unmapped is the record itself: its hash and chain link verify
+    for e in events:
+        unmapped = e["unmapped"]
+        assert record_hash(unmapped) == unmapped["hash"]
+    assert [e["unmapped"]["prev"] for e in events[1:]] == [e["unmapped"]["hash"]
+                                                           for e in events[:-1]]
 
 def test_kill_minus_9_never_loses_a_released_credential(short_tmp: Path) -> None:
     # Short JWT TTL: tokens are re-minted often, so many distinct jti cross the crashes.

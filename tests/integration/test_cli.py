@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import queue
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
+import jwt as pyjwt
 import pytest
 
 from tests.support.cli import one_line_error
@@ -110,25 +113,63 @@ def test_admin_socket_mode_and_refusal_of_other_uids(daemon: Daemon) -> None:
     assert "PRIVATE KEY" not in daemon.log.read_text()
 
 
-def test_dev_mode_prints_exports_and_serves(tmp_path: Path) -> None:
-    proc = subprocess.Popen([*ENSIGN, "daemon", "--dev", "--state-dir", str(tmp_path / "s")],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=tmp_path)
-    try:
+def _dev_daemon(state: Path, cwd: Path) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`ensign daemon --dev` as `make run` starts it: the console script."""
+    ensign = Path(sys.executable).parent / "ensign"
+    proc = subprocess.Popen([str(ensign), "daemon", "--dev", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert proc.stdout is not None
-        first, second = proc.stdout.readline().strip(), proc.stdout.readline().strip()
-        assert first == f"export SPIFFE_ENDPOINT_SOCKET=unix://{tmp_path}/s/agent.sock"
-        assert second == f"export ENSIGN_ADMIN_SOCKET=unix://{tmp_path}/s/admin.sock"
-        env = dict(line.removeprefix("export ").split("=", 1) for line in (first, second))
-        deadline = time.monotonic() + 15
-        while not (tmp_path / "s" / "admin.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _run("agent", "register", "--name", "me", "--selector", f"unix:uid:{os.getuid()}",
-                    "--owner", "me@example.org", env=env).returncode == 0
-        fetched = _run("fetch", "x509", env=env)
-        denied = _run("fetch", "jwt", "--audience", "a", env=env)  # no roles: deny by default
-        assert denied.returncode == 77 and "no roles" in denied.stderr
-        assert fetched.returncode == 0 and "spiffe://example.org/agent/agt_" in fetched.stdout
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines
+
+
+def _until_fetch_line(lines: queue.Queue[str]) -> list[str]:
+    """What the daemon prints, up to the `fetch jwt` command it suggests."""
+    out: list[str] = []
+    while not out or " fetch jwt " not in out[-1]:
+        out.append(lines.get(timeout=60))
+    return out
+
+
+def test_dev_quick_start_as_a_user_types_it(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "env").write_text("export SPIFFE_ENDPOINT_SOCKET=unix:///nowhere\n")  # a stale one
+    proc, lines = _dev_daemon(state, tmp_path)
+    try:
+        printed = _until_fetch_line(lines)
+        exports = [f"export SPIFFE_ENDPOINT_SOCKET=unix://{state}/agent.sock",
+                   f"export ENSIGN_ADMIN_SOCKET=unix://{state}/admin.sock"]
+        assert printed[:2] == exports
+        assert (state / "env").read_text() == "\n".join(exports) + "\n"
+        register, fetch = printed[-2], printed[-1]
+        assert f" agent register --name {pwd.getpwuid(os.getuid()).pw_name} " in register
+        assert register.endswith(f"--selector unix:uid:{os.getuid()} --role demo")
+        # typed at once, the moment the lines appear: source the env file, run both commands
+        out = subprocess.run(["bash", "-c", f". {state}/env && {register} && {fetch}"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert out.returncode == 0, out.stderr
+        agent_id, token = out.stdout.split()
+        claims = pyjwt.decode(token, options={"verify_signature": False})
+        assert (claims["aud"], claims["roles"], claims["agent_id"]) == (["demo"], ["demo"],
+                                                                        agent_id)
+        # anything else is still refused: the demo role allows demo audiences only
+        other = subprocess.run(["bash", "-c", f". {state}/env && {fetch.replace('demo', 'x')}"],
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode == 77 and "'x'" in other.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    proc, lines = _dev_daemon(state, tmp_path)  # the next `make run`: already registered
+    try:
+        printed = _until_fetch_line(lines)
+        assert printed[-2] == f"# you are registered as {agent_id} with the demo role; try:"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from spiffe.errors import PySpiffeError
 
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
-from tests.support.daemon import NOBODY, Daemon
+from tests.support.daemon import NOBODY, Daemon, run_as
 from tests.support.exe import sha256_of, this_exe
 from tests.support.scripts import fetch_jwt_as
 
@@ -233,3 +234,150 @@ def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -
     for answer in answers:
         assert sorted(s.hint for s in answer.svids) == ["", "same"]
     assert answers[0].svids[0].x509_svid == answers[1].svids[0].x509_svid  # the cached SVID
+
+
+def test_duplicate_hints_in_a_jwt_answer_keep_the_first_holder(daemon: Daemon) -> None:
+    # Workload API 6.2.1: hints MUST be unique within a FetchJWTSVID response too.
+    first = daemon.register("first", "unix:uid:0", extra=("--hint", "same"))
+    second = daemon.register("second", "unix:uid:0", extra=("--hint", "same"))
+    third = daemon.register("third", "unix:uid:0", extra=("--hint", "other"))
+    for _ in range(2):  # the second answer comes from the token cache
+        answer = fetch_jwt(str(daemon.socket), "api")
+        hints = {s.spiffe_id: s.hint for s in answer.svids}
+        assert hints == {first["spiffe_id"]: "same", second["spiffe_id"]: "",
+                         third["spiffe_id"]: "other"}
+
+
+_NOBODY_VALIDATOR = """
+import sys, grpc
+path, aud, token = sys.argv[1], sys.argv[2], sys.argv[3]
+ch = grpc.insecure_channel("unix:" + path)
+call = ch.unary_unary("/SpiffeWorkloadAPI/ValidateJWTSVID")
+# ValidateJWTSVIDRequest: 1 audience, 2 svid (both strings)
+def field(n, s):
+    b = s.encode()
+    out, length = bytes([n << 3 | 2]), len(b)
+    while length >= 0x80:
+        out += bytes([length & 0x7F | 0x80]); length >>= 7
+    return out + bytes([length]) + b
+try:
+    resp = call(field(1, aud) + field(2, token), metadata=[("workload.spiffe.io", "true")],
+                timeout=10)
+except grpc.RpcError as e:
+    print("STATUS", e.code().name, e.details())
+else:
+    print("OK", resp.hex())
+"""
+
+
+def test_a_validator_without_an_identity_validates_and_is_audited(daemon: Daemon) -> None:
+    # As with SPIRE, a service that only validates tokens needs no registry entry of its own.
+    holder = daemon.register("holder", "unix:uid:0")
+    token = fetch_jwt(str(daemon.socket), "ledger").svids[0].svid
+    out = run_as(NOBODY, _NOBODY_VALIDATOR, str(daemon.socket), "ledger", token)
+    assert out.stdout.startswith("OK"), out.stdout + out.stderr
+    resp = pb.ValidateJWTSVIDResponse.FromString(bytes.fromhex(out.stdout.split()[1]))
+    assert resp.spiffe_id == holder["spiffe_id"]
+    jti = dict(resp.claims.items())["jti"]
+    # A token for another service is refused, and recorded as the holder's token misdirected.
+    out = run_as(NOBODY, _NOBODY_VALIDATOR, str(daemon.socket), "payments", token)
+    assert out.stdout.startswith("STATUS INVALID_ARGUMENT"), out.stdout + out.stderr
+    assert "does not include 'payments'" in out.stdout
+    records = json.loads(daemon.cli("audit", "list", "--type", "svid.validated",
+                                    "-o", "json").stdout)
+    assert [(r["result"], r["audience"], r["agent_id"], r["spiffe_id"], r["process"]["uid"],
+             r["details"]["jti"], r["details"]["validator"]) for r in records] == [
+        ("success", ["ledger"], holder["id"], holder["spiffe_id"], NOBODY, jti, []),
+        ("denied", ["payments"], holder["id"], holder["spiffe_id"], NOBODY, jti, []),
+    ]
+    assert records[1]["details"]["token_audience"] == ["ledger"]
+    assert "payments" in records[1]["reason"]
+    # no generic refusal record besides the richer one
+    denied = json.loads(daemon.cli("audit", "list", "--type", "request.denied",
+                                   "-o", "json").stdout)
+    assert [r for r in denied if r["details"]["method"] == "ValidateJWTSVID"] == []
+
+
+_WIRED = """
+import sys
+from pathlib import Path
+from ensign.daemon.config import load
+from ensign.daemon.issuing import utcnow
+from ensign.daemon.server import service_names
+from ensign.daemon.wiring import build
+print(*service_names(build(load(Path(sys.argv[1])), utcnow).workload_server.services))
+"""
+
+
+def test_server_reflection_lists_what_the_socket_serves(
+        shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    # Workload API endpoint spec 7: reflection, with no security header (grpcio's reflection
+    # client sends none), as grpcurl uses it: list, resolve descriptors, call through them.
+    from google.protobuf import message_factory
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    # Exactly the services the wired socket routes, whatever is added to it later. (Asked in a
+    # process of its own: grpclib's and grpcio's reflection protos share names.)
+    wired = subprocess.run([sys.executable, "-c", _WIRED, str(shared_daemon.config_path)],
+                           capture_output=True, text=True, check=True).stdout.split()
+    with channel(str(shared_daemon.socket)) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        listed = sorted(db.get_services())
+        assert listed == wired
+        # grpcurl asks v1 first: the same list there
+        from grpclib.reflection.v1 import reflection_pb2 as v1
+
+        answer = v1.ServerReflectionResponse.FromString(next(ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(
+                iter([v1.ServerReflectionRequest(list_services="").SerializeToString()]),
+                timeout=10)))
+        assert sorted(x.name for x in answer.list_services_response.service) == wired
+        assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
+                "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
+        pool = DescriptorPool(db)
+        for name in listed:  # every method of every listed service is routed
+            for m in pool.FindServiceByName(name).methods:
+                path = f"/{name}/{m.name}"
+                if m.client_streaming:
+                    call = ch.stream_stream(path)(iter([b""]), timeout=5)
+                elif m.server_streaming:
+                    call = ch.unary_stream(path)(b"", timeout=5)
+                else:
+                    call = ch.unary_unary(path).future(b"", timeout=5)
+                try:
+                    next(call) if m.server_streaming else call.result()
+                except grpc.RpcError as e:
+                    assert e.details() != "Method not found", path
+                finally:
+                    call.cancel()
+        # a JWT-SVID fetched with message classes made from the reflected descriptors
+        request = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDRequest"))
+        response = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDResponse"))
+        method = pool.FindServiceByName("SpiffeWorkloadAPI").FindMethodByName("FetchJWTSVID")
+        assert (method.input_type.name, method.output_type.name) == ("JWTSVIDRequest",
+                                                                     "JWTSVIDResponse")
+        raw = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")(
+            request(audience=["reflected"]).SerializeToString(),
+            metadata=(("workload.spiffe.io", "true"),), timeout=10)
+        assert entry["spiffe_id"] in [s.spiffe_id for s in response.FromString(raw).svids]
+
+
+def test_a_suspended_agents_token_no_longer_validates(daemon: Daemon) -> None:
+    """Suspending an agent takes effect at once for this node's ValidateJWTSVID too: a token it
+    holds (still within its lifetime) is refused, and validates again after resume."""
+    rec = daemon.register("holder", "unix:uid:0")
+    token = fetch_jwt(str(daemon.socket), "svc").svids[0].svid
+    ok = daemon.cli("validate", "jwt", "--audience", "svc", "--token", token)
+    assert ok.stdout.startswith(f"valid: {rec['spiffe_id']}")
+    daemon.cli("agent", "suspend", str(rec["id"]), "--reason", "investigating")
+    refused = daemon.cli("validate", "jwt", "--audience", "svc", "--token", token, check=False)
+    assert refused.returncode == 65, refused.stderr
+    assert refused.stderr.strip() == "ensign: INVALID_ARGUMENT: the token's agent is suspended"
+    daemon.cli("agent", "resume", str(rec["id"]))
+    again = daemon.cli("validate", "jwt", "--audience", "svc", "--token", token)
+    assert again.stdout.startswith(f"valid: {rec['spiffe_id']}")
