@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+import urllib.parse
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -92,11 +93,43 @@ class AttestorsConfig(StrictModel):
     tpm: TpmConfig = Field(default_factory=TpmConfig)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why `url` may not be fetched for an issuer's keys, or None: https to a named host, or
+    plain http to this machine's loopback only (the host parsed, never matched as a prefix:
+    `http://127.0.0.1.evil.example/` and `http://127.0.0.1@evil.example/` are other hosts)."""
+    if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
+        return "must not hold whitespace, control characters or backslashes"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # a port that is not a number in range raises
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry user information (user@host)"
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host in LOOPBACK_HOSTS:
+        return None
+    return "must be https, or http to 127.0.0.1, ::1 or localhost"
+
+
 class DelegationIssuer(StrictModel):
     issuer: str
     jwks_file: Path | None = None
     jwks_url: str | None = None
     audience: str = "ensign"
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _fetchable(cls, v: str | None) -> str | None:
+        problem = None if v is None else jwks_url_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> DelegationIssuer:

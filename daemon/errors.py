@@ -163,6 +163,15 @@ class InvalidTransition(EnsignError):
     detailed = True
 
 
+class AuditRecordRejected(EnsignError):
+    """This request's audit record cannot be written (it holds text that cannot be encoded):
+    the request is refused; other requests and the log are unaffected."""
+
+    grpc_status = Status.INTERNAL
+    exit_code = 70
+    public_message = "audit record could not be written: not issuing"
+
+
 class AuditUnavailable(EnsignError):
     """The audit log cannot be written: nothing is issued until it can (fail closed)."""
 
