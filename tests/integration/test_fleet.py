@@ -173,12 +173,11 @@ def test_register_on_one_node_fetch_on_the_others_suspend_ends_streams_everywher
         for s in streams:
             assert s.wait(lambda s=s: s.contexts, 10)
         n3.cli("agent", "suspend", str(rec["id"]), "--reason", "leaving the fleet")
-        committed = time.monotonic()  # node 3 has its answer: the change is in the database
         for n, s in zip(trio.nodes, streams, strict=True):
             assert s.wait(lambda s=s: s.errors, 5), f"{n.name}: stream did not end"
-            when, err = s.errors[0]
+            _, err = s.errors[0]
             assert "PERMISSION_DENIED" in repr(err) or "no identity" in str(err), err
-            assert when - committed < 1.0, f"{n.name}: stream ended {when - committed:.2f}s on"
+            # (how soon is bench/fleet.py's figure, p99 over many changes, not one timed assert)
         for n in trio.nodes:
             assert n.agents()[str(rec["id"])] == "suspended"
     finally:
