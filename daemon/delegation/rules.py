@@ -24,14 +24,17 @@ from ensign.daemon.delegation.tokens import DelegatedToken, new_jti
 from ensign.daemon.errors import PermissionDenied
 from ensign.daemon.registry import Entry, Grant, Role
 
-OAuthError = Literal["invalid_request", "invalid_grant", "invalid_target", "invalid_scope",
+# RFC 8693 §2.2.2: a subject token that is invalid "for any reason" or "unacceptable based on
+# policy" MUST be answered invalid_request; invalid_target and invalid_scope are the narrower
+# answers for the audience and the scopes, unauthorized_client for the client itself.
+OAuthError = Literal["invalid_request", "invalid_target", "invalid_scope",
                      "unauthorized_client"]
 
 
 class DelegationDenied(PermissionDenied):
     public_message = "delegation refused"
 
-    def __init__(self, message: str, error: OAuthError = "invalid_grant") -> None:
+    def __init__(self, message: str, error: OAuthError = "invalid_request") -> None:
         super().__init__(message)
         self.oauth_error: OAuthError = error
 

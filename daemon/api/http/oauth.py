@@ -64,9 +64,7 @@ def from_error(e: EnsignError) -> OAuthFailure:
     text = public_message(e)
     if isinstance(e, DelegationDenied):
         return OAuthFailure(400, e.oauth_error, text, e)
-    if isinstance(e, SubjectTokenInvalid | TokenInvalid):
-        return OAuthFailure(400, "invalid_grant", text, e)
-    if isinstance(e, InvalidRequest):
+    if isinstance(e, SubjectTokenInvalid | TokenInvalid | InvalidRequest):
         return OAuthFailure(400, "invalid_request", text, e)
     if isinstance(e, NoIdentity):
         return OAuthFailure(400, "unauthorized_client", text, e)

@@ -127,7 +127,7 @@ def test_may_act_names_the_agent_by_iss_and_sub(may_act: Any, named: bool) -> No
     else:
         with pytest.raises(DelegationDenied, match="has not allowed agent") as e:
             _decide(may_act)
-        assert e.value.oauth_error == "invalid_grant"
+        assert e.value.oauth_error == "invalid_request"
 
 
 def test_jwt_svid_keys_never_verify_a_delegated_token(tmp_path: Path,
