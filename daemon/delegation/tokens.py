@@ -86,11 +86,14 @@ def verify_delegated(
     now: datetime,
     issuer: str | None = None,
     presenter_cert: bytes | None = None,
+    check_expiry: bool = True,
 ) -> DelegatedToken:
     """Verify a delegated token against the delegated-token keys (`jwks`: kid -> public key).
 
     `audience=None` skips the audience check (chains do their own). `presenter_cert` is the DER
     certificate the token was presented with (mTLS): a token bound to another one is refused.
+    `check_expiry=False` accepts an expired token whose signature holds (attributing an action
+    reported after the fact); the caller compares `expires_at` itself.
     """
     try:
         header = jwt.get_unverified_header(token)
@@ -107,7 +110,7 @@ def verify_delegated(
     if keys.jws_algorithm(key) != alg:
         raise TokenInvalid(f"token algorithm {alg} does not match its key")
     options: Options = {"require": ["exp", "sub", "aud", "act", "iat"],
-                        "verify_aud": audience is not None}
+                        "verify_aud": audience is not None, "verify_exp": check_expiry}
     try:
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[alg], audience=audience, issuer=issuer, options=options,
