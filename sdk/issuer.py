@@ -73,8 +73,8 @@ class IssuerKeys:
             if not self._keys:
                 raise KeysUnavailable(f"cannot read the issuer's keys from {self.issuer}: "
                                       f"{type(e).__name__}: {e}"[:300]) from None
-            log.warning("issuer keys not refreshed; using the cached ones",
-                        extra={"issuer": self.issuer, "error": f"{type(e).__name__}: {e}"[:300]})
+            log.warning("keys of issuer %s not refreshed (%s); using the cached ones",
+                        self.issuer, f"{type(e).__name__}: {e}"[:300])
             self._fetched = time.monotonic() - self._refresh + MIN_REFETCH  # retry soon
 
 

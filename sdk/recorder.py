@@ -107,8 +107,8 @@ class ActionReporter:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the daemon is away or restarting: keep queueing, retry
-                log.warning("cannot report actions to Ensign; retrying", extra={
-                    "error": f"{type(e).__name__}: {e}"[:300], "queued": len(self._queue)})
+                log.warning("cannot report actions to Ensign (%s); %d queued, retrying",
+                            f"{type(e).__name__}: {e}"[:300], len(self._queue))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
                 delay = min(delay * 2, BACKOFF[1])
 
@@ -117,6 +117,7 @@ class ActionReporter:
         unconfirmed: deque[int] = deque()  # sizes of the batches sent and not yet answered
         try:
             async with ActionsStub(channel).RecordStream.open(metadata=HEADER) as stream:
+                await stream.send_request()  # before the receiving side listens
                 slots = asyncio.Semaphore(self._window)
                 receiving = asyncio.ensure_future(self._receive(stream, unconfirmed, slots))
                 try:
@@ -170,9 +171,9 @@ class ActionReporter:
         self._unlogged += n
         now = time.monotonic()
         if now - self._logged >= LOG_EVERY:
-            log.warning("action records dropped", extra={
-                "reason": reason, "dropped": self._unlogged, "why": why[:300],
-                "total": sum(self.dropped.values())})
+            log.warning("dropped %d action record(s): %s%s (%d dropped in all)",
+                        self._unlogged, reason, f": {why[:300]}" if why else "",
+                        sum(self.dropped.values()))
             self._logged, self._unlogged = now, 0
 
 

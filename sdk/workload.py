@@ -109,8 +109,8 @@ class JwtBundles:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the daemon is away: keep the last bundle, retry
-                log.warning("Workload API JWT bundle stream failed; retrying",
-                            extra={"error": f"{type(e).__name__}: {e}"[:300]})
+                log.warning("Workload API JWT bundle stream failed (%s); retrying",
+                            f"{type(e).__name__}: {e}"[:300])
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
             delay = min(delay * 2, BACKOFF[1])
 
