@@ -19,11 +19,18 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ensign.proto import actions_pb2 as apb
 from tests.support.clients import fetch_jwt
 from tests.support.daemon import ENSIGN, Daemon, make_daemon
 from tests.support.https import WebCa, free_port, http_config, svid_files
 from tests.support.idp import IDP, Idp, exchange
-from tests.support.resource_server import DOCS, docs_service, wait_for_records
+from tests.support.resource_server import (
+    DOCS,
+    docs_service,
+    prometheus_value,
+    wait_for_records,
+)
+from tests.support.scripts import raw_as
 
 ALICE = "alice@example.org"
 GID_A, GID_B, GID_SVC, GID_NONE = 5201, 5202, 5203, 5299
@@ -196,9 +203,9 @@ def test_a_chain_names_both_hops_and_the_consent_it_rests_on(world: World,
     with (docs_service(w.d, GID_SVC, tmp_path / "http.log", issuer=w.issuer,
                        issuer_ca=w.web.cert) as url,
           httpx.Client(base_url=url, timeout=10) as c):
+        before = len(w.d.audit("--type", "action", "--agent", str(w.b["id"])))
         assert c.get("/whoami", headers=_bearer(b_token)).json()["chain"] == [
             w.b["spiffe_id"], w.a["spiffe_id"]]
-        before = len(w.d.audit("--type", "action", "--agent", str(w.b["id"])))
         assert c.get("/docs/7", headers=_bearer(b_token)).status_code == 200
         mine = wait_for_records(w.d, before + 2, "--agent", str(w.b["id"]))
     read = mine[-1]
@@ -238,20 +245,26 @@ def test_tokens_not_ours_are_recorded_as_unknown_with_the_reason(
     }
     while pyjwt.decode(expiring, options={"verify_signature": False})["exp"] >= time.time():
         time.sleep(0.2)
-    for name, (token, why) in cases.items():
-        out = w.report(token, outcome="denied", resource=f"{DOCS}/{name}")
-        assert out.returncode == 0, (name, out.stderr)
-        answer = json.loads(out.stdout)
-        assert answer["attribution"] == "unknown" and why in answer["reason"], (name, answer)
-        assert answer["agent_id"] == "" and answer["delegator"] == ""
-    expired = json.loads(w.report(expiring, resource=f"{DOCS}/expired").stdout)
-    assert expired["attribution"] == "unknown" and "token expired at" in expired["reason"]
-    assert expired["agent_id"] == w.a["id"]  # whose it was is still known, and flagged
+    cases["expired"] = (expiring, "token expired at")
+    # One batch on RecordStream, as the service reports them.
+    batch = apb.ActionBatch(records=[
+        apb.ActionRecord(token=token, action="read", resource=f"{DOCS}/{name}",
+                         outcome="denied") for name, (token, _) in cases.items()])
+    out = raw_as(0, w.d.socket, "/ensign.actions.v1.Actions/RecordStream",
+                 batch.SerializeToString(), streaming=True, extra_groups=(GID_SVC,))
+    assert out.startswith("OK "), out
+    results = apb.BatchResult.FromString(bytes.fromhex(out[3:])).results
+    for (name, (_, why)), answer in zip(cases.items(), results, strict=True):
+        assert answer.attribution == "unknown" and why in answer.reason, (name, answer)
+        assert answer.seq > 0 and not answer.error
+        assert answer.delegator == ("" if name != "expired" else ALICE), name
+    # whose the expired token was is still known (and flagged); of the others nothing is
+    assert [r.agent_id for r in results] == [""] * 4 + [w.a["id"]]
     records = {r["details"]["resource"]: r for r in w.d.audit("--type", "action")}
-    for name in [*cases, "expired"]:
+    for name, (token, _) in cases.items():
         r = records[f"{DOCS}/{name}"]
         assert r["details"]["attribution"] == "unknown" and r["reason"], name
-        assert good not in json.dumps(r)  # a token is never written into the trail
+        assert token not in json.dumps(r)  # a token is never written into the trail
     assert records[f"{DOCS}/expired"]["details"]["expired"] is True
     assert w.d.cli("healthcheck").returncode == 0
 
@@ -290,13 +303,63 @@ def test_a_reporter_without_an_identity_is_refused_and_audited(world: World) -> 
 
 
 def test_bad_records_get_a_clear_error_and_the_daemon_serves_on(world: World) -> None:
-    token = world.token(GID_A, _alice(world))
-    for detail, why in [('{"a": 1.5}', "no floats"), ("[1]", "must be a JSON object"),
-                        ('{"a": 1, "a": 2}', "duplicate key"), ("{" * 20, "not JSON"),
-                        (json.dumps({"x": "y" * 5000}), "longer than 4096 bytes")]:
-        out = world.report(token, detail=detail)
-        assert out.returncode == 64 and why in out.stderr, (detail, out.stderr)
-        assert out.stderr.count("\n") == 1
-    out = world.report(token, outcome="maybe")
-    assert out.returncode == 64
+    # The CLI checks a detail before sending it ...
+    out = world.report("x.y.z", detail='{"a": 1.5}')
+    assert out.returncode == 64 and "no floats" in out.stderr and out.stderr.count("\n") == 1
+    # ... and the daemon checks every record of a stream, whatever client sent it: a bad one
+    # gets its error in its result, the others of its batch are written.
+    token = "x.y.z"
+    bad = {'{"a": 1.5}': "no floats", "[1]": "must be a JSON object",
+           '{"a": 1, "a": 2}': "duplicate key", "{" * 20: "not JSON",
+           json.dumps({"x": "y" * 5000}): "longer than 4096 bytes",
+           '{"s": "\\ud800"}': "lone surrogate"}
+    records = [apb.ActionRecord(token=token, action="read", resource="r", outcome="success",
+                                detail=d) for d in bad]
+    records += [apb.ActionRecord(token=token, action="read", resource="r", outcome="maybe"),
+                apb.ActionRecord(token=token, action="", resource="r", outcome="success"),
+                apb.ActionRecord(token=token, action="read", resource="ok", outcome="success")]
+    out = raw_as(0, world.d.socket, "/ensign.actions.v1.Actions/RecordStream",
+                 apb.ActionBatch(records=records).SerializeToString(), streaming=True,
+                 extra_groups=(GID_SVC,))  # as the service
+    assert out.startswith("OK "), out
+    results = apb.BatchResult.FromString(bytes.fromhex(out[3:])).results
+    assert len(results) == len(records)
+    for r, why in zip(results, [*bad.values(), "outcome must be one of",
+                                "action must be given"], strict=False):
+        assert why in r.error and r.seq == 0, (why, r)
+    assert results[-1].error == "" and results[-1].seq > 0
+    assert results[-1].attribution == "unknown" and "malformed" in results[-1].reason
     assert world.d.cli("healthcheck").returncode == 0
+
+
+def test_with_the_daemon_stopped_the_service_serves_and_counts_what_it_drops(
+        daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    agent = d.register("agent", "unix:uid:0", f"unix:supplementary_gid:{GID_A}")
+    d.register("docs", "unix:uid:0", f"unix:supplementary_gid:{GID_SVC}",
+               extra=("--kind", "service"))
+    token = _as(d, GID_A, ["fetch", "jwt", "--audience", DOCS]).stdout.strip()
+    with (docs_service(d, GID_SVC, tmp_path / "svc.log", queue=5) as url,
+          httpx.Client(base_url=url, timeout=10) as c):
+        assert c.get("/docs/42", headers=_bearer(token)).status_code == 403  # no docs.read
+        assert c.get("/whoami", headers=_bearer(token)).json()["chain"] == [agent["spiffe_id"]]
+        assert len(wait_for_records(d, 2)) == 2
+        d.stop()
+        codes = [c.get("/whoami", headers=_bearer(token)).status_code for _ in range(12)]
+        assert codes == [200] * 12  # keys cached: serving goes on without the daemon
+        health = c.get("/healthz").json()
+        metrics = c.get("/metrics").text
+        assert health["actions_queued"] + health["actions_dropped"] == 12
+        assert health["actions_queued"] <= 5 and health["actions_dropped"] >= 7
+        dropped = sum(prometheus_value(metrics, "ensign_sdk_actions_dropped_total",
+                                       f'reason="{r}"') for r in ("queue_full", "unconfirmed"))
+        assert dropped == health["actions_dropped"]
+        assert "dropped" in (tmp_path / "svc.log").read_text()  # and said so in the log
+        # Back up: what was queued is written, attributed from the issuance records the daemon
+        # read back from its segments at start.
+        d.start()
+        records = wait_for_records(d, 2 + health["actions_queued"])
+    assert len(records) == 2 + health["actions_queued"]
+    assert all(r["agent_id"] == agent["id"] and r["details"]["attribution"] == "issued"
+               for r in records)
+    assert records[0]["result"] == "denied" and records[0]["details"]["detail"]["status"] == 403
