@@ -182,7 +182,7 @@ def test_what_a_reporter_claims_about_who_acted_changes_nothing(world: World) ->
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["agent_id"] == w.a["id"] and answer["delegator"] == ALICE
-    record = [r for r in w.d.audit("--type", "action") if r["seq"] == int(answer["seq"])][0]
+    record = next(r for r in w.d.audit("--type", "action") if r["seq"] == int(answer["seq"]))
     assert record["agent_id"] == w.a["id"] and record["spiffe_id"] == w.a["spiffe_id"]
     assert record["delegator"] == ALICE and record["details"]["grant"] == w.grant
     assert record["details"]["chain"] == [w.a["spiffe_id"]]

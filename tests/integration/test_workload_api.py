@@ -336,7 +336,8 @@ def test_server_reflection_lists_what_the_socket_serves(
                 timeout=10)))
         assert sorted(x.name for x in answer.list_services_response.service) == wired
         assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
-                "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
+                "ensign.attestation.v1.Attestation", "ensign.actions.v1.Actions",
+                "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
         pool = DescriptorPool(db)
