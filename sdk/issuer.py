@@ -13,6 +13,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -29,7 +30,10 @@ MAX_DOCUMENT_BYTES = 256 * 1024
 
 class IssuerKeys:
     def __init__(self, issuer: str, *, ssl_context: ssl.SSLContext | None = None,
-                 refresh: float = 300.0, timeout: float = 10.0) -> None:
+                 refresh: float = 300.0, timeout: float = 10.0,
+                 static_jwks: Mapping[str, Any] | None = None) -> None:
+        """`static_jwks`: a JWK Set to use as is, never fetched (keys pinned by hand; the
+        issuer's rotation then needs a new set)."""
         if not issuer.startswith("https://"):
             raise ValueError(f"issuer must be an https URL, not {issuer!r}")
         self.issuer = issuer.rstrip("/")
@@ -41,8 +45,13 @@ class IssuerKeys:
         self._keys: dict[str, Any] = {}
         self._fetched = 0.0  # time.monotonic() of the last key set fetch (0: never)
         self._lock = asyncio.Lock()
+        self._static = static_jwks is not None
+        if static_jwks is not None:
+            self._keys = jwks_keys(static_jwks)
 
     async def key(self, kid: str) -> Any:
+        if self._static:
+            return self._known(kid)
         now = time.monotonic()
         stale = not self._fetched or now - self._fetched > self._refresh
         unknown = kid not in self._keys and now - self._fetched > MIN_REFETCH
@@ -50,6 +59,9 @@ class IssuerKeys:
             async with self._lock:
                 if self._fetched < now:  # nobody fetched while we waited
                     await self._fetch()
+        return self._known(kid)
+
+    def _known(self, kid: str) -> Any:
         key = self._keys.get(kid)
         if key is None:
             raise Unauthorized(f"key id {kid[:64]!r} is not one of the issuer's keys")

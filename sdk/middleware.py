@@ -48,13 +48,14 @@ class EnsignMiddleware:
                  issuer_ca: str | Path | ssl.SSLContext | None = None, socket: str | None = None,
                  public_paths: Collection[str] = (), require_binding: bool = False,
                  record: bool = True, reporter: ActionReporter | None = None,
-                 resource_prefix: str | None = None) -> None:
+                 resource_prefix: str | None = None,
+                 verifier: TokenVerifier | None = None) -> None:
         self.app = app
         audiences = [audience] if isinstance(audience, str) else list(audience)
         context = issuer_ca if isinstance(issuer_ca, ssl.SSLContext) else (
             ssl.create_default_context(cafile=str(issuer_ca)) if issuer_ca else None)
         self.bundles = JwtBundles(socket)
-        self.verifier = TokenVerifier(
+        self.verifier = verifier or TokenVerifier(
             audience=audiences, bundles=self.bundles,
             issuer=IssuerKeys(issuer, ssl_context=context) if issuer else None)
         self.reporter = (reporter or ActionReporter(socket)) if record else None

@@ -294,6 +294,26 @@ def test_a_forged_token_at_the_service_is_refused_and_still_recorded(
     assert "is not one of the issuer's keys" in found[-1]["details"]["detail"]["refused"]
 
 
+def test_over_mtls_a_token_bound_to_a_is_refused_with_bs_certificate(
+        world: World, tmp_path: Path) -> None:
+    w = world
+    b_files = svid_files(w.d, tmp_path / "svid-b", gid=GID_B)
+    token = w.token(GID_A, _alice(w))  # bound to A's certificate
+
+    def client(files: tuple[Path, Path, Path]) -> httpx.Client:
+        ctx = ssl.create_default_context(cafile=str(files[2]))
+        ctx.load_cert_chain(str(files[0]), str(files[1]))
+        return httpx.Client(base_url=url, verify=ctx, timeout=10)
+
+    with docs_service(w.d, GID_SVC, tmp_path / "mtls.log", issuer=w.issuer,
+                      issuer_ca=w.web.cert, tls=w.svc_files) as url:
+        with client(b_files) as c:
+            r = c.get("/docs/42", headers=_bearer(token))
+        assert r.status_code == 401 and "bound to another certificate" in r.text
+        with client(w.a_files) as c:
+            assert c.get("/docs/42", headers=_bearer(token)).status_code == 200
+
+
 def test_a_reporter_without_an_identity_is_refused_and_audited(world: World) -> None:
     token = world.token(GID_A, _alice(world))
     out = world.report(token, gid=GID_NONE)
