@@ -39,7 +39,19 @@ DROPPED = Counter("ensign_sdk_actions_dropped_total",
 RECORDED = Counter("ensign_sdk_actions_recorded_total",
                    "action records Ensign confirmed durable, by attribution", ["attribution"])
 
-Item = tuple[str, str, str, str, str]  # token, action, resource, outcome, detail (JSON)
+_CHILDREN: dict[str, Any] = {}
+
+
+def _recorded(attribution: str) -> Any:
+    """The counter's child for a label value: `labels()` locks and validates on every call."""
+    child = _CHILDREN.get(attribution)
+    if child is None:
+        child = _CHILDREN[attribution] = RECORDED.labels(attribution)
+    return child
+
+
+Item = tuple[str, str, str, str, Mapping[str, Any] | None]  # token, action, resource, outcome,
+# detail: encoded by the drain, off the request's path
 
 
 class ActionReporter:
@@ -68,11 +80,9 @@ class ActionReporter:
         if self._closing or len(self._queue) >= self._max_queue:
             self._drop("queue_full", 1)
             return False
-        text = json.dumps(detail, separators=(",", ":")) if detail else ""
-        if len(text) > MAX_DETAIL_BYTES:
-            text = json.dumps({"detail_dropped": f"longer than {MAX_DETAIL_BYTES} bytes"})
-        self._queue.append((token, action, resource, outcome, text))
-        self._wake.set()
+        self._queue.append((token, action, resource, outcome, detail))
+        if not self._wake.is_set():
+            self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         return True
@@ -137,33 +147,38 @@ class ActionReporter:
                     unconfirmed: deque[int], slots: asyncio.Semaphore,
                     receiving: asyncio.Future[None]) -> None:
         while self._queue or not self._closing:
+            if receiving.done():  # the stream broke: raise what broke it
+                receiving.result()
+                raise ConnectionError("the Actions stream ended")
             if not self._queue:
                 self._wake.clear()
-                await _either(self._wake.wait(), receiving)
+                await self._wake.wait()  # set by record(), aclose(), or the receiver ending
                 continue
-            if slots.locked():  # as many batches unconfirmed as allowed: wait for an answer
-                await _either(slots.acquire(), receiving)
-            else:
-                await slots.acquire()
+            await slots.acquire()  # as many batches unconfirmed as allowed
+            if receiving.done():
+                continue
             n = min(len(self._queue), self._max_batch)
-            items = [self._queue.popleft() for _ in range(n)]
+            records = [_message(*self._queue.popleft()) for _ in range(n)]
             unconfirmed.append(n)
-            await stream.send_message(pb.ActionBatch(records=[
-                pb.ActionRecord(token=t, action=a, resource=r, outcome=o, detail=d)
-                for t, a, r, o, d in items]))
+            await stream.send_message(pb.ActionBatch(records=records))
 
     async def _receive(self, stream: Stream[pb.ActionBatch, pb.BatchResult],
                        unconfirmed: deque[int], slots: asyncio.Semaphore) -> None:
-        async for answer in stream:
-            if unconfirmed:
-                unconfirmed.popleft()
-            slots.release()
-            for r in answer.results:
-                if r.error:
-                    self._drop("refused", 1, r.error)
-                else:
-                    self.recorded += 1
-                    RECORDED.labels(r.attribution).inc()
+        try:
+            async for answer in stream:
+                if unconfirmed:
+                    unconfirmed.popleft()
+                slots.release()
+                for r in answer.results:
+                    if r.error:
+                        self._drop("refused", 1, r.error)
+                    else:
+                        self.recorded += 1
+                        _recorded(r.attribution).inc()
+        finally:  # wake the sender, wherever it waits, to see that this side ended
+            for _ in range(self._window):
+                slots.release()
+            self._wake.set()
 
     def _drop(self, reason: str, n: int, why: str = "") -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -177,13 +192,11 @@ class ActionReporter:
             self._logged, self._unlogged = now, 0
 
 
-async def _either(waiting: Any, receiving: asyncio.Future[None]) -> None:
-    """Wait for `waiting`, unless the receiving side ended first (then raise what ended it)."""
-    task = asyncio.ensure_future(waiting)
-    await asyncio.wait({task, receiving}, return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        receiving.result()
-        raise ConnectionError("the Actions stream ended")
+
+def _message(token: str, action: str, resource: str, outcome: str,
+             detail: Mapping[str, Any] | None) -> pb.ActionRecord:
+    text = json.dumps(detail, separators=(",", ":")) if detail else ""
+    if len(text.encode()) > MAX_DETAIL_BYTES:
+        text = json.dumps({"detail_dropped": f"longer than {MAX_DETAIL_BYTES} bytes"})
+    return pb.ActionRecord(token=token, action=action, resource=resource, outcome=outcome,
+                           detail=text)

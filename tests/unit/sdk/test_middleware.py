@@ -127,8 +127,7 @@ class Harness:
     @property
     def reported(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         """What waits to be sent to Ensign: (action, resource, outcome, detail)."""
-        return [(a, r, o, json.loads(d) if d else {})
-                for _, a, r, o, d in self.reporter._queue]
+        return [(a, r, o, dict(d or {})) for _, a, r, o, d in self.reporter._queue]
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -252,3 +251,12 @@ def test_the_reporter_never_blocks_and_counts_what_it_drops() -> None:
         assert r.record("t", "read", "late", "success") is False  # closed
 
     run(scenario)
+
+
+def test_a_detail_too_large_for_the_trail_is_replaced_by_a_note() -> None:
+    from ensign.sdk.recorder import _message
+
+    big = _message("t", "read", "doc", "success", {"x": "y" * 5000})
+    assert json.loads(big.detail) == {"detail_dropped": "longer than 4096 bytes"}
+    small = _message("t", "read", "doc", "success", {"status": 200})
+    assert json.loads(small.detail) == {"status": 200} and big.token == "t"
