@@ -34,6 +34,10 @@ log = logging.getLogger("ensign.sdk")
 
 MAX_DETAIL_BYTES = 4096
 LOG_EVERY = 10.0
+#: how long the drain waits for more records before it sends a batch that is not full: a batch
+#: costs the service and the daemon about the same whatever it holds, a busy service then sends
+#: a few dozen records per batch instead of one, and a record reaches the trail this much later
+LINGER = 0.02
 DROPPED = Counter("ensign_sdk_actions_dropped_total",
                   "action records not confirmed by Ensign, by reason", ["reason"])
 RECORDED = Counter("ensign_sdk_actions_recorded_total",
@@ -56,12 +60,14 @@ Item = tuple[str, str, str, str, Mapping[str, Any] | None]  # token, action, res
 
 class ActionReporter:
     def __init__(self, socket: str | None = None, *, max_queue: int = 10_000,
-                 max_batch: int = 256, max_unconfirmed: int = 8) -> None:
+                 max_batch: int = 256, max_unconfirmed: int = 8,
+                 linger: float = LINGER) -> None:
         self._socket = socket_path(socket)
         self._queue: deque[Item] = deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
         self._window = max_unconfirmed
+        self._linger = linger
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -154,6 +160,8 @@ class ActionReporter:
                 self._wake.clear()
                 await self._wake.wait()  # set by record(), aclose(), or the receiver ending
                 continue
+            if self._linger and len(self._queue) < self._max_batch and not self._closing:
+                await asyncio.sleep(self._linger)
             await slots.acquire()  # as many batches unconfirmed as allowed
             if receiving.done():
                 continue
