@@ -41,8 +41,8 @@ class Plan:
     duration: float
 
 
-QUICK = Plan(reps=3, warmup=1.0, duration=2.0)
-FULL = Plan(reps=5, warmup=2.0, duration=6.0)
+QUICK = Plan(reps=4, warmup=1.0, duration=2.0)
+FULL = Plan(reps=9, warmup=2.0, duration=4.0)  # many short rounds: the machine is shared
 
 
 def _free_port() -> int:

@@ -37,7 +37,7 @@ LOG_EVERY = 10.0
 #: how long the drain waits for more records before it sends a batch that is not full: a batch
 #: costs the service and the daemon about the same whatever it holds, a busy service then sends
 #: a few dozen records per batch instead of one, and a record reaches the trail this much later
-LINGER = 0.02
+LINGER = 0.05
 DROPPED = Counter("ensign_sdk_actions_dropped_total",
                   "action records not confirmed by Ensign, by reason", ["reason"])
 RECORDED = Counter("ensign_sdk_actions_recorded_total",
