@@ -44,6 +44,7 @@ class IssuerKeys:
         self.algorithms: tuple[str, ...] = ("ES256", "RS256")
         self._keys: dict[str, Any] = {}
         self._fetched = 0.0  # time.monotonic() of the last key set fetch (0: never)
+        self._failed_until = 0.0  # nothing cached and the issuer failed: answer at once till then
         self._lock = asyncio.Lock()
         self._static = static_jwks is not None
         if static_jwks is not None:
@@ -53,6 +54,9 @@ class IssuerKeys:
         if self._static:
             return self._known(kid)
         now = time.monotonic()
+        if not self._keys and now < self._failed_until:
+            raise KeysUnavailable(f"the issuer {self.issuer} could not be reached; retrying "
+                                  f"in {self._failed_until - now:.0f} s")
         stale = not self._fetched or now - self._fetched > self._refresh
         unknown = kid not in self._keys and now - self._fetched > MIN_REFETCH
         if stale or unknown:
@@ -83,6 +87,7 @@ class IssuerKeys:
             self._fetched = time.monotonic()
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
             if not self._keys:
+                self._failed_until = time.monotonic() + MIN_REFETCH
                 raise KeysUnavailable(f"cannot read the issuer's keys from {self.issuer}: "
                                       f"{type(e).__name__}: {e}"[:300]) from None
             log.warning("keys of issuer %s not refreshed (%s); using the cached ones",

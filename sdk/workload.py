@@ -72,15 +72,20 @@ class JwtBundles:
         self._bundles: dict[str, dict[str, Any]] = {}
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # set by the first bundle or the first failure: a caller never waits on a daemon that
+        # is known to be away (the request is answered 503 at once, not after a timeout)
+        self._settled = asyncio.Event()
 
     async def keys(self, trust_domain: str) -> Mapping[str, Any] | None:
         """The trust domain's keys; None if the Workload API does not give us its bundle.
         Waits (up to FIRST_BUNDLE_TIMEOUT) for the first bundle; raises TimeoutError if none
-        ever came (the daemon is not running)."""
+        came (the daemon is not running: then at once, until a bundle arrives)."""
         if self._task is None:
             self._task = asyncio.ensure_future(self._follow())
         if not self._first.is_set():
-            await asyncio.wait_for(self._first.wait(), FIRST_BUNDLE_TIMEOUT)
+            await asyncio.wait_for(self._settled.wait(), FIRST_BUNDLE_TIMEOUT)
+            if not self._first.is_set():
+                raise TimeoutError("no JWT bundle yet: the Workload API is not answering")
         return self._bundles.get(trust_domain)
 
     async def aclose(self) -> None:
@@ -103,12 +108,14 @@ class JwtBundles:
                             self._bundles = {_td(k): parse_jwks(v)
                                              for k, v in resp.bundles.items()}
                             self._first.set()
+                            self._settled.set()
                             delay = BACKOFF[0]
                 finally:
                     channel.close()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the daemon is away: keep the last bundle, retry
+                self._settled.set()
                 log.warning("Workload API JWT bundle stream failed (%s); retrying",
                             f"{type(e).__name__}: {e}"[:300])
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)

@@ -260,3 +260,49 @@ def test_a_detail_too_large_for_the_trail_is_replaced_by_a_note() -> None:
     assert json.loads(big.detail) == {"detail_dropped": "longer than 4096 bytes"}
     small = _message("t", "read", "doc", "success", {"status": 200})
     assert json.loads(small.detail) == {"status": 200} and big.token == "t"
+
+
+def test_an_unreachable_issuer_is_503_at_once_after_the_first_failure() -> None:
+    from ensign.sdk import KeysUnavailable
+    from tests.support.net import free_port
+
+    issuer = IssuerKeys(f"https://127.0.0.1:{free_port()}", timeout=5)  # nothing listens
+
+    async def scenario() -> None:
+        with pytest.raises(KeysUnavailable, match="cannot read the issuer's keys"):
+            await issuer.key("k1")
+        # known down: answered from what is known, no second connection attempt
+        with pytest.raises(KeysUnavailable, match="could not be reached; retrying in"):
+            await issuer.key("k1")
+        h = Harness()
+        h.mw.verifier = TokenVerifier(audience=DOCS, issuer=issuer)
+        status, _, body = await h.get(bearer=token())
+        assert status == 503 and b"temporarily_unavailable" in body
+        assert [o for _, _, o, _ in h.reported] == ["failure"]
+
+    run(scenario)
+
+
+def test_a_jwt_svid_with_no_workload_api_is_503_and_the_next_one_is_not_kept_waiting(
+        short_tmp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensign.sdk import workload
+    from ensign.sdk.workload import JwtBundles
+
+    # the wait for a first bundle would outlast the test: the failed stream must end it
+    monkeypatch.setattr(workload, "FIRST_BUNDLE_TIMEOUT", 3600.0)
+    bundles = JwtBundles(str(short_tmp / "absent.sock"))  # no daemon listens there
+    svid = jwt.encode({"sub": A, "aud": DOCS, "exp": int(time.time()) + 300}, KEY,
+                      algorithm="ES256", headers={"kid": "k1", "typ": "JWT"})
+
+    async def scenario() -> None:
+        h = Harness()
+        h.mw.verifier = TokenVerifier(audience=DOCS, bundles=bundles)
+        try:
+            for _ in range(2):  # the stream failed: both answered from that, neither waits
+                status, _, body = await asyncio.wait_for(h.get(bearer=svid), 600)
+                assert status == 503 and b"temporarily_unavailable" in body
+        finally:
+            await bundles.aclose()
+        assert [o for _, _, o, _ in h.reported] == ["failure", "failure"]
+
+    run(scenario)
