@@ -24,6 +24,7 @@ from tests.support.clients import fetch_jwt
 from tests.support.daemon import ENSIGN, Daemon, make_daemon
 from tests.support.https import WebCa, free_port, http_config, svid_files
 from tests.support.idp import IDP, Idp, exchange
+from tests.support.ocsf import problems as ocsf_problems
 from tests.support.resource_server import (
     DOCS,
     docs_service,
@@ -215,6 +216,19 @@ def test_a_chain_names_both_hops_and_the_consent_it_rests_on(world: World,
     trail = w.d.cli("audit", "trail", "--subject", ALICE).stdout
     assert f"chain {w.b['spiffe_id']} <- {w.a['spiffe_id']}" in trail
     assert f"by {w.b['spiffe_id']} <- {w.a['spiffe_id']} for {ALICE} grant {w.grant}" in trail
+    # The SIEM's view: OCSF API Activity, B acting, the chain down to Alice in its policy.
+    out = w.d.cli("audit", "export", "--format", "ocsf", "--type", "action").stdout
+    event = next(e for e in map(json.loads, out.splitlines())
+                 if e["unmapped"]["seq"] == read["seq"])
+    assert ocsf_problems(event) == [], ocsf_problems(event)
+    assert (event["class_uid"], event["activity_name"]) == (6003, "Read")
+    assert event["actor"]["user"]["uid"] == w.b["id"]
+    assert event["actor"]["user"]["name"] == w.b["spiffe_id"]
+    (auth,) = event["actor"]["authorizations"]
+    assert auth["policy"]["uid"] == w.grant
+    assert auth["policy"]["data"]["chain"] == [w.b["spiffe_id"], w.a["spiffe_id"]]
+    assert event["api"]["operation"] == "read"
+    assert event["resources"][0]["uid"] == f"{DOCS}/docs/7"
 
 
 def _partner_jwt_svid(tmp: Path) -> str:
