@@ -12,7 +12,7 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,17 +49,21 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
-    async def run(self, ready: Callable[[], None] = lambda: None) -> int:
+    async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> int:
         n = self.node
         _raise_fd_limit()
+        if n.fleet is not None:
+            # First of all: a bad database URL, host, credential or schema stops the start
+            # (exit 78) before anything is written, here or in the database.
+            await n.fleet.check()
         # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
         os.umask(0o077)
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)
-        n.store.open()
-        n.roles.load()
-        n.registry.load()
-        n.grants.load()
+        await n.store.open()
+        await n.roles.load()
+        await n.registry.load()
+        await n.grants.load()
         if self.config.ca.seal_with_tpm and n.tpm is None:
             raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
         n.audit.open()  # first: the TPM and the CA record events as they start
@@ -68,6 +72,10 @@ class Daemon:
             await n.tpm.start()
         n.ca.load_or_create()
         n.delegation_keys.load_or_create()
+        if n.fleet is not None:
+            # node row, published keys (JWT-SVID and delegated-token), listener, heartbeat,
+            # shipping: after both key sets exist
+            await n.fleet.start()
         if n.https_tls is not None:
             n.https_tls.refresh()  # a certificate that cannot load is a config error at start
         await n.federation.start()
@@ -97,7 +105,8 @@ class Daemon:
                 "trust_domain": self.config.trust_domain,
                 "attestors": n.pipeline.names,
             })
-            ready()
+            if ready is not None:  # e.g. dev mode's demo role: a registry write, awaited
+                await ready()
             await self._maintain_until_stopped()
         finally:
             for sig in (*signals, signal.SIGHUP):
@@ -145,7 +154,10 @@ class Daemon:
         """Rotate the CA and SVIDs when due and wake the streams that must see it."""
         n = self.node
         while not self._stop.is_set():
-            n.registry.expire_due()
+            try:
+                await n.registry.expire_due()
+            except EnsignError as e:  # the store is unreachable: entries stopped issuing anyway
+                log.debug("expiry not recorded", extra={"reason": e.diagnostics()})
             if n.responder is not None:
                 n.responder.save()
             changed = False
@@ -197,6 +209,8 @@ class Daemon:
             n.responder.save(force=True)
         await n.issuers.aclose()
         await n.audit.close()
+        if n.fleet is not None:
+            await n.fleet.stop()  # ships the last records (daemon.stop) when it can
         n.tracker.close_all()
-        n.store.close()
+        await n.store.close()
         log.info("stopped")

@@ -16,6 +16,7 @@ exits with the same code for an error raised in the daemon as for one raised loc
 | NotFound            | NOT_FOUND           | 66   | no such agent, role, grant or file
 | AttestationError    | UNAVAILABLE         | 69   | attestation failed or timed out
 | StoreError          | UNAVAILABLE         | 74   | the registry cannot be read or written
+| DatabaseUnavailable | UNAVAILABLE         | 69   | fleet database down: registry writes refused
 | SigningError        | INTERNAL            | 70   | a CA or signing key is unusable
 | AuditUnavailable    | UNAVAILABLE         | 74   | the audit log cannot be written: not issuing
 | RateLimited         | UNAVAILABLE         | 75   | over a per-uid limit; retry with backoff
@@ -138,6 +139,16 @@ class StoreError(EnsignError):
     public_message = "registry unavailable"
 
 
+class DatabaseUnavailable(StoreError):
+    """The fleet's database cannot be reached: the node keeps issuing from its copy of the
+    registry, and refuses registry writes until the database is back. The message names the
+    database (host, port, name; never credentials)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    public_message = "fleet database unavailable: registry writes refused"
+    detailed = True
+
+
 class SigningError(EnsignError):
     exit_code = 70
     public_message = "signing failed"
@@ -150,6 +161,15 @@ class InvalidTransition(EnsignError):
     exit_code = 65
     public_message = "invalid state transition"
     detailed = True
+
+
+class AuditRecordRejected(EnsignError):
+    """This request's audit record cannot be written (it holds text that cannot be encoded):
+    the request is refused; other requests and the log are unaffected."""
+
+    grpc_status = Status.INTERNAL
+    exit_code = 70
+    public_message = "audit record could not be written: not issuing"
 
 
 class AuditUnavailable(EnsignError):

@@ -9,14 +9,14 @@ for registry changes are in records.py.
 from ensign.daemon.audit.archive import archive
 from ensign.daemon.audit.event import GENESIS, AuditEvent, EventType, Process, canonical
 from ensign.daemon.audit.export import OCSF_VERSION, to_ocsf
-from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, segments
+from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, chain_id, segments
 from ensign.daemon.audit.query import AuditFilter, query, read_records
 from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm_event
-from ensign.daemon.audit.verify import Report, verify
+from ensign.daemon.audit.verify import ChainCheck, Report, checked_checkpoints, verify
 
 __all__ = [
     "CHECKPOINTS", "GENESIS", "OCSF_VERSION", "PUBLIC_KEY", "AuditEvent", "AuditFilter",
-    "AuditLog", "EventType", "Process", "Report", "archive", "canonical", "change",
-    "evidence_digest", "process_of", "query", "read_records", "segments", "to_ocsf", "tpm_event",
-    "verify",
+    "AuditLog", "ChainCheck", "EventType", "Process", "Report", "archive", "canonical",
+    "chain_id", "change", "checked_checkpoints", "evidence_digest", "process_of", "query",
+    "read_records", "segments", "to_ocsf", "tpm_event", "verify",
 ]

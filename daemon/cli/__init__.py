@@ -18,6 +18,7 @@ from . import (
     action_cmds,
     admin_cmds,
     daemon_cmds,
+    fleet_cmds,
     helper_cmd,
     tpm_cmds,
     verify_cmd,
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     action_cmds.register(sub)  # after admin_cmds: it adds `audit trail`
     verify_cmd.register(sub)
     tpm_cmds.register(sub)
+    fleet_cmds.register(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ensign.daemon import config as config_mod
+from ensign.daemon.audit import AuditFilter
 from ensign.daemon.audit.archive import archive
 from ensign.daemon.audit.export import to_ocsf
 from ensign.daemon.audit.verify import verify
@@ -19,6 +21,7 @@ from ensign.daemon.units import parse_duration
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
+from . import fleet_cmds
 from .common import admin_socket, channel, count, print_json
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
@@ -64,6 +67,9 @@ def register(sub: Any, common: Common) -> None:
 
     ls = common(asub.add_parser("list", help="records matching filters (admin socket)"))
     filters(ls)
+    ls.add_argument("--fleet", action="store_true",
+                    help="every node's shipped records, from the fleet database")
+    fleet_cmds.add_database(ls)
     ls.set_defaults(func=audit_list)
 
     ex = common(asub.add_parser("export", help="records as JSON lines or OCSF (admin socket)"))
@@ -84,6 +90,10 @@ def register(sub: Any, common: Common) -> None:
     ver.add_argument("--from-checkpoint", type=count, metavar="SEQ",
                      help="start at this checkpoint (earlier segments archived)")
     ver.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ver.add_argument("--fleet", action="store_true",
+                     help="every node's chain as shipped to the fleet database, with its "
+                          "checkpoints, and how far behind each node is")
+    fleet_cmds.add_database(ver)
     ver.set_defaults(func=audit_verify)
 
 
@@ -112,6 +122,8 @@ def _summary(r: dict[str, Any]) -> str:
 
 
 async def audit_list(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return await fleet_cmds.audit_list_fleet(args, _filter(args), _summary)
     records = await _query(args)
     if args.output == "json":
         print_json(records)
@@ -128,7 +140,15 @@ async def audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace) -> AuditFilter:
+    return AuditFilter(agent=args.agent, subject=args.subject, delegator=args.delegator,
+                       type=args.type, result=args.result, since=args.since or "",
+                       until=args.until or "")
+
+
 def audit_verify(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return asyncio.run(fleet_cmds.audit_verify_fleet(args))
     data_dir = args.data_dir or config_mod.load(args.config).data_dir
     report = verify(data_dir / "audit", args.from_checkpoint)
     if args.output == "json":

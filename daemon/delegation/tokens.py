@@ -109,8 +109,10 @@ def verify_delegated(
         raise TokenInvalid(f"key id {header.get('kid')!r} is not a delegated-token key")
     if keys.jws_algorithm(key) != alg:
         raise TokenInvalid(f"token algorithm {alg} does not match its key")
+    # Expiry is checked against `now` below (PyJWT would read the wall clock instead).
     options: Options = {"require": ["exp", "sub", "aud", "act", "iat"],
-                        "verify_aud": audience is not None, "verify_exp": check_expiry}
+                        "verify_aud": audience is not None, "verify_exp": False,
+                        "verify_nbf": False, "verify_iat": False}
     try:
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[alg], audience=audience, issuer=issuer, options=options,
@@ -121,6 +123,14 @@ def verify_delegated(
         raise TokenInvalid(f"token audience does not include {audience!r}") from None
     except jwt.PyJWTError as e:
         raise TokenInvalid(f"token is not valid: {e}") from None
+    exp = claims["exp"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise TokenInvalid("token is not valid: exp is not a number")
+    if check_expiry and exp <= now.timestamp():
+        raise TokenInvalid("token has expired")
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and not isinstance(nbf, bool) and nbf > now.timestamp():
+        raise TokenInvalid("token is not valid yet")
     if presenter_cert is not None:
         check_binding(claims, presenter_cert)
     aud = claims["aud"]
