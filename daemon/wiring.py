@@ -163,7 +163,8 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     recorder = ActionRecorder(tokens=TokenCheck(
         trust_domain=config.trust_domain, issuer_names=issuer_names(config),
         delegation_keys=delegation_keys.verification_keys,
-        jwt_keys=fleet.keys.jwt_keys if fleet else ca.jwt_keys, clock=clock),
+        jwt_keys=fleet.keys.jwt_keys if fleet else ca.jwt_keys, clock=clock,
+        key_owner=fleet.key_owner if fleet else None),
         index=issuances, clock=clock)
     # reflection lists what this socket serves: add services above it, never after
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([

@@ -9,7 +9,9 @@ registry know it: its process (`process`) and the SPIFFE IDs it holds (`details.
 
 `details.attribution` is "issued" when the token was this trust domain's and valid when reported,
 else "unknown" with the reason in `reason`: no token, malformed, forged, another trust domain, no
-issuance record here, or expired. An expired token that verifies still names whose it was (the
+issuance record here (in a fleet, a token another node issued verifies against that node's
+published key and is named `details.token.node`; its issuance record is in that node's trail), or
+expired. An expired token that verifies still names whose it was (the
 top-level agent fields), flagged `details.expired`. Pure: the clock is given.
 """
 
@@ -53,6 +55,8 @@ class ActionRecorder:
         token: dict[str, Any] = {"kind": c.kind}
         if c.fingerprint:
             token["sha256"] = c.fingerprint
+        if c.node:
+            token["node"] = c.node  # the fleet node that issued it
         details: dict[str, Any] = {"action": reported.action, "resource": reported.resource,
                                    "token": token, "reporter": reporter.details()}
         who: Attribution | None = None
@@ -62,6 +66,9 @@ class ActionRecorder:
             hit = self._index.lookup(c.jti) if c.jti else None
             if not c.jti:
                 reason = "the token carries no jti: its issuance cannot be looked up"
+            elif hit is None and c.node:
+                reason = (f"issued by node {c.node} of this trust domain (its key): the issuance "
+                          f"record of jti {c.jti} is in that node's trail, not on this node")
             elif hit is None:
                 reason = (f"signed by this trust domain, but this node holds no issuance record "
                           f"of jti {c.jti} (issued by another node, or too long ago)")

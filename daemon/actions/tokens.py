@@ -8,6 +8,9 @@ someone's, and the record says it was expired. Anything else (malformed, forged,
 that is not ours, issued by another trust domain) is `verified=False` with the reason. Never
 raises for any input.
 
+In a fleet the keys are every node's published ones, and `key_owner` names the other node whose
+key signed a verified token.
+
 Results are cached by the token's SHA-256 (a busy resource server reports many actions with one
 token); `expires_at` is compared with the clock at each use, not cached.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -44,18 +47,21 @@ class Checked:
     subject: str = ""      # verified: the JWT-SVID's sub, or the delegated token's current actor
     expires_at: int = 0
     fingerprint: str = ""  # SHA-256 of the token (hex, 32 characters): the token is never kept
+    node: str = ""         # verified, in a fleet: the other node whose key signed it
 
 
 class TokenCheck:
     def __init__(self, *, trust_domain: str, issuer_names: Collection[str],
                  delegation_keys: Callable[[], Mapping[str, PublicKey]],
                  jwt_keys: Callable[[], Mapping[str, PublicKey]],
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime],
+                 key_owner: Callable[[str], str] | None = None) -> None:
         self._td = trust_domain
         self._issuers = frozenset(issuer_names)
         self._delegation_keys = delegation_keys
         self._jwt_keys = jwt_keys
         self._clock = clock
+        self._key_owner = key_owner
         self._cache: OrderedDict[bytes, Checked] = OrderedDict()
 
     def check(self, token: str) -> Checked:
@@ -84,8 +90,13 @@ class TokenCheck:
             return Checked("unknown", False, f"malformed token: {str(e)[:200]}",
                            fingerprint=fingerprint)
         if is_delegated_type(header.get("typ")):
-            return self._delegated(token, claims, fingerprint)
-        return self._jwt_svid(token, claims, fingerprint)
+            checked = self._delegated(token, claims, fingerprint)
+        else:
+            checked = self._jwt_svid(token, claims, fingerprint)
+        kid = header.get("kid")
+        if checked.verified and self._key_owner is not None and isinstance(kid, str):
+            checked = replace(checked, node=self._key_owner(kid))
+        return checked
 
     def _delegated(self, token: str, claims: dict[str, Any], fingerprint: str) -> Checked:
         try:

@@ -84,6 +84,9 @@ def test_an_expired_token_names_whose_it_was_and_is_flagged_unknown() -> None:
      "names another agent than the token"),
     (Checked("delegated", True, jti="j1", subject=B, expires_at=T + 60), False,
      "no issuance record of jti j1"),
+    (Checked("delegated", True, jti="j1", subject=B, expires_at=T + 60, node="node-1"), False,
+     "issued by node node-1 of this trust domain (its key): the issuance record of jti j1 is in "
+     "that node's trail"),
     (Checked("jwt-svid", True, jti="", subject=B, expires_at=T + 60), True, "carries no jti"),
 ])
 def test_whatever_ensign_cannot_vouch_for_is_unknown_with_the_reason(

@@ -123,3 +123,17 @@ def test_a_token_is_checked_once_then_served_from_the_cache(keys: Keys) -> None:
     first = keys.check.check(token)
     keys.delegation._keys = []  # keys gone: a cached result does not need them
     assert keys.check.check(token) is first
+
+
+def test_in_a_fleet_a_token_signed_by_another_nodes_key_names_that_node(keys: Keys) -> None:
+    other = new_authority("example.org", "ec-p256", timedelta(days=1), NOW)
+    check = TokenCheck(
+        trust_domain="example.org", issuer_names={ISS}, delegation_keys=dict,
+        jwt_keys=lambda: {keys.authority.jwt_kid: keys.authority.jwt_key.public_key(),
+                          other.jwt_kid: other.jwt_key.public_key()},
+        clock=lambda: NOW, key_owner=lambda kid: {other.jwt_kid: "node-2"}.get(kid, ""))
+    theirs = mint_jwt_svid(authority=other.signing(), spiffe_id=SpiffeId.parse(AGENT),
+                           audience=("https://docs",), ttl=timedelta(minutes=5), now=NOW).token
+    c = check.check(theirs)
+    assert (c.verified, c.subject, c.node) == (True, AGENT, "node-2")
+    assert check.check(keys.svid()).node == ""  # this node's own key
