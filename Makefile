@@ -2,7 +2,7 @@
 VENV    := .venv
 BIN     := $(VENV)/bin
 # the strict editable install links files, so a new or removed module means re-running it
-FILES   := $(shell find daemon attestors proto -name '*.py' -o -name '*.pyi' 2>/dev/null | sort | md5sum | cut -c1-10)
+FILES   := $(shell find daemon attestors proto sdk -name '*.py' -o -name '*.pyi' 2>/dev/null | sort | md5sum | cut -c1-10)
 
 .PHONY: run test lint typecheck proto proto-check unit bench bench-quick clean soak deb
 
@@ -20,8 +20,9 @@ test: lint proto-check
 	$(BIN)/pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon attestors tests bench scripts
-	$(BIN)/mypy --strict -p ensign.daemon -p ensign.attestors
+	$(BIN)/ruff check daemon attestors sdk examples tests bench scripts
+	$(BIN)/mypy --strict -p ensign.daemon -p ensign.attestors -p ensign.sdk
+	$(BIN)/mypy --strict examples
 	$(BIN)/lint-imports --no-cache
 
 proto: $(STAMP)

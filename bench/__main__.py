@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    actions_middleware,
     anomaly_overhead,
     audit_append,
     first_secret,
@@ -42,7 +43,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
     svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
-    https_exchange.run, fleet.run,
+    https_exchange.run, actions_middleware.run, fleet.run,
 ]
 
 

@@ -13,10 +13,11 @@ import os
 import resource
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ensign.daemon.actions import IssuanceIndex
 from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.config import Config
 from ensign.daemon.config import load as load_config
@@ -66,6 +67,7 @@ class Daemon:
         if self.config.ca.seal_with_tpm and n.tpm is None:
             raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
         n.audit.open()  # first: the TPM and the CA record events as they start
+        n.audit.observers.append(n.issuances.observe)  # from the first record on
         if n.tpm is not None:
             await n.tpm.start()
         n.ca.load_or_create()
@@ -82,6 +84,7 @@ class Daemon:
         if n.responder is not None:
             n.responder.start()
         await n.issuers.start()
+        await self._load_issuances()
         n.audit.record_nowait(AuditEvent(type="daemon.start", details={
             "trust_domain": self.config.trust_domain, "attestors": n.pipeline.names}))
         loop = asyncio.get_running_loop()
@@ -110,6 +113,16 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             await self._shutdown()
         return 0
+
+    async def _load_issuances(self) -> None:
+        """Attribute actions done with tokens issued before this start: read the issuance
+        records of the tokens that may still be reported (in a thread: segments are large)."""
+        n, cfg = self.node, self.config
+        longest = max([cfg.delegation.token_ttl, cfg.svid.jwt_ttl] + [
+            timedelta(seconds=e.jwt_ttl) for e in n.registry.lookup.values()])
+        loaded = await asyncio.to_thread(IssuanceIndex.load, n.audit.dir, n.clock(), longest)
+        n.issuances.merge(loaded)
+        log.info("issuance records loaded", extra={"tokens": len(loaded)})
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():

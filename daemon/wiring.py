@@ -16,8 +16,10 @@ from datetime import datetime
 
 from ensign.attestors import BUILTIN
 from ensign.attestors.base import Attestor
+from ensign.daemon.actions import ActionRecorder, IssuanceIndex, TokenCheck
 from ensign.daemon.anomaly import Responder
 from ensign.daemon.api import (
+    ActionsApi,
     AdminApi,
     AttestationApi,
     DelegationApi,
@@ -31,7 +33,13 @@ from ensign.daemon.api.http import HttpApi, HttpsListener, ServerTls
 from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config, node_name
-from ensign.daemon.delegation import DelegationKeys, Introspector, TokenExchange, TrustedIssuers
+from ensign.daemon.delegation import (
+    DelegationKeys,
+    Introspector,
+    TokenExchange,
+    TrustedIssuers,
+    issuer_names,
+)
 from ensign.daemon.federation import FederatedBundles, ServedBundle
 from ensign.daemon.fleet import Fleet
 from ensign.daemon.identity import AttestationPipeline, Resolver
@@ -59,6 +67,7 @@ from ensign.daemon.server import (
 )
 from ensign.daemon.state import NodeState
 from ensign.daemon.tpm.service import TpmEvent, TpmService
+from ensign.proto.actions_grpc import ActionsBase
 from ensign.proto.admin_grpc import AdminBase
 from ensign.proto.attestation_grpc import AttestationBase
 from ensign.proto.delegation_grpc import DelegationBase
@@ -94,6 +103,7 @@ class Node:
     workload_server: UnixServer
     admin_server: UnixServer
     federation: FederatedBundles
+    issuances: IssuanceIndex
     https: HttpsListener | None = None
     https_tls: ServerTls | None = None
 
@@ -147,6 +157,15 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, keys=delegation_keys, audit=audit,
                              clock=clock)
+    issuances = IssuanceIndex(clock)
+    # In a fleet a token any node issued verifies here (every node's published JWT-SVID and
+    # delegated-token keys); its issuance record is on the node that issued it.
+    recorder = ActionRecorder(tokens=TokenCheck(
+        trust_domain=config.trust_domain, issuer_names=issuer_names(config),
+        delegation_keys=delegation_keys.verification_keys,
+        jwt_keys=fleet.keys.jwt_keys if fleet else ca.jwt_keys, clock=clock,
+        key_owner=fleet.key_owner if fleet else None),
+        index=issuances, clock=clock)
     # reflection lists what this socket serves: add services above it, never after
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),
@@ -156,6 +175,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
             broadcast=broadcast, federation=federation), Policy(header=False)),
         front.serve(DelegationBase, DelegationApi(exchange, delegation_keys)),
         front.serve(AttestationBase, AttestationApi(tpm)),
+        front.serve(ActionsBase, ActionsApi(recorder, audit)),
         translated(HealthService(state.problem, state.notice).__mapping__()),
     ]), tracker)
     admin_gid = _group_id(config.admin_group)
@@ -173,7 +193,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                 broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
                 audit=audit, responder=responder, fleet=fleet, state=state,
                 workload_server=workload_server, admin_server=admin_server,
-                federation=federation)
+                federation=federation, issuances=issuances)
     if config.http.listen:
         _https(node, exchange)
     events.subscribe(_on_change(node))

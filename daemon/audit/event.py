@@ -21,6 +21,7 @@ EventType = Literal[
     "svid.validated",     # ValidateJWTSVID: whose token a validator checked, for which audience
     "request.denied",     # a refused request and why
     "token.exchanged",    # a delegated token (delegation issue)
+    "action",             # an agent's action on a resource, reported with the token it used
     "registry.change",    # agent registered/updated/suspended/... by an admin or by expiry
     "role.change",
     "grant.change",

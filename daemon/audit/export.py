@@ -12,11 +12,13 @@ without `hash` is `hash`, so a SIEM can check each event against the signed chai
   3004 Entity Management      registry.change, role.change, grant.change, ca.rotated
   2004 Detection Finding      anomaly
   6002 Application Lifecycle  daemon.start, daemon.stop, audit.recovered
+  6003 API Activity           action (an agent's action on a resource, with its delegation chain)
   0    Base Event             tpm, and any type without a mapping
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -177,6 +179,56 @@ def anomaly(r: Record) -> Event:
     return e
 
 
+# -- 6003 API Activity ----------------------------------------------------------------------
+
+_API_ACTIVITY = {"create": (1, "Create"), "read": (2, "Read"), "get": (2, "Read"),
+                 "list": (2, "Read"), "update": (3, "Update"), "write": (3, "Update"),
+                 "put": (3, "Update"), "patch": (3, "Update"), "delete": (4, "Delete"),
+                 "post": (1, "Create")}
+
+
+def action(r: Record) -> Event:
+    """An agent acted on a resource with a token: the agent is the actor (with the token as its
+    session and the human's consent as its authorization), the reporting service the API's
+    service, the resource the one resource; the chain of actors is in the authorization."""
+    d = r.get("details") or {}
+    operation, resource = str(d.get("action", "")), str(d.get("resource", ""))
+    # the verb first ("GET /docs/1", "read document"), else last ("documents.read")
+    words = [w for w in re.split(r"[\s./:_-]+", operation.lower()) if w]
+    activity_id, activity = next((_API_ACTIVITY[w] for w in words[:1] + words[-1:]
+                                  if w in _API_ACTIVITY), (99, "Other"))
+    attributed = d.get("attribution") == "issued"
+    e = _event(r, 6003, activity_id, activity,
+               f"{_who(r) if r.get('agent_id') else 'an unattributed token'} {operation} "
+               f"{resource}: {r.get('result', 'success')}",
+               severity_id=None if attributed else 3)
+    reporter = [str(s) for s in (d.get("reporter") or {}).get("spiffe_ids", [])]
+    service: dict[str, Any] = {"name": ", ".join(r.get("audience", [])) or "(unknown)"}
+    if reporter:
+        service["uid"] = reporter[0]
+    e["api"] = {"operation": operation or "(unknown)", "service": service}
+    e["resources"] = [{"uid": resource, "name": resource, "type": "Resource"}]
+    actor: dict[str, Any] = {"user": _agent_user(r) if r.get("agent_id") else
+                             {"name": "unknown", "type_id": 0, "type": "Unknown"}}
+    token = d.get("token") or {}
+    actor["session"] = _session(token.get("jti") or token.get("sha256"), None)
+    if isinstance(token.get("expires_at"), int):
+        actor["session"]["expiration_time"] = token["expires_at"] * 1000
+    chain = [str(c) for c in d.get("chain", [])]
+    if r.get("delegator") or chain:
+        consent = f"grant {d['grant']}" if d.get("grant") else str(d.get("consent") or "none")
+        hops = [*chain, *([str(r["delegator"])] if r.get("delegator") else [])]
+        actor["authorizations"] = [{"decision": f"delegated ({consent})", "policy": {
+            "uid": str(d.get("grant") or d.get("consent") or ""), "name": "delegation",
+            "desc": " <- ".join(hops),
+            "data": {"delegator": r.get("delegator", ""), "chain": chain,
+                     "roles": r.get("roles", [])}}}]
+    e["actor"] = actor
+    e["src_endpoint"] = {"name": str(r.get("spiffe_id") or "unknown")}
+    e["dst_endpoint"] = {"svc_name": reporter[0] if reporter else _unix(r)}
+    return e
+
+
 # -- 6002 Application Lifecycle, 0 Base Event ------------------------------------------------
 
 def lifecycle(r: Record) -> Event:
@@ -198,7 +250,7 @@ def base_event(r: Record) -> Event:
 MAPPERS: dict[str, Callable[[Record], Event]] = {
     "svid.issued": svid_issued, "svid.validated": svid_validated,
     "attestation": attestation, "request.denied": request_denied,
-    "token.exchanged": token_exchanged,
+    "token.exchanged": token_exchanged, "action": action,
     "registry.change": registry_change, "role.change": registry_change,
     "grant.change": registry_change, "ca.rotated": ca_rotated,
     "anomaly": anomaly,

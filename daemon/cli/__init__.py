@@ -14,7 +14,16 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ensign.daemon.errors import EnsignError, exit_code_for
 
-from . import admin_cmds, daemon_cmds, fleet_cmds, helper_cmd, tpm_cmds, verify_cmd, workload_cmds
+from . import (
+    action_cmds,
+    admin_cmds,
+    daemon_cmds,
+    fleet_cmds,
+    helper_cmd,
+    tpm_cmds,
+    verify_cmd,
+    workload_cmds,
+)
 from .common import CliParser, Unreachable, remote_error
 
 
@@ -26,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     workload_cmds.register(sub)
     helper_cmd.register(sub)
     admin_cmds.register(sub)
+    action_cmds.register(sub)  # after admin_cmds: it adds `audit trail`
     verify_cmd.register(sub)
     tpm_cmds.register(sub)
     fleet_cmds.register(sub)

@@ -186,9 +186,14 @@ class TokenExchange:
         details: dict[str, Any] = presenter.details()
         if delegator is not None and delegator.previous is not None:
             details["previous_actors"] = list(delegator.previous.actors)
+            details["previous_jti"] = str(delegator.previous.claims.get("jti", ""))[:128]
         if decision is not None:
             details.update(jti=decision.claims["jti"], act=list(decision.actors),
                            grant=decision.grant_id, expires_in=decision.expires_in)
+            # The human's consent this token rests on, carried along a chain: a grant's id or
+            # may_act (the trail and action attribution name it for every hop).
+            dlg = decision.claims.get("dlg", {})
+            details["consent"] = {k: v for k, v in dlg.items() if k in ("grant", "may_act")}
         return AuditEvent(
             type="token.exchanged", result="success" if err is None else "denied",
             reason=err.diagnostics()[:1024] if err else "", agent_id=agent.id,

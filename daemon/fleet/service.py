@@ -64,6 +64,7 @@ class Fleet:
         self.down: str | None = "not connected yet"
         self.down_since: float | None = None
         self._published: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self._owners: dict[str, str] = {}  # kid -> node, the other nodes' published keys
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._interval = self._cfg.heartbeat_interval.total_seconds()
@@ -161,10 +162,16 @@ class Fleet:
     def _take_keys(self, published: list[fleet_keys.PublishedKey]) -> None:
         """The other nodes' keys: JWT-SVID keys into the bundle (streams told when it changed),
         delegation keys into the delegated-token key set."""
+        self._owners = {k.kid: k.node for k in published if k.node != self.node}
         self._delegation.set_others(fleet_keys.others_of(published, self.node,
                                                          fleet_keys.DELEGATION))
         if self.keys.set_remote(published):
             self._on_change()
+
+    def key_owner(self, kid: str) -> str:
+        """The other node whose published key `kid` is (JWT-SVID or delegated-token key); ""
+        for this node's own keys and unknown ones."""
+        return self._owners.get(kid, "")
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))

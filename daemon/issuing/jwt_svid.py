@@ -97,12 +97,18 @@ def mint_jwt_svid(
 
 def validate_jwt_svid(
     token: str,
-    audience: str,
+    audience: str | None,
     authorities: Mapping[str, keys.PublicKey],
     trust_domain: str,
     now: datetime,
+    *,
+    check_expiry: bool = True,
 ) -> tuple[SpiffeId, dict[str, Any]]:
-    """Check a JWT-SVID per JWT-SVID.md; return its SPIFFE ID and claims or raise TokenInvalid."""
+    """Check a JWT-SVID per JWT-SVID.md; return its SPIFFE ID and claims or raise TokenInvalid.
+
+    `audience=None` and `check_expiry=False` are for attributing an action after the fact (the
+    reporter is the audience, whatever the token names; an expired token is still someone's):
+    the signature, algorithm, key and subject are checked all the same."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as e:
@@ -127,7 +133,8 @@ def validate_jwt_svid(
             key,
             algorithms=[alg],
             audience=audience,
-            options={"require": ["exp", "sub", "aud"], "verify_iat": False},
+            options={"require": ["exp", "sub", "aud"], "verify_iat": False,
+                     "verify_aud": audience is not None, "verify_exp": check_expiry},
             leeway=0,
         )
     except jwt.ExpiredSignatureError:

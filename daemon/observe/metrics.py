@@ -31,6 +31,10 @@ AUDIT_EVENTS = Counter("ensign_audit_events_total", "audit records written, by t
 SVIDS = Counter("ensign_svids_issued_total", "SVIDs released to callers, by kind", ["kind"],
                 registry=REGISTRY)
 TOKENS = Counter("ensign_tokens_exchanged_total", "delegated tokens issued", registry=REGISTRY)
+ACTIONS = Counter("ensign_actions_recorded_total",
+                  "agent actions recorded, by attribution (issued: a token this trust domain "
+                  "issued, valid when reported; unknown: see the record's reason)",
+                  ["attribution"], registry=REGISTRY)
 ANOMALIES = Counter("ensign_anomalies_total", "anomaly findings, by signal", ["signal"],
                     registry=REGISTRY)
 ATTESTATION_SECONDS = Histogram("ensign_attestation_seconds", "time per attestor",
@@ -95,6 +99,8 @@ def observe_audit(body: dict[str, Any]) -> None:
         _child(SVIDS, str((body.get("details") or {}).get("kind", ""))).inc()
     elif kind == "token.exchanged" and result == "success":
         TOKENS.inc()
+    elif kind == "action":
+        _child(ACTIONS, str((body.get("details") or {}).get("attribution", ""))).inc()
     elif kind == "anomaly":
         _child(ANOMALIES, str((body.get("details") or {}).get("signal", ""))).inc()
 

@@ -20,13 +20,14 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ensign.proto import admin_pb2, attestation_pb2, delegation_pb2, workload_pb2
+from ensign.proto import actions_pb2, admin_pb2, attestation_pb2, delegation_pb2, workload_pb2
 from tests.support.clients import HEADER, Metadata, call
 from tests.support.daemon import Daemon
 from tests.support.fuzz import FUZZ, SENSIBLE, check_status, messages, methods, serving
 from tests.support.idp import CAL, IDP, Idp
 
-WORKLOAD = methods(workload_pb2, delegation_pb2, attestation_pb2, sds_pb2)  # + Envoy's SDS
+WORKLOAD = methods(workload_pb2, delegation_pb2, attestation_pb2, actions_pb2,
+                   sds_pb2)  # + Envoy's SDS
 ADMIN = methods(admin_pb2)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
 from tests.support.clients import fetch_jwt
-from tests.support.daemon import Daemon, needs_root
+from tests.support.daemon import ENSIGN, Daemon, needs_root
 from tests.support.fleet import FleetDb, Node, Trio, X509Stream, fleet_config, wait_until
 from tests.support.fleet import org_ca as _org_ca
 from tests.support.https import WebCa, http_config
@@ -100,6 +102,20 @@ def _token_jwks(n: Node, web_ca: Path | None) -> dict[str, dict[str, Any]]:
     return {k["kid"]: k for k in _get(n, "/jwks", web_ca)["keys"]}
 
 
+def _action(d: Daemon, gid: int, token: str) -> dict[str, Any]:
+    """`ensign action record` with `token` on the node's socket, as the agent in group `gid`;
+    the record's answer (its seq as a number)."""
+    env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": d.endpoint}
+    out = subprocess.run([*ENSIGN, "action", "record", "--token", "-", "--action", "read",
+                          "--resource", f"{CAL}/events/1", "--outcome", "success", "-o", "json"],
+                         input=token, capture_output=True, text=True, env=env, timeout=30,
+                         extra_groups=[gid])
+    assert out.returncode == 0, out.stderr
+    answer: dict[str, Any] = json.loads(out.stdout)
+    answer["seq"] = int(answer["seq"])
+    return answer
+
+
 @needs_root
 def test_a_delegated_token_from_one_node_verifies_and_chains_on_another(
         trio: Trio, fleet_idp: Idp) -> None:
@@ -154,6 +170,23 @@ def test_a_delegated_token_from_one_node_verifies_and_chains_on_another(
     chain_refused = exchange(n3.daemon, GID_B, forged, "--audience", CAL, "--scope",
                              "calendar.read")
     assert chain_refused.returncode == 77, chain_refused.stderr
+    # Actions done with these tokens (issue 20): every node recognises a token its trust domain
+    # issued; the node that issued it attributes it from its issuance record, another node
+    # names the issuing node (the record is in that node's trail, which it cannot read).
+    here = _action(n1.daemon, GID_B, token)
+    assert (here["attribution"], here["agent_id"], here["delegator"]) == ("issued", a["id"],
+                                                                          "alice")
+    there = _action(n2.daemon, GID_B, token)
+    assert there["attribution"] == "unknown" and there["agent_id"] == ""
+    assert "issued by node node-1 of this trust domain" in there["reason"], there
+    record = next(r for r in n2.daemon.audit("--type", "action") if r["seq"] == there["seq"])
+    assert record["details"]["token"]["node"] == "node-1"
+    assert record["details"]["token"]["jti"] == claims["jti"]  # to find it in node-1's trail
+    mine = _action(n2.daemon, GID_B, chained)  # node 2 issued the chained token itself
+    assert (mine["attribution"], mine["agent_id"]) == ("issued", b["id"])
+    forged_here = _action(n2.daemon, GID_B, forged)
+    assert forged_here["attribution"] == "unknown"
+    assert "does not verify against this trust domain's keys" in forged_here["reason"]
 
 
 def test_register_on_one_node_fetch_on_the_others_suspend_ends_streams_everywhere(

@@ -335,8 +335,8 @@ with channel(shared_daemon_socket) as ch:
             timeout=10)))
     assert sorted(x.name for x in answer.list_services_response.service) == wired
     assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
-            "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
+            "ensign.attestation.v1.Attestation", "ensign.actions.v1.Actions",
+            "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
     pool = DescriptorPool(db)
     for name in listed:  # every method of every listed service is routed

@@ -19,6 +19,7 @@ from tests.support.ocsf import problems
 AT = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
 AGENT = "agt_01JZ0000000000000000000000"
 SPIFFE = f"spiffe://example.org/agent/{AGENT}"
+HELPER = "spiffe://example.org/agent/agt_01JZ0000000000000000000001"
 SHA = "ab" * 32
 PROC = Process(pid=4242, uid=1001, gid=1001, exe_sha256=SHA)
 ENTRY = {"id": AGENT, "name": "indexer", "state": "active", "selectors": ["unix:uid:1001"]}
@@ -66,6 +67,24 @@ EVENTS: dict[str, AuditEvent] = {
                                        "expires_in": 300}),
     "exchange-denied": _agent_event(type="token.exchanged", result="denied",
                                     reason="scope not allowed", delegator="alice@example.org"),
+    # an action, reported by the docs service (the process), done by the agent for alice
+    "action": AuditEvent(type="action", agent_id=AGENT, spiffe_id=SPIFFE, entry_id=AGENT,
+                         delegator="alice@example.org", audience=("https://docs.example.org",),
+                         scopes=("docs.read",), process=PROC, details={
+                             "action": "GET /docs/{id}", "resource": "https://docs.example.org/"
+                             "docs/42", "attribution": "issued", "chain": [SPIFFE, HELPER],
+                             "grant": "grt_1", "consent": "grant",
+                             "token": {"kind": "delegated", "jti": "d1", "sha256": "ab" * 16,
+                                       "expires_at": 1795000000},
+                             "reporter": {"spiffe_ids": ["spiffe://example.org/docs"],
+                                          "entry_ids": ["agt_docs"]},
+                             "detail": {"status": 200, "agent_id": "agt_EVIL"}}),
+    "action-unknown": AuditEvent(type="action", result="denied", process=PROC,
+                                 reason="malformed token: Not enough segments", details={
+                                     "action": "delete", "resource": "doc:7",
+                                     "attribution": "unknown",
+                                     "token": {"kind": "unknown", "sha256": "cd" * 16},
+                                     "reporter": {"spiffe_ids": [], "entry_ids": []}}),
     **{f"registry-{a}": change(ChangeEvent(
         a, AGENT, "ensign" if a == "expire" else "uid:0",
         None if a == "register" else ENTRY, None if a == "delete" else ENTRY, reason="why"))
@@ -190,3 +209,41 @@ def test_unmapped_is_the_record_whose_hash_a_siem_can_recompute() -> None:
     body = {k: v for k, v in unmapped.items() if k != "hash"}
     assert hashlib.sha256(canonical(body)).hexdigest() == unmapped["hash"]
     assert (unmapped["seq"], unmapped["prev"], unmapped["chain"]) == (41, "cd" * 32, "c0ffee")
+
+
+def test_an_action_is_api_activity_by_the_agent_for_the_human_on_the_resource() -> None:
+    event = to_ocsf(_record(EVENTS["action"]))
+    assert (event["class_uid"], event["activity_id"], event["activity_name"]) == (6003, 2, "Read")
+    assert event["actor"]["user"] == {"uid": AGENT, "name": SPIFFE, "type_id": 99,
+                                      "type": "Workload"}
+    assert event["actor"]["session"]["uid"] == "d1"
+    (auth,) = event["actor"]["authorizations"]
+    assert auth["policy"]["uid"] == "grt_1"
+    assert auth["policy"]["data"]["chain"] == [SPIFFE, HELPER]
+    assert auth["policy"]["desc"] == f"{SPIFFE} <- {HELPER} <- alice@example.org"
+    assert event["api"] == {"operation": "GET /docs/{id}", "service": {
+        "name": "https://docs.example.org", "uid": "spiffe://example.org/docs"}}
+    assert event["resources"] == [{"uid": "https://docs.example.org/docs/42",
+                                   "name": "https://docs.example.org/docs/42",
+                                   "type": "Resource"}]
+    assert event["src_endpoint"] == {"name": SPIFFE}
+    assert event["dst_endpoint"] == {"svc_name": "spiffe://example.org/docs"}
+    # the reporter's claims stay in the record (unmapped), never in the actor
+    assert event["unmapped"]["details"]["detail"]["agent_id"] == "agt_EVIL"
+
+
+@pytest.mark.parametrize(("operation", "activity"), [
+    ("read", "Read"), ("documents.write", "Update"), ("DELETE /docs/1", "Delete"),
+    ("POST /docs", "Create"), ("summarize", "Other")])
+def test_an_actions_verb_names_its_activity(operation: str, activity: str) -> None:
+    e = EVENTS["action"]
+    event = to_ocsf(_record(AuditEvent(type="action", details={**e.details,
+                                                                "action": operation})))
+    assert event["activity_name"] == activity and problems(event) == []
+
+
+def test_an_unattributed_action_names_no_agent_and_says_why() -> None:
+    event = to_ocsf(_record(EVENTS["action-unknown"]))
+    assert event["actor"]["user"]["type"] == "Unknown" and "authorizations" not in event["actor"]
+    assert event["status"] == "Failure" and event["severity_id"] == 3
+    assert event["status_detail"] == "malformed token: Not enough segments"

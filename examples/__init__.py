@@ -1,0 +1,1 @@
+"""Example programs that use Ensign (each is run by the tests)."""
