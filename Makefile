@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 run: $(STAMP)
 	$(BIN)/ensign daemon --dev
 
+# one file per worker at a time (--dist loadfile), so a module's shared daemon starts once
+JOBS    ?= 4
 test: lint proto-check
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(JOBS) --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon attestors sdk examples tests bench scripts
