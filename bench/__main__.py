@@ -31,6 +31,7 @@ from . import (
     https_exchange,
     jwt_fetch,
     registry_match,
+    restart,
     sigstore_attest,
     streams,
     svid_mint,
@@ -43,7 +44,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
     svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
-    https_exchange.run, actions_middleware.run, fleet.run,
+    https_exchange.run, actions_middleware.run, fleet.run, restart.run,
 ]
 
 
