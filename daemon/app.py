@@ -21,6 +21,7 @@ from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.config import Config
 from ensign.daemon.config import load as load_config
 from ensign.daemon.errors import ConfigError, EnsignError
+from ensign.daemon.files import DirLock
 from ensign.daemon.issuing import utcnow
 from ensign.daemon.observe import metrics
 from ensign.daemon.wiring import Node, build
@@ -40,8 +41,9 @@ def _raise_fd_limit() -> None:
 
 class Daemon:
     def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, lock: DirLock | None = None) -> None:
         self.config = config
+        self._lock = lock  # the data_dir lock, if the caller took it already
         self._config_path = config_path
         self.node: Node = build(config, clock)
         self._metrics_server: Any = None
@@ -49,11 +51,19 @@ class Daemon:
         self._wake = asyncio.Event()
 
     async def run(self, ready: Callable[[], None] = lambda: None) -> int:
+        # One daemon per data_dir, checked before anything is touched: a second one would
+        # stop the first's swtpm, fork its audit chain and unlink its sockets.
+        lock = self._lock or DirLock.take(self.config.data_dir, "data_dir")
+        try:
+            return await self._run_locked(ready)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, ready: Callable[[], None]) -> int:
         n = self.node
         _raise_fd_limit()
         # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
         os.umask(0o077)
-        self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)
         n.store.open()
         n.roles.load()

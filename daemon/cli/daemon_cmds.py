@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ensign.daemon import config as config_mod
+from ensign.daemon.errors import UsageError
+from ensign.daemon.files import DirLock
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
 
@@ -19,8 +21,8 @@ def register(sub: Any) -> None:
                    "/etc/ensign/ensign.toml)")
     p.add_argument("--dev", action="store_true",
                    help="run on an embedded default config with everything under --state-dir")
-    p.add_argument("--state-dir", type=Path, default=Path(".ensign"),
-                   help="state directory for --dev (default ./.ensign)")
+    p.add_argument("--state-dir", type=Path,
+                   help="state directory for --dev (default ./.ensign); only with --dev")
     p.set_defaults(func=run_daemon)
 
     c = sub.add_parser("config", help="validate or print configuration")
@@ -48,12 +50,19 @@ def register(sub: Any) -> None:
 
 def run_daemon(args: argparse.Namespace) -> int:
     if args.dev and args.config:
-        print("ensign: error: --dev and --config exclude each other", file=sys.stderr)
-        return 64
-    cfg = config_mod.dev_config(args.state_dir) if args.dev else config_mod.load(args.config)
+        raise UsageError("--dev and --config exclude each other")
+    if args.state_dir is not None and not args.dev:
+        raise UsageError("--state-dir goes with --dev (a configured daemon keeps its state in "
+                         "data_dir)")
+    state_dir = args.state_dir or Path(".ensign")
+    cfg = config_mod.dev_config(state_dir) if args.dev else config_mod.load(args.config)
+    # Held until exit, taken before anything is written (even a log line): a second daemon on
+    # the same directories would rewrite the env file, stop the swtpm, fork the audit chain.
+    state_lock = DirLock.take(state_dir, "state directory") if args.dev else None
+    data_lock = DirLock.take(cfg.data_dir, "data_dir")
     logs.setup(cfg.log_level)
     if args.dev:
-        _print_dev_env(cfg, args.state_dir)
+        _print_dev_env(cfg, state_dir)
 
     def ready() -> None:
         notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
@@ -63,12 +72,15 @@ def run_daemon(args: argparse.Namespace) -> int:
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
         return await Daemon(cfg, config_path=None if args.dev else
-                            (args.config or config_mod.resolve_path())).run(ready)
+                            (args.config or config_mod.resolve_path()), lock=data_lock).run(ready)
 
     try:
         return asyncio.run(serve())
     finally:
         notify("STOPPING=1")
+        data_lock.release()
+        if state_lock is not None:
+            state_lock.release()
 
 
 def _print_dev_env(cfg: config_mod.Config, state_dir: Path) -> None:

@@ -19,26 +19,25 @@ from ensign.daemon.server.translate import Service
 WORKLOAD_SOCKET_MODE = 0o666
 ADMIN_SOCKET_MODE = 0o600
 
+PROBE_TIMEOUT = 1.0
+
+
 def bind_unix(path: Path, mode: int, gid: int | None = None) -> socket.socket:
     """Bind a listening socket at `path` with `mode`, replacing a stale socket file.
 
     The socket is created under a umask that already yields `mode`, so there is no window in
-    which the admin socket is reachable by others.
+    which the admin socket is reachable by others. A socket file is replaced only when a
+    connection to it is refused (nobody listens) and it is still the same file: a live daemon's
+    socket, or one we cannot probe, is never unlinked.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     if path.exists() or path.is_symlink():
         st = path.lstat()
         if not stat.S_ISSOCK(st.st_mode):
             raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # nobody listens: a leftover from a previous run
-        else:
+        if not _refused(path):
             raise ConfigError(f"{path} is in use by another running daemon")
-        finally:
-            probe.close()
+        _unlink_if_same(path, st)  # a leftover from a previous run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)
     try:
@@ -56,6 +55,35 @@ def bind_unix(path: Path, mode: int, gid: int | None = None) -> socket.socket:
     return sock
 
 
+def _refused(path: Path) -> bool:
+    """Does a connection to `path` get ECONNREFUSED (no listener)? Any other outcome (accepted,
+    a full backlog, no permission) means the socket may be live."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_TIMEOUT)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _unlink_if_same(path: Path, st: os.stat_result) -> None:
+    """Unlink `path` only if it is still the file `st` describes."""
+    try:
+        if _same_file(path.lstat(), st):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 class UnixServer:
     """One grpclib server on one Unix socket, with connections tracked by kernel credentials."""
 
@@ -65,10 +93,12 @@ class UnixServer:
         self._mode = mode
         self._gid = gid
         self._server = TrackingServer(services, tracker, config=Configuration())
+        self._bound: os.stat_result | None = None  # the socket file this server created
 
     async def start(self) -> None:
         bounds.install()  # before the first connection: request messages, h2 memory
         sock = bind_unix(self.path, self._mode, self._gid)
+        self._bound = self.path.lstat()
         await self._server.start(sock=sock)
 
     def close(self) -> None:
@@ -78,5 +108,8 @@ class UnixServer:
     async def wait_closed(self) -> None:
         with contextlib.suppress(RuntimeError):
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        # Only the socket file this server bound: never one another daemon put there since,
+        # nor one a server that failed to start found in place.
+        bound, self._bound = self._bound, None
+        if bound is not None:
+            _unlink_if_same(self.path, bound)
