@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import os
 import stat
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +33,7 @@ from .base import value
 
 CACHE_SIZE = 1024
 CHUNK = 1 << 20
+RETRY = 30.0  # seconds between attempts to load a trusted root that failed
 #: Variables that make an interpreter (or the dynamic loader) run code other than the script.
 INJECTION_VARS = frozenset({
     "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
@@ -91,11 +93,19 @@ class SigstoreAttestor:
         self._interpreters = {os.path.realpath(p) for p in config.interpreters}
         self._verifier: Any = None
         self._verifier_error: str | None = None
+        self._tried = 0.0
         self._cache: OrderedDict[tuple[_Key, _Key], Verified | CheckFailed] = OrderedDict()
+        self._load_root()
+
+    def _load_root(self) -> None:
+        """Load the trusted root. A failure is loud (health NOT_SERVING, `config check` fails)
+        and retried every RETRY seconds, so fixing the file needs no restart."""
+        self._tried = time.monotonic()
         try:
-            self._verifier = load_verifier(config.trusted_root)
+            self._verifier = load_verifier(self._cfg.trusted_root)
+            self._verifier_error = None
         except CheckFailed as e:
-            self._verifier_error = str(e)  # reported on every attestation; daemon keeps serving
+            self._verifier_error = e.detail
 
     async def attest(self, caller: Caller) -> Attestation:
         found = await asyncio.to_thread(self._attest_sync, caller)
@@ -164,8 +174,11 @@ class SigstoreAttestor:
 
     def _check(self, fd: int, path: str, kind: str, evidence: dict[str, str]) -> Attestation:
         evidence["artifact"] = kind
+        if self._verifier is None and time.monotonic() - self._tried >= RETRY:
+            self._load_root()
         if self._verifier is None:
-            evidence["error"] = self._verifier_error or "no trusted root"
+            evidence["error"] = f"trusted-root: {self._verifier_error or 'not loaded'}"
+            evidence["failed_check"] = "trusted-root"
             return Attestation(evidence=evidence)
         st = os.fstat(fd)
         real = os.path.realpath(path)
@@ -211,9 +224,15 @@ class SigstoreAttestor:
         return None
 
     def state(self) -> str:
-        if self._verifier_error is not None:
-            return f"failing: {self._verifier_error}"
+        problem = self.problem()
+        if problem is not None:
+            return f"failing: {problem}"
         return f"ready, {len(self._cache)} verdicts cached"
+
+    def problem(self) -> str | None:
+        if self._verifier is None and time.monotonic() - self._tried >= RETRY:
+            self._load_root()
+        return None if self._verifier_error is None else f"trusted_root: {self._verifier_error}"
 
     async def aclose(self) -> None:
         self._cache.clear()

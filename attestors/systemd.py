@@ -68,5 +68,8 @@ class SystemdAttestor:
     def state(self) -> str:
         return "ready"
 
+    def problem(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         return None

@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from ensign.daemon.wiring import Node, build
 log = logging.getLogger(__name__)
 
 MAX_TICK = 1.0  # seconds between maintenance passes at most
+WARN_EVERY = 60.0  # seconds between log warnings about a failing attestor
 
 
 def _raise_fd_limit() -> None:
@@ -135,7 +137,13 @@ class Daemon:
     async def _maintain_until_stopped(self) -> None:
         """Rotate the CA and SVIDs when due and wake the streams that must see it."""
         n = self.node
+        warned = -WARN_EVERY
         while not self._stop.is_set():
+            if time.monotonic() - warned >= WARN_EVERY:
+                warned = time.monotonic()
+                for name, why in sorted(n.pipeline.problems().items()):
+                    log.warning("attestor failing: callers get no selectors from it",
+                                extra={"attestor": name, "reason": why})
             n.registry.expire_due()
             if n.responder is not None:
                 n.responder.save()

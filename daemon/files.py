@@ -50,7 +50,8 @@ class DirLock:
         self.path = path
 
     @classmethod
-    def take(cls, directory: Path, what: str) -> DirLock:
+    def take(cls, directory: Path, what: str,
+             hint: str = "stop it first, or give this one its own directory") -> DirLock:
         """Lock `directory` (created 0700 if missing), or raise ConfigError naming the pid that
         holds it. Nothing in the directory is changed when the lock is held elsewhere."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -66,7 +67,7 @@ class DirLock:
             os.close(fd)
             who = f"pid {holder}" if holder else "another process"
             raise ConfigError(f"{what} {directory} is in use by a running ensign daemon ({who}); "
-                              "stop it first, or give this one its own directory") from None
+                              + hint) from None
         except OSError as e:
             os.close(fd)
             raise ConfigError(f"cannot lock {path}: {e.strerror or e}") from None

@@ -1,11 +1,22 @@
 """The audit trail: typed records, the hash-chained log with group commit and signed checkpoints,
 and offline verify, query, export and archive.
 
-`AuditLog` (log.py) is the only writer; `verify`, `query`, `to_ocsf` and `archive` read the
-files and work with the daemon stopped. Record builders for registry changes are in records.py.
+`AuditLog` (log.py) is the only writer; `verify`, `query` and `to_ocsf` read the files and work
+with the daemon stopped. `archive` copies old segments out and removes them (through the
+AuditLog's writer thread while the daemon runs). Record builders for registry changes are in
+records.py.
 """
 
-from ensign.daemon.audit.archive import archive
+from ensign.daemon.audit.archive import (
+    Archive,
+    Plan,
+    check_drop,
+    drop,
+    plan,
+    remove,
+    sha256_file,
+    store_plan,
+)
 from ensign.daemon.audit.event import GENESIS, AuditEvent, EventType, Process, canonical
 from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, segments
 from ensign.daemon.audit.query import AuditFilter, query, read_records, to_ocsf
@@ -13,7 +24,8 @@ from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm
 from ensign.daemon.audit.verify import Report, verify
 
 __all__ = [
-    "CHECKPOINTS", "GENESIS", "PUBLIC_KEY", "AuditEvent", "AuditFilter", "AuditLog", "EventType",
-    "Process", "Report", "archive", "canonical", "change", "evidence_digest", "process_of",
-    "query", "read_records", "segments", "to_ocsf", "tpm_event", "verify",
+    "CHECKPOINTS", "GENESIS", "PUBLIC_KEY", "Archive", "AuditEvent", "AuditFilter", "AuditLog",
+    "EventType", "Plan", "Process", "Report", "canonical", "change", "check_drop", "drop",
+    "evidence_digest", "plan", "process_of", "query", "read_records", "remove", "segments",
+    "sha256_file", "store_plan", "to_ocsf", "tpm_event", "verify",
 ]

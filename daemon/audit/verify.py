@@ -74,6 +74,9 @@ def _checkpoints(audit_dir: Path, key: ec.EllipticCurvePublicKey | None,
 
 
 def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
+    """Check the log in `audit_dir`. With `from_checkpoint` N, records up to N are not checked
+    (they may be archived or still present): the chain is checked from the record after the
+    signed checkpoint at N, which must link to it; a record N still present must match it."""
     report = Report()
     key = _load_public_key(audit_dir, report)
     chain = chain_id(key) if key is not None else None
@@ -87,12 +90,18 @@ def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
 
     expected_seq: int | None = None
     prev = GENESIS
+    skip_to = 0  # records at or below this seq are not checked (--from-checkpoint)
     if from_checkpoint is not None:
         start = by_seq.get(from_checkpoint)
         if start is None:
             report.fail(f"no valid checkpoint at seq {from_checkpoint}")
             return report
-        expected_seq, prev = from_checkpoint + 1, str(start["hash"])
+        skip_to, expected_seq, prev = from_checkpoint, from_checkpoint + 1, str(start["hash"])
+        # Segments before the checkpoint's own hold nothing after it.
+        found = [(n, p) for n, p in found if p.name >= str(start.get("segment", ""))]
+        report.first_seq = from_checkpoint + 1
+        report.notes.append(f"checked from checkpoint {from_checkpoint}: records "
+                            f"1..{from_checkpoint} were not checked")
     hashes_at: dict[int, str] = {}
     for _, path in found:
         data = path.read_bytes()
@@ -106,6 +115,12 @@ def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
             except (ValueError, KeyError, TypeError):
                 report.fail(f"{where}: not a valid record (altered or truncated)")
                 return report
+            if seq <= skip_to:
+                if seq == skip_to and record.get("hash") != prev:
+                    report.fail(f"{where} (seq {seq}): does not match the checkpoint at seq "
+                                f"{seq} (altered)")
+                    return report
+                continue
             if expected_seq is None:
                 expected_seq = seq
                 if seq != 1:
@@ -139,6 +154,17 @@ def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
             expected_seq = seq + 1
             report.records += 1
             report.last_seq = seq
+    if report.records == 0 and skip_to:
+        report.last_seq = skip_to  # nothing after the checkpoint yet
+    elif report.records == 0:
+        # Only empty segments: fine right after an archive, if every checkpoint names a segment
+        # that was moved away (the log then resumes after the newest of them).
+        first = found[0][1].name
+        moved = [int(cp["seq"]) for cp in cps if str(cp.get("segment", "")) < first]
+        if moved:
+            report.first_seq, report.last_seq = max(moved) + 1, max(moved)
+            report.notes.append(f"no records after checkpoint {max(moved)} yet "
+                                "(earlier segments archived)")
     for cp in cps:
         seq = int(cp["seq"])
         if seq > report.last_seq:

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ensign.daemon import config as config_mod
-from ensign.daemon.errors import UsageError
+from ensign.daemon.errors import ConfigError, UsageError
 from ensign.daemon.files import DirLock
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
+
+from .common import read_input
 
 
 def register(sub: Any) -> None:
@@ -38,7 +40,8 @@ def register(sub: Any) -> None:
     casub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND",
                               parser_class=type(ca))
     req = casub.add_parser("request-csr", help="make the node CA key and a CSR for the org root")
-    req.add_argument("-o", "--out", type=Path, required=True, help="where to write the CSR (PEM)")
+    req.add_argument("--out", type=Path, metavar="FILE",
+                     help="where to write the CSR (PEM; default: print it)")
     inst = casub.add_parser("install-signed", help="install the certificate the org root signed")
     inst.add_argument("cert", type=Path, help="the signed node CA certificate (PEM)")
     inst.add_argument("--root", type=Path, required=True, help="the org root certificate (PEM)")
@@ -96,8 +99,26 @@ def _print_dev_env(cfg: config_mod.Config, state_dir: Path) -> None:
 
 def config_check(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    problems = attestor_problems(cfg)
+    if problems:
+        raise ConfigError(f"{args.config or config_mod.resolve_path()}: " + "; ".join(problems))
     print(f"config ok: trust domain {cfg.trust_domain}, socket {cfg.socket_path}")
     return 0
+
+
+def attestor_problems(cfg: config_mod.Config) -> list[str]:
+    """Each enabled attestor built as the daemon builds it, asked what keeps it from working
+    (a trusted_root that cannot be read, ...): `attestors.<name>.<key>: why`."""
+    from ensign.attestors import BUILTIN
+
+    out = []
+    for name, factory in BUILTIN.items():
+        section = getattr(cfg.attestors, name)
+        if section.enabled and name != "tpm":  # the TPM is checked when the daemon opens it
+            problem = factory(section).problem()
+            if problem is not None:
+                out.append(f"attestors.{name}.{problem}")
+    return out
 
 
 def config_defaults(args: argparse.Namespace) -> int:
@@ -109,7 +130,11 @@ def ca_request_csr(args: argparse.Namespace) -> int:
     from ensign.daemon.issuing.ca_offline import request_csr
 
     cfg = config_mod.load(args.config)
-    args.out.write_bytes(request_csr(cfg.data_dir, cfg.trust_domain, cfg.ca.key_type))
+    csr = request_csr(cfg.data_dir, cfg.trust_domain, cfg.ca.key_type)
+    if args.out is None:
+        sys.stdout.write(csr.decode())
+        return 0
+    args.out.write_bytes(csr)
     print(f"wrote {args.out}: have the organisation root sign it, then "
           "`ensign ca install-signed CERT --root ROOT`")
     return 0
@@ -119,11 +144,8 @@ def ca_install_signed(args: argparse.Namespace) -> int:
     from ensign.daemon.issuing.ca_offline import install_signed
 
     cfg = config_mod.load(args.config)
-    try:
-        cert, root = args.cert.read_bytes(), args.root.read_bytes()
-    except OSError as e:
-        print(f"ensign: {e.filename}: {e.strerror}", file=sys.stderr)
-        return 66
+    cert = read_input(args.cert, "certificate")
+    root = read_input(args.root, "root certificate")
     until = install_signed(cfg.data_dir, cfg.trust_domain, cert, root)
     print(f"installed the node CA (valid until {until}); restart the daemon to use it")
     return 0

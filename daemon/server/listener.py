@@ -8,13 +8,16 @@ import socket
 import stat
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
+from google.protobuf.empty_pb2 import Empty
 from grpclib.config import Configuration
+from grpclib.const import Cardinality, Handler
 
-from ensign.daemon.errors import ConfigError
+from ensign.daemon.errors import ConfigError, WrongSocket
 from ensign.daemon.server import bounds
 from ensign.daemon.server.peercred import PeerTracker, TrackingServer
-from ensign.daemon.server.translate import Service
+from ensign.daemon.server.translate import Service, translated
 
 WORKLOAD_SOCKET_MODE = 0o666
 ADMIN_SOCKET_MODE = 0o600
@@ -84,15 +87,42 @@ def _unlink_if_same(path: Path, st: os.stat_result) -> None:
         pass
 
 
+class _Served(dict[str, Handler]):
+    """A server's method table that answers a method it does not serve with WrongSocket, as a
+    proper gRPC response. grpclib's own answer has no content-type, which its clients report
+    as "UNKNOWN: Missing content-type header": useless to someone who used the wrong socket."""
+
+    def __init__(self, mapping: dict[str, Handler], fallback: Handler) -> None:
+        super().__init__(mapping)
+        self._fallback = fallback
+
+    def get(self, key: str, default: Any = None) -> Handler:
+        return super().get(key) or self._fallback
+
+
+def _unserved(label: str, mapping: dict[str, Handler]) -> Handler:
+    services = sorted({path.split("/")[1] for path in mapping})
+    message = f"not served on {label}, which serves {', '.join(services)}"
+
+    async def unserved(stream: Any) -> None:
+        raise WrongSocket(message)
+
+    path = "/ensign.Unserved/Unserved"  # one metric label, whatever the caller asked for
+    service = translated({path: Handler(unserved, Cardinality.UNARY_UNARY, Empty, Empty)})
+    return service.__mapping__()[path]
+
+
 class UnixServer:
     """One grpclib server on one Unix socket, with connections tracked by kernel credentials."""
 
     def __init__(self, path: Path, mode: int, services: Collection[Service], tracker: PeerTracker,
-                 gid: int | None = None):
+                 gid: int | None = None, label: str = "this socket"):
         self.path = path
         self._mode = mode
         self._gid = gid
         self._server = TrackingServer(services, tracker, config=Configuration())
+        table = self._server._mapping  # grpclib keeps it private; read once, here
+        self._server._mapping = _Served(table, _unserved(label, table))
         self._bound: os.stat_result | None = None  # the socket file this server created
 
     async def start(self) -> None:

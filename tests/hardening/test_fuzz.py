@@ -571,8 +571,8 @@ def test_cli_arguments(fuzzed: Daemon, batch: list[list[str]]) -> None:
     _serving(fuzzed)
 
 
-@pytest.mark.parametrize("argv", [["tpm", "status"], ["tpm", "policy", "-o", "/dev/null"],
-                                  ["tpm", "quote", "--nonce", "00" * 16, "-o", "/dev/null"]])
+@pytest.mark.parametrize("argv", [["tpm", "status"], ["tpm", "policy", "--out", "/dev/null"],
+                                  ["tpm", "quote", "--nonce", "00" * 16, "--out", "/dev/null"]])
 def test_tpm_commands_without_a_tpm_exit_cleanly(fuzzed: Daemon, argv: list[str],
                                                  tmp_path: Path) -> None:
     [r] = cli_batch(fuzzed, [argv], tmp_path)

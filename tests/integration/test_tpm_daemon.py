@@ -137,7 +137,7 @@ def test_remote_evidence_lists_exactly_the_attested_executables(
     fetch_jwt(str(d.socket), "a")  # attests this process: its executable is measured
     nonce = secrets.token_hex(32)
     d.cli("tpm", "status", "--ak-pub-out", str(tmp_path / "ak.pem"))
-    d.cli("tpm", "quote", "--nonce", nonce, "-o", str(tmp_path / "ev.json"))
+    d.cli("tpm", "quote", "--nonce", nonce, "--out", str(tmp_path / "ev.json"))
     verdict = json.loads(d.cli(
         "tpm", "verify-evidence", str(tmp_path / "ev.json"), "--nonce", nonce, "--ak-pub",
         str(tmp_path / "ak.pem"), "--policy", str(_golden(d.root)), "-o", "json").stdout)
