@@ -28,13 +28,22 @@ def version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (reading package metadata costs ~50 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"ensign {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the warning filters: the commands pull in most of
     # the daemon's libraries.
     from . import admin_cmds, daemon_cmds, tpm_cmds, verify_cmd, workload_cmds
 
     parser = CliParser(prog="ensign", description="Identity for AI agents on this node.")
-    parser.add_argument("--version", action="version", version=f"ensign {version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=CliParser)
     daemon_cmds.register(sub)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -133,6 +134,7 @@ def test_status_policy_and_fresh_evidence_verify(node: Node, tmp_path: Path) -> 
     out = node.cli("status", subprocess_=True).stdout  # the console entry point, for real
     assert "available           yes" in out and "chains to CN=swtpm-localca-rootca" in out
     assert "2 executables in PCR 23" in out and "PCR 23" in out
+    assert re.search(r"^transient handles +0x8[0-9a-f]{7}$", out, re.M), out  # hex, no list
     status = json.loads(node.cli("status", "-o", "json", "--ak-pub-out",
                                  str(tmp_path / "ak.pem")).stdout)
     assert status["available"] and len(status["transient_handles"]) == 1
@@ -141,7 +143,9 @@ def test_status_policy_and_fresh_evidence_verify(node: Node, tmp_path: Path) -> 
     assert sorted(golden["pcrs"], key=int) == [str(i) for i in range(8)]
 
     nonce = secrets.token_hex(32)
-    node.cli("quote", "--nonce", nonce, "--out", str(tmp_path / "ev.json"))
+    printed = node.cli("quote", "--nonce", nonce).stdout  # no --out: the evidence is printed
+    (tmp_path / "ev.json").write_text(printed)
+    assert json.loads(printed)["nonce"] == nonce
     result = node.cli("verify-evidence", str(tmp_path / "ev.json"), "--nonce", nonce,
                       "--ak-pub", str(tmp_path / "ak.pem"), "--policy",
                       str(tmp_path / "golden.json"), "-o", "json")

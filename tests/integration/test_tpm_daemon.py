@@ -101,7 +101,9 @@ def test_swtpm_outage_fails_only_tpm_identities_and_recovers(
         d.register("on-tpm", "unix:uid:0", "tpm:policy:pass")  # this process (root)
         d.register("plain", f"unix:uid:{NOBODY}")  # another agent, no TPM selector
         assert fetch_jwt(str(d.socket), "a").svids
-        state = json.loads(d.cli("status", "-o", "json").stdout)["attestor_state"]
+        status = json.loads(d.cli("status", "-o", "json").stdout)
+        assert "tpm" in status["attestors"]  # the node's attestor is listed with the others
+        state = status["attestor_state"]
         assert state["tpm"].startswith("ready, last quote"), state
         os.kill(emu.pid or 0, signal.SIGKILL)
         emu.reap()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ensign.daemon.errors import Conflict, InvalidRequest, NotFound
+from ensign.daemon.errors import Conflict, InvalidData, InvalidRequest, NotFound
 from ensign.daemon.registry import Entry, EventHub, ListFilter, Registry, RoleBook, SqliteStore
 
 
-def _reg(path: Path) -> Registry:
+def _reg(path: Path, clock: Callable[[], float] = time.time) -> Registry:
     store = SqliteStore(path / "registry.db")
     store.open()
     events = EventHub()
-    r = Registry(store, RoleBook(store, events), events, "example.org")
+    r = Registry(store, RoleBook(store, events), events, "example.org", clock=clock)
     r.load()
     return r
 
@@ -71,8 +73,13 @@ def test_refusals(tmp_path: Path) -> None:
 
 
 def test_expired_and_suspended_entries_do_not_match(tmp_path: Path) -> None:
-    r = _reg(tmp_path)
-    r.register(_entry("old", "unix:uid:1", expires_at=1), 0)
+    now = [1_800_000_000.0]
+    r = _reg(tmp_path, clock=lambda: now[0])
+    with pytest.raises(InvalidData, match="in the past"):
+        r.register(_entry("dead", "unix:uid:1", expires_at=int(now[0]) - 1), 0)
+    r.register(_entry("old", "unix:uid:1", expires_at=int(now[0]) + 10), 0)
+    assert [e.name for e in r.match({"unix:uid:1"})] == ["old"]
+    now[0] += 11
     s = r.register(_entry("sus", "unix:uid:1"), 0)
     r.transition(s.id, "suspend", "uid:0", "test")
     assert r.match({"unix:uid:1"}) == []
