@@ -249,7 +249,12 @@ class AdminApi:
             return
         await stream.send_message(pb.ArchiveChunk(name=PUBLIC_KEY, data=p.public_key, end=True))
         for path in p.segments:  # closed segments: they no longer change
-            with open(path, "rb") as f:  # noqa: ASYNC230 (read off the loop below)
+            try:
+                f = open(path, "rb")  # noqa: ASYNC230, SIM115 (read off the loop below)
+            except FileNotFoundError:
+                raise FailedPrecondition(f"{path.name} was archived meanwhile by another "
+                                         "command: run it again") from None
+            with f:
                 while True:
                     data = await asyncio.to_thread(f.read, ARCHIVE_CHUNK)
                     end = len(data) < ARCHIVE_CHUNK
