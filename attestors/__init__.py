@@ -3,6 +3,10 @@
 An attestor turns a verified caller into selector values; it never decides identity (the
 registry match does). Adding one means one module here, an entry in BUILTIN, and its config
 section in ensign.daemon.config.
+
+The offline Sigstore verification behind the sigstore attestor is public too (`ensign
+verify-artifact` uses it): `load_sigstore_trust`, `verify_sigstore_bundle`, `identity_policy`,
+`load_public_key`, `CheckFailed`, `Verified`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._sigstore_verify import (
+    DEFAULT_PREDICATE_TYPES,
+    MAX_BUNDLE_BYTES,
+    CheckFailed,
+    Verified,
+    identity_policy,
+    load_public_key,
+)
+from ._sigstore_verify import load_verifier as load_sigstore_trust
+from ._sigstore_verify import verify as verify_sigstore_bundle
 from .base import Attestor, AttestorError
 from .sigstore import SigstoreAttestor
 from .systemd import SystemdAttestor
@@ -23,6 +37,8 @@ BUILTIN: dict[str, Callable[[Any], Attestor]] = {
 }
 
 __all__ = [
-    "BUILTIN", "Attestor", "AttestorError", "SigstoreAttestor", "SystemdAttestor", "TpmAttestor",
-    "UnixAttestor",
+    "BUILTIN", "DEFAULT_PREDICATE_TYPES", "MAX_BUNDLE_BYTES", "Attestor", "AttestorError",
+    "CheckFailed", "SigstoreAttestor", "SystemdAttestor", "TpmAttestor", "UnixAttestor",
+    "Verified", "identity_policy", "load_public_key", "load_sigstore_trust",
+    "verify_sigstore_bundle",
 ]

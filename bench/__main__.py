@@ -23,7 +23,9 @@ from typing import Any
 from . import (
     anomaly_overhead,
     audit_append,
+    first_secret,
     first_svid,
+    https_exchange,
     jwt_fetch,
     registry_match,
     sigstore_attest,
@@ -37,7 +39,8 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
-    svid_mint.run, first_svid.run, streams.run, anomaly_overhead.run,
+    svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
+    https_exchange.run,
 ]
 
 

@@ -77,6 +77,10 @@ class Daemon:
         if n.tpm is not None:
             await n.tpm.start()
         n.ca.load_or_create()
+        n.delegation_keys.load_or_create()
+        if n.https_tls is not None:
+            n.https_tls.refresh()  # a certificate that cannot load is a config error at start
+        await n.federation.start()
         n.audit.observers.append(metrics.observe_audit)
         n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
         if n.responder is not None:
@@ -90,6 +94,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
+            if n.https is not None:  # first: listening once the sockets are (harness, systemd)
+                await n.https.start()
             await n.workload_server.start()
             await n.admin_server.start()
             if self.config.metrics.listen:
@@ -155,12 +161,18 @@ class Daemon:
                 n.audit.record_nowait(AuditEvent(type="ca.rotated", details={
                     "authorities": [a.jwt_kid for a in n.ca.authorities()],
                     "signing": n.ca.current().jwt_kid}))
+            if n.https_tls is not None:
+                n.https_tls.refresh()
+            if n.delegation_keys.maintain():
+                log.info("delegation signing keys changed", extra={
+                    "published": [k.kid for k in n.delegation_keys.published()]})
             if n.cache.expire_due():
                 changed = True
             if changed:
                 n.broadcast.publish()
             now = n.clock()
-            due = [n.ca.next_event_at()]  # entry expiry is checked every tick (<= 1 s)
+            # entry expiry is checked every tick (<= 1 s)
+            due = [n.ca.next_event_at(), n.delegation_keys.next_event_at()]
             nxt = n.cache.next_refresh_at()
             if nxt is not None:
                 due.append(nxt)
@@ -174,10 +186,15 @@ class Daemon:
         n.state.draining = True
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if n.https is not None:
+            n.https.close()
         for server in (n.workload_server, n.admin_server):
             server.close()
         for server in (n.workload_server, n.admin_server):
             await server.wait_closed()
+        if n.https is not None:
+            await n.https.wait_closed()
+        await n.federation.aclose()
         await n.pipeline.aclose()
         if n.tpm is not None:
             await n.tpm.aclose()

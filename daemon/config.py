@@ -7,10 +7,13 @@ receives a typed section in its constructor.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -21,7 +24,7 @@ from ensign.attestors.tpm import dev_config as tpm_dev_config
 from ensign.attestors.unix import UnixConfig
 from ensign.daemon.config_types import Duration, Size, StrictModel
 from ensign.daemon.errors import ConfigError, InvalidRequest
-from ensign.daemon.spiffe_id import validate_trust_domain
+from ensign.daemon.spiffe_id import SpiffeId, validate_trust_domain
 
 DEFAULT_CONFIG_PATH = Path("/etc/ensign/ensign.toml")
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048"]
@@ -92,7 +95,135 @@ class DelegationConfig(StrictModel):
     max_chain_depth: int = Field(default=3, ge=1, le=16)
     token_ttl: Duration = timedelta(minutes=5)  # the longest a delegated token lives
     jwks_refresh: Duration = timedelta(minutes=5)  # how often jwks_url issuers are re-fetched
+    # Delegated tokens are signed by a key set of their own (never the JWT-SVID keys).
+    signing_alg: Literal["ES256", "RS256"] = "ES256"  # RFC 9068 names RS256
+    key_rotation: Duration = timedelta(days=30)  # how long one key signs
     issuers: list[DelegationIssuer] = Field(default_factory=list)
+
+    @field_validator("token_ttl")
+    @classmethod
+    def _token_ttl(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(days=1):
+            raise ValueError("must be between 1s and 1d")
+        return v
+
+    @field_validator("key_rotation")
+    @classmethod
+    def _rotation(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= v <= timedelta(days=3650):
+            raise ValueError("must be between 10s and 3650d")
+        return v
+
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+
+
+class HttpConfig(StrictModel):
+    """The HTTPS endpoint for resource servers and federation (off while `listen` is empty)."""
+
+    listen: str = ""  # "host:port", e.g. "0.0.0.0:8443"
+    tls_cert: Path | None = None  # default: the node's own X.509-SVID, rotated like any SVID
+    tls_key: Path | None = None
+    issuer: str = ""  # https URL: `iss` of delegated tokens and the metadata's issuer
+    # The node's name in its SPIFFE ID (spiffe://<td>/ensign/node/<node_name>); default: the
+    # host name (config.node_name() is the one place that reads it).
+    node_name: str = ""
+    max_connections: int = Field(default=4096, ge=1)  # all clients together
+    handshake_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            _host, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"write host:port, got {v!r}")
+        return v
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        if v:
+            url = urlsplit(v)
+            if url.scheme != "https" or not url.hostname or url.query or url.fragment:
+                raise ValueError("must be an https URL without query or fragment (RFC 8414 §2)")
+            v = v.rstrip("/")
+        return v
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, v: str) -> str:
+        if v and not _NODE_NAME.match(v):
+            raise ValueError("letters, digits, '.', '_' and '-' only (a SPIFFE ID path segment)")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> HttpConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.listen and not self.issuer:
+            raise ValueError("issuer is required when listen is set: the https URL resource "
+                             "servers reach this endpoint at")
+        return self
+
+
+class FederatedTrustDomain(StrictModel):
+    """A trust domain whose bundle is fetched from its SPIFFE bundle endpoint."""
+
+    trust_domain: str
+    bundle_endpoint_url: str
+    profile: Literal["https_web", "https_spiffe"] = "https_web"
+    endpoint_spiffe_id: str = ""  # https_spiffe: the endpoint server's SPIFFE ID
+    # https_spiffe: the bundle that authenticates the endpoint until the first fetch (SPIFFE
+    # bundle JSON or PEM); afterwards each fetched bundle authenticates the next
+    bundle_file: Path | None = None
+    # https_web: CA certificates (PEM) that verify the endpoint; default: the system's
+    ca_file: Path | None = None
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _td(cls, v: str) -> str:
+        try:
+            return validate_trust_domain(v)
+        except InvalidRequest as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("bundle_endpoint_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        url = urlsplit(v)
+        if url.scheme != "https" or not url.hostname:
+            raise ValueError("must be an https URL")
+        return v
+
+    @model_validator(mode="after")
+    def _profile(self) -> FederatedTrustDomain:
+        if self.profile == "https_spiffe":
+            if not self.endpoint_spiffe_id:
+                raise ValueError("https_spiffe needs endpoint_spiffe_id")
+            try:
+                sid = SpiffeId.parse(self.endpoint_spiffe_id)
+            except InvalidRequest as e:
+                raise ValueError(f"endpoint_spiffe_id: {e}") from None
+            if not sid.is_workload:
+                raise ValueError("endpoint_spiffe_id needs a path")
+        elif self.endpoint_spiffe_id or self.bundle_file:
+            raise ValueError("endpoint_spiffe_id and bundle_file belong to profile https_spiffe")
+        return self
+
+
+class FederationConfig(StrictModel):
+    trust_domains: list[FederatedTrustDomain] = Field(default_factory=list)
+    # spiffe_refresh_hint of the bundle this node serves at /.well-known/spiffe-bundle
+    refresh_hint: Duration = timedelta(minutes=5)
+    fetch_timeout: Duration = timedelta(seconds=10)  # a hanging endpoint gives up after this
+
+    @model_validator(mode="after")
+    def _unique(self) -> FederationConfig:
+        names = [t.trust_domain for t in self.trust_domains]
+        if len(names) != len(set(names)):
+            raise ValueError("each trust_domain may be listed once")
+        return self
 
 
 class AuditConfig(StrictModel):
@@ -152,6 +283,8 @@ class Config(StrictModel):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
 
     @field_validator("trust_domain")
     @classmethod
@@ -179,7 +312,19 @@ class Config(StrictModel):
     def _distinct_sockets(self) -> Config:
         if self.socket_path == self.admin_socket_path:
             raise ValueError("socket_path and admin_socket_path must differ")
+        if any(t.trust_domain == self.trust_domain for t in self.federation.trust_domains):
+            raise ValueError("federation.trust_domains: this node's own trust domain cannot "
+                             "be federated")
         return self
+
+
+def node_name(config: Config) -> str:
+    """This node's name: `[http] node_name`, else the host name. The one place that reads it
+    (the fleet's `[fleet] node_name` joins here)."""
+    if config.http.node_name:
+        return config.http.node_name
+    name = socket.gethostname().split(".")[0] or "localhost"
+    return name if _NODE_NAME.match(name) else "node"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -13,19 +13,27 @@ exits with the same code for an error raised in the daemon as for one raised loc
 | WrongSocket         | UNIMPLEMENTED       | 64   | a call to a socket that does not serve its API
 | InvalidData         | INVALID_ARGUMENT    | 65   | bad content: a file, a certificate, a past time
 | TokenInvalid        | INVALID_ARGUMENT    | 65   | bad signature, expired, wrong audience
+| AudienceMismatch    | INVALID_ARGUMENT    | 65   | ... a genuine token for another audience
+| HolderInactive      | INVALID_ARGUMENT    | 65   | ... a token whose agent is no longer live
 | Conflict            | ALREADY_EXISTS      | 65   | a name is taken
 | FailedPrecondition  | FAILED_PRECONDITION | 65   | the current state does not allow it
 | InvalidTransition   | FAILED_PRECONDITION | 65   | ... a lifecycle change in particular
 | NotFound            | NOT_FOUND           | 66   | no such agent, role, grant or file
 | AttestationError    | UNAVAILABLE         | 69   | attestation failed or timed out
+| TpmUnavailable      | UNAVAILABLE         | 69   | ... the TPM cannot be reached (tpm/errors.py)
+| NoTpm               | UNAVAILABLE         | 69   | this node has no TPM (api/attestation.py)
 | StoreError          | UNAVAILABLE         | 74   | the registry cannot be read or written
 | SigningError        | INTERNAL            | 70   | a CA or signing key is unusable
+| TpmSealError        | INTERNAL            | 78   | ... a TPM-sealed CA key: the operator must act
 | AuditUnavailable    | UNAVAILABLE         | 74   | the audit log cannot be written: not issuing
 | RateLimited         | UNAVAILABLE         | 75   | over a per-uid limit; retry with backoff
+| RequestTooLarge     | RESOURCE_EXHAUSTED  | 75   | a request message over the bound or budget
 | PermissionDenied    | PERMISSION_DENIED   | 77   | the caller may not do this
 | NoIdentity          | PERMISSION_DENIED   | 77   | no registry entry matches the caller
 | CallerGone          | UNAUTHENTICATED     | 77   | the caller exited, exec'd or its pid was reused
-| ConfigError         | (startup only)      | 78   | a bad config key or value
+| ConfigError         | (startup only)      | 78   | a bad config key or value; an upstream CA,
+|                     |                     |      | [http] address or certificate that cannot
+|                     |                     |      | be used
 | EnsignError (other) | INTERNAL            | 70   | a bug: logged with its traceback
 
 `EXIT_CODES` below says what each exit code means to a user; the README's table is that table
@@ -46,16 +54,20 @@ EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "`healthcheck` only: the daemon answers but is not serving (the reason is printed)",
     64: "usage: a bad flag or argument, a request missing or misusing a field, a wrong socket",
-    65: "data: invalid content (a file, token, certificate, time in the past), a name taken, "
+    65: "data: invalid content (a file, a certificate, a time in the past, a token that is "
+        "bad, meant for another audience or held by an agent no longer active), a name taken, "
         "a state that does not allow it, an audit trail or artifact that does not verify",
     66: "not found: no such agent, role or grant, or an input file that cannot be read",
-    69: "unavailable: the daemon cannot be reached, attestation failed, the TPM is unavailable",
-    70: "internal: a bug or an unusable CA key (details in the daemon's log)",
+    69: "unavailable: the daemon cannot be reached, attestation failed, the TPM is unavailable "
+        "or the node has none",
+    70: "internal: a bug or a CA key that fails to sign (details in the daemon's log)",
     74: "I/O: a file cannot be written, or the daemon cannot write its registry or audit log",
-    75: "temporary: over a per-uid limit, or no answer in time; retry with backoff",
+    75: "temporary: over a per-uid limit or the bound on request size, or no answer in time; "
+        "retry with backoff",
     77: "permission: the caller may not do this, has no identity, or is not the process that "
         "connected",
-    78: "config: a bad config key or file, or the data directory is in use by another daemon",
+    78: "config: a bad config key or file (an [http] address or certificate, an upstream CA, a "
+        "CA key the TPM cannot unseal), or the data directory is in use by another daemon",
     130: "interrupted (Ctrl-C)",
 }
 
@@ -125,6 +137,16 @@ class Conflict(EnsignError):
     grpc_status = Status.ALREADY_EXISTS
     exit_code = 65  # EX_DATAERR
     public_message = "already exists"
+    detailed = True
+
+
+class RequestTooLarge(EnsignError):
+    """A request message over the socket's bound, or one that does not fit the budget for large
+    messages being received at once (retry later)."""
+
+    grpc_status = Status.RESOURCE_EXHAUSTED
+    exit_code = 75  # EX_TEMPFAIL
+    public_message = "request message too large"
     detailed = True
 
 

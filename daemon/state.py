@@ -13,6 +13,7 @@ from ensign.attestors import TpmAttestor
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
 from ensign.daemon.errors import EnsignError
+from ensign.daemon.federation import FederatedBundles
 from ensign.daemon.identity.pipeline import AttestationPipeline
 from ensign.daemon.issuing import CertificateAuthority, SvidCache
 from ensign.daemon.registry import GrantBook, Registry, RoleBook
@@ -33,6 +34,7 @@ class NodeState:
     pipeline: AttestationPipeline
     tracker: PeerTracker
     tpm: TpmService | None
+    federation: FederatedBundles
     started: float
     draining: bool = False
 
@@ -68,6 +70,7 @@ class NodeState:
             audit_sequence=self.audit.seq,
             problem=self.problem() or "", attestor_state=self.attestor_states(),
             log_level=logging.getLevelName(logging.getLogger().level).lower(),
+            federation=self.federation.status(),
         )
 
     def attestor_states(self) -> dict[str, str]:

@@ -24,12 +24,15 @@ from ensign.daemon.api import (
     Front,
     HealthService,
     Policy,
+    SecretDiscoveryApi,
     WorkloadApi,
 )
+from ensign.daemon.api.http import HttpApi, HttpsListener, ServerTls
 from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
-from ensign.daemon.delegation import TokenExchange, TrustedIssuers
+from ensign.daemon.delegation import DelegationKeys, Introspector, TokenExchange, TrustedIssuers
+from ensign.daemon.federation import FederatedBundles, ServedBundle
 from ensign.daemon.identity import AttestationPipeline, Resolver
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
 from ensign.daemon.registry import ChangeEvent, EventHub, GrantBook, Registry, RoleBook, SqliteStore
@@ -42,12 +45,14 @@ from ensign.daemon.server import (
     UnixServer,
     bounds,
     translated,
+    with_reflection,
 )
 from ensign.daemon.state import NodeState
 from ensign.daemon.tpm.service import TpmEvent, TpmService
 from ensign.proto.admin_grpc import AdminBase
 from ensign.proto.attestation_grpc import AttestationBase
 from ensign.proto.delegation_grpc import DelegationBase
+from ensign.proto.sds_grpc import SecretDiscoveryServiceBase
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ class Node:
     issuers: TrustedIssuers
     tpm: TpmService | None
     ca: CertificateAuthority
+    delegation_keys: DelegationKeys
     broadcast: Broadcast
     cache: SvidCache
     tracker: PeerTracker
@@ -76,6 +82,9 @@ class Node:
     state: NodeState
     workload_server: UnixServer
     admin_server: UnixServer
+    federation: FederatedBundles
+    https: HttpsListener | None = None
+    https_tls: ServerTls | None = None
 
 
 def build(config: Config, clock: Callable[[], datetime]) -> Node:
@@ -93,6 +102,10 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     ca = CertificateAuthority(config.ca, config.trust_domain, data, clock,
                               sealer=tpm if config.ca.seal_with_tpm else None)
     cache = SvidCache(ca, config.svid, clock)
+    dlg = config.delegation
+    delegation_keys = DelegationKeys(data, alg=dlg.signing_alg, period=dlg.key_rotation,
+                                     token_ttl=dlg.token_ttl, clock=clock,
+                                     sealer=tpm if config.ca.seal_with_tpm else None)
     lim = config.limits
     bounds.configure(lim.max_request_bytes, lim.max_pending_request_bytes)
     tracker = PeerTracker(limits=UidLimits(
@@ -105,22 +118,28 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     responder = (Responder(config.anomaly, registry, audit, data / "anomaly.json")
                  if config.anomaly.enabled else None)
     issuers = TrustedIssuers(config.delegation)
+    federation = FederatedBundles(config.federation, data, on_change=broadcast.publish)
     state = NodeState(config=config, registry=registry, roles=roles, grants=grants, ca=ca,
                       cache=cache, audit=audit, pipeline=pipeline, tracker=tracker, tpm=tpm,
-                      started=time.time())
+                      federation=federation, started=time.time())
     front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
                   audit=audit)
-    workload = WorkloadApi(config=config, roles=roles, cache=cache, ca=ca, audit=audit,
-                           broadcast=broadcast, clock=clock,
-                           on_validated=responder.validated if responder else None)
+    workload = WorkloadApi(config=config, registry=registry, roles=roles, cache=cache, ca=ca,
+                           audit=audit, broadcast=broadcast, clock=clock, federation=federation)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
-                             issuers=issuers, cache=cache, ca=ca, audit=audit, clock=clock)
-    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, [
+                             issuers=issuers, cache=cache, keys=delegation_keys, audit=audit,
+                             clock=clock)
+    # reflection lists what this socket serves: add services above it, never after
+    workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),
-        front.serve(DelegationBase, DelegationApi(exchange)),
+        # Envoy sends no workload.spiffe.io header (nor does SPIRE ask for one on SDS)
+        front.serve(SecretDiscoveryServiceBase, SecretDiscoveryApi(
+            trust_domain=config.trust_domain, roles=roles, cache=cache, ca=ca, audit=audit,
+            broadcast=broadcast, federation=federation), Policy(header=False)),
+        front.serve(DelegationBase, DelegationApi(exchange, delegation_keys)),
         front.serve(AttestationBase, AttestationApi(tpm)),
         translated(HealthService(state.problem).__mapping__()),
-    ], tracker, label="the Workload API socket")
+    ]), tracker, label="the Workload API socket")
     admin_gid = _group_id(config.admin_group)
     admin = AdminApi(registry=registry, roles=roles, grants=grants, audit=audit,
                      status=state.status, admin_gid=admin_gid,
@@ -133,11 +152,34 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
         tracker, gid=admin_gid, label="the admin socket")
     node = Node(config=config, clock=clock, events=events, store=store, roles=roles,
                 registry=registry, grants=grants, issuers=issuers, tpm=tpm, ca=ca,
+                delegation_keys=delegation_keys,
                 broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
                 audit=audit, responder=responder, state=state, workload_server=workload_server,
-                admin_server=admin_server)
+                admin_server=admin_server, federation=federation)
+    if config.http.listen:
+        _https(node, exchange)
     events.subscribe(_on_change(node))
     return node
+
+
+def _https(node: Node, exchange: TokenExchange) -> None:
+    """The HTTPS endpoint: its own per-address limits, the same [limits] values."""
+    config, lim = node.config, node.config.limits
+    limits = UidLimits(lim.max_connections_per_uid, lim.requests_per_second_per_uid,
+                       lim.burst_per_uid)
+    introspector = Introspector(keys=node.delegation_keys, registry=node.registry,
+                                grants=node.grants, issuer=exchange.issuer, clock=node.clock)
+    api = HttpApi(config=config, ca=node.ca, keys=node.delegation_keys, exchange=exchange,
+                  introspector=introspector, registry=node.registry, roles=node.roles,
+                  audit=node.audit, limits=limits, clock=node.clock,
+                  served=ServedBundle(config.data_dir,
+                                      int(config.federation.refresh_hint.total_seconds())))
+    tls = ServerTls(config, node.ca, node.clock)
+    node.https_tls = tls
+    node.https = HttpsListener(
+        config.http.listen, app=api.application(), context=lambda: tls.context, limits=limits,
+        max_connections=config.http.max_connections,
+        handshake_timeout=config.http.handshake_timeout.total_seconds())
 
 
 def _tpm(config: Config, data: object, broadcast: Broadcast, audit: AuditLog) -> TpmService:

@@ -111,6 +111,7 @@ install -d -m 0755 "$STAGE/usr/bin" "$STAGE/lib/systemd/system" "$STAGE/usr/lib/
     "$STAGE/etc/ensign/sigstore/bundles" "$STAGE/usr/share/doc/ensign" "$STAGE/DEBIAN"
 ln -s /opt/ensign/bin/ensign "$STAGE/usr/bin/ensign"
 install -m 0644 systemd/ensign.service "$STAGE/lib/systemd/system/ensign.service"
+install -m 0644 "systemd/ensign-helper@.service" "$STAGE/lib/systemd/system/ensign-helper@.service"
 install -m 0644 systemd/ensign.tmpfiles "$STAGE/usr/lib/tmpfiles.d/ensign.conf"
 install -m 0644 packaging/ensign.toml "$STAGE/etc/ensign/ensign.toml"
 ROOT_JSON=$(find "$V/lib" -path '*/sigstore/_store/https%3A%2F%2Ftuf-repo-cdn.sigstore.dev/trusted_root.json' | head -n1)

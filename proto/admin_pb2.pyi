@@ -117,7 +117,7 @@ class DropArchivedAuditResponse(_message.Message):
     def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by", "history")
+    __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by", "history", "federates_with")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class Agent(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     kind: str
@@ -167,7 +168,8 @@ class Agent(_message.Message):
     expires_at: int
     created_by: int
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., expires_at: _Optional[int] = ..., created_by: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ...) -> None: ...
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., expires_at: _Optional[int] = ..., created_by: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., federates_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("at", "from_state", "to_state", "reason", "actor")
@@ -232,7 +234,7 @@ class ApplyResponse(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[PlanStep, _Mapping]]] = ..., applied: _Optional[bool] = ...) -> None: ...
 
 class Role(_message.Message):
-    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate", "created_at", "updated_at", "revision", "holders")
+    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate", "created_at", "updated_at", "revision", "holders", "may_introspect")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,7 @@ class Role(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    MAY_INTROSPECT_FIELD_NUMBER: _ClassVar[int]
     name: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
     scopes: _containers.RepeatedScalarFieldContainer[str]
@@ -253,7 +256,8 @@ class Role(_message.Message):
     updated_at: int
     revision: int
     holders: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ...) -> None: ...
+    may_introspect: bool
+    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., revision: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ..., may_introspect: _Optional[bool] = ...) -> None: ...
 
 class ListRolesRequest(_message.Message):
     __slots__ = ()
@@ -272,20 +276,22 @@ class GetRoleRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class UpdateRoleRequest(_message.Message):
-    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate")
+    __slots__ = ("name", "audiences", "scopes", "max_ttl_seconds", "may_act_for_users", "may_redelegate", "may_introspect")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     MAX_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAY_ACT_FOR_USERS_FIELD_NUMBER: _ClassVar[int]
     MAY_REDELEGATE_FIELD_NUMBER: _ClassVar[int]
+    MAY_INTROSPECT_FIELD_NUMBER: _ClassVar[int]
     name: str
     audiences: StringList
     scopes: StringList
     max_ttl_seconds: int
     may_act_for_users: bool
     may_redelegate: bool
-    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Union[StringList, _Mapping]] = ..., scopes: _Optional[_Union[StringList, _Mapping]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ...) -> None: ...
+    may_introspect: bool
+    def __init__(self, name: _Optional[str] = ..., audiences: _Optional[_Union[StringList, _Mapping]] = ..., scopes: _Optional[_Union[StringList, _Mapping]] = ..., max_ttl_seconds: _Optional[int] = ..., may_act_for_users: _Optional[bool] = ..., may_redelegate: _Optional[bool] = ..., may_introspect: _Optional[bool] = ...) -> None: ...
 
 class DeleteRoleRequest(_message.Message):
     __slots__ = ("name",)
@@ -298,7 +304,7 @@ class DeleteRoleResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentSpec(_message.Message):
-    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at", "expires_after_seconds")
+    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at", "federates_with", "expires_after_seconds")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +326,7 @@ class AgentSpec(_message.Message):
     ROLES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
@@ -335,8 +342,9 @@ class AgentSpec(_message.Message):
     roles: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
     expires_at: int
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
     expires_after_seconds: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ..., expires_after_seconds: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Iterable[str]] = ..., expires_after_seconds: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
     __slots__ = ("spec",)
@@ -394,7 +402,7 @@ class StringMap(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpdateAgentRequest(_message.Message):
-    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at", "kind", "metadata")
+    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at", "federates_with", "kind", "metadata")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -408,6 +416,7 @@ class UpdateAgentRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -423,9 +432,10 @@ class UpdateAgentRequest(_message.Message):
     capabilities: StringList
     roles: StringList
     expires_at: int
+    federates_with: StringList
     kind: str
     metadata: StringMap
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Union[StringList, _Mapping]] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
 
 class DeleteAgentRequest(_message.Message):
     __slots__ = ("id",)
@@ -442,8 +452,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level")
+    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level", "federation")
     class AttestorStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FederationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +481,7 @@ class StatusResponse(_message.Message):
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     ATTESTOR_STATE_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
     trust_domain: str
     started_at: int
     entries: int
@@ -478,7 +496,8 @@ class StatusResponse(_message.Message):
     problem: str
     attestor_state: _containers.ScalarMap[str, str]
     log_level: str
-    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ...) -> None: ...
+    federation: _containers.ScalarMap[str, str]
+    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ..., federation: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LogLevel(_message.Message):
     __slots__ = ("level",)

@@ -18,6 +18,10 @@ class DelegationBase(abc.ABC):
     async def ExchangeToken(self, stream: 'grpclib.server.Stream[ensign.proto.delegation_pb2.ExchangeTokenRequest, ensign.proto.delegation_pb2.ExchangeTokenResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def TokenKeys(self, stream: 'grpclib.server.Stream[ensign.proto.delegation_pb2.TokenKeysRequest, ensign.proto.delegation_pb2.TokenKeysResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/ensign.delegation.v1.Delegation/ExchangeToken': grpclib.const.Handler(
@@ -25,6 +29,12 @@ class DelegationBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ensign.proto.delegation_pb2.ExchangeTokenRequest,
                 ensign.proto.delegation_pb2.ExchangeTokenResponse,
+            ),
+            '/ensign.delegation.v1.Delegation/TokenKeys': grpclib.const.Handler(
+                self.TokenKeys,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.delegation_pb2.TokenKeysRequest,
+                ensign.proto.delegation_pb2.TokenKeysResponse,
             ),
         }
 
@@ -37,4 +47,10 @@ class DelegationStub:
             '/ensign.delegation.v1.Delegation/ExchangeToken',
             ensign.proto.delegation_pb2.ExchangeTokenRequest,
             ensign.proto.delegation_pb2.ExchangeTokenResponse,
+        )
+        self.TokenKeys = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.delegation.v1.Delegation/TokenKeys',
+            ensign.proto.delegation_pb2.TokenKeysRequest,
+            ensign.proto.delegation_pb2.TokenKeysResponse,
         )

@@ -24,17 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65nsign/proto/delegation.proto\x12\x14\x65nsign.delegation.v1\"\xa3\x01\n\x14\x45xchangeTokenRequest\x12\x15\n\rsubject_token\x18\x01 \x01(\t\x12\x1a\n\x12subject_token_type\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x1d\n\x15requested_ttl_seconds\x18\x05 \x01(\x03\x12\x17\n\x0f\x61llow_narrowing\x18\x06 \x01(\x08\"\x80\x01\n\x15\x45xchangeTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x19\n\x11issued_token_type\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x03\x12\x0e\n\x06scopes\x18\x05 \x03(\t2v\n\nDelegation\x12h\n\rExchangeToken\x12*.ensign.delegation.v1.ExchangeTokenRequest\x1a+.ensign.delegation.v1.ExchangeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65nsign/proto/delegation.proto\x12\x14\x65nsign.delegation.v1\"\x12\n\x10TokenKeysRequest\"1\n\x11TokenKeysResponse\x12\x0c\n\x04jwks\x18\x01 \x01(\x0c\x12\x0e\n\x06issuer\x18\x02 \x01(\t\"\xa3\x01\n\x14\x45xchangeTokenRequest\x12\x15\n\rsubject_token\x18\x01 \x01(\t\x12\x1a\n\x12subject_token_type\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x1d\n\x15requested_ttl_seconds\x18\x05 \x01(\x03\x12\x17\n\x0f\x61llow_narrowing\x18\x06 \x01(\x08\"\x80\x01\n\x15\x45xchangeTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x19\n\x11issued_token_type\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x03\x12\x0e\n\x06scopes\x18\x05 \x03(\t2\xd4\x01\n\nDelegation\x12h\n\rExchangeToken\x12*.ensign.delegation.v1.ExchangeTokenRequest\x1a+.ensign.delegation.v1.ExchangeTokenResponse\x12\\\n\tTokenKeys\x12&.ensign.delegation.v1.TokenKeysRequest\x1a\'.ensign.delegation.v1.TokenKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ensign.proto.delegation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXCHANGETOKENREQUEST']._serialized_start=56
-  _globals['_EXCHANGETOKENREQUEST']._serialized_end=219
-  _globals['_EXCHANGETOKENRESPONSE']._serialized_start=222
-  _globals['_EXCHANGETOKENRESPONSE']._serialized_end=350
-  _globals['_DELEGATION']._serialized_start=352
-  _globals['_DELEGATION']._serialized_end=470
+  _globals['_TOKENKEYSREQUEST']._serialized_start=55
+  _globals['_TOKENKEYSREQUEST']._serialized_end=73
+  _globals['_TOKENKEYSRESPONSE']._serialized_start=75
+  _globals['_TOKENKEYSRESPONSE']._serialized_end=124
+  _globals['_EXCHANGETOKENREQUEST']._serialized_start=127
+  _globals['_EXCHANGETOKENREQUEST']._serialized_end=290
+  _globals['_EXCHANGETOKENRESPONSE']._serialized_start=293
+  _globals['_EXCHANGETOKENRESPONSE']._serialized_end=421
+  _globals['_DELEGATION']._serialized_start=424
+  _globals['_DELEGATION']._serialized_end=636
 # @@protoc_insertion_point(module_scope)

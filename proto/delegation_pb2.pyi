@@ -6,6 +6,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TokenKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TokenKeysResponse(_message.Message):
+    __slots__ = ("jwks", "issuer")
+    JWKS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    jwks: bytes
+    issuer: str
+    def __init__(self, jwks: _Optional[bytes] = ..., issuer: _Optional[str] = ...) -> None: ...
+
 class ExchangeTokenRequest(_message.Message):
     __slots__ = ("subject_token", "subject_token_type", "audience", "scopes", "requested_ttl_seconds", "allow_narrowing")
     SUBJECT_TOKEN_FIELD_NUMBER: _ClassVar[int]

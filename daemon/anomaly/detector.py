@@ -11,10 +11,22 @@ decided, and it never slows the issuing path beyond a few dictionary updates. Si
   denial-burst   many refusals within a window, per agent and per uid;
   new-delegator  a human the agent never acted for before;
   chain-depth    a delegation chain deeper than the agent's usual;
-  jti-replay     the same JWT-SVID presented twice to ValidateJWTSVID.
+  token-misdirected     a genuine JWT-SVID of the agent validated for an audience it does
+                        not name (forwarded, stolen, or a misconfigured validator);
+  token-spread          one JWT-SVID validated from more distinct uids than the audiences it
+                        names (each audience is one recipient service);
+  token-inactive-agent  a JWT-SVID validated after its agent was suspended, decommissioned
+                        or deleted.
 
-Nothing is flagged for an agent until its learning period has passed. Every finding says in
-one line what was seen, what was expected and why it matters.
+JWT-SVIDs are bearer tokens that holders reuse until half life (Ensign's cache and go-spiffe's
+JWTSource both do), so the same token validated again and again by its audience is normal and
+never flagged. The token signals only alert: a token can be misused by whoever received it, so
+its holder may be the victim rather than the culprit, and is never suspended for them.
+
+Statistics (rate, first-seen audience, uid, delegator, chain depth) need a baseline: nothing of
+those is flagged for an agent until its learning period has passed. Binary drift and the token
+signals are discrete facts and are flagged at once. Every finding says in one line what was
+seen, what was expected and why it matters.
 """
 
 from __future__ import annotations
@@ -29,8 +41,9 @@ from typing import Any
 
 from ensign.daemon.config import AnomalyConfig
 
-JTI_MEMORY = 100_000
+TOKEN_MEMORY = 100_000  # JWT-SVIDs whose validators are remembered (oldest forgotten first)
 EWMA_ALPHA = 0.1
+INACTIVE = ("suspended", "decommissioned", "deleted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +55,7 @@ class Finding:
     why: str
     uid: int | None = None
     values: dict[str, Any] = field(default_factory=dict)
+    may_suspend: bool = True  # False: alert only, whatever the action (the holder may be a victim)
 
     def line(self) -> str:
         who = self.agent_id or f"uid {self.uid}"
@@ -84,14 +98,23 @@ class _Agent:
     last_finding: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Token:
+    audiences: int
+    validators: set[str] = field(default_factory=set)
+
+
 class Detector:
-    def __init__(self, config: AnomalyConfig, clock: Callable[[], float]) -> None:
+    def __init__(self, config: AnomalyConfig, clock: Callable[[], float],
+                 state_of: Callable[[str], str] = lambda agent_id: "active") -> None:
+        """`state_of(agent_id)`: the agent's lifecycle state now ("deleted" if gone)."""
         self._cfg = config
         self._clock = clock
+        self._state_of = state_of
         self._agents: dict[str, _Agent] = {}
         self._uid_denials: dict[int, deque[float]] = {}
         self._uid_last: dict[int, float] = {}
-        self._jtis: OrderedDict[str, None] = OrderedDict()
+        self._tokens: OrderedDict[str, _Token] = OrderedDict()
 
     # -- input -----------------------------------------------------------------------------
 
@@ -100,21 +123,12 @@ class Detector:
         kind = event.get("type")
         if kind == "svid.issued":
             return self._issued(event)
+        if kind == "svid.validated":
+            return self._validated(event)
         if kind in ("request.denied", "token.exchanged") and event.get("result") == "denied":
             return self._denied(event)
         if kind == "token.exchanged":
             return self._exchanged(event)
-        return []
-
-    def validated(self, jti: str, agent_id: str) -> list[Finding]:
-        if not jti:
-            return []
-        if jti in self._jtis:
-            return [Finding("jti-replay", agent_id, f"JWT-SVID jti {jti} presented again",
-                            "each token validated once", "a replayed token may be stolen")]
-        self._jtis[jti] = None
-        if len(self._jtis) > JTI_MEMORY:
-            self._jtis.popitem(last=False)
         return []
 
     # -- signals ---------------------------------------------------------------------------
@@ -136,7 +150,7 @@ class Detector:
         process = e.get("process") or {}
         sha, uid = process.get("exe_sha256", ""), process.get("uid")
         if sha and sha not in st.exe_hashes:
-            if learned and st.exe_hashes:
+            if st.exe_hashes:  # a fact, not a statistic: flagged in the learning period too
                 out.append(Finding(
                     "binary-drift", agent_id, f"executable sha256 {sha[:16]}...",
                     f"one of {len(st.exe_hashes)} known build(s)",
@@ -185,6 +199,60 @@ class Detector:
                             {"count": rate.count, "baseline_mean": round(rate.mean, 3),
                              "baseline_std": round(math.sqrt(max(rate.var, 0.0)), 3)})]
         return []
+
+    def _validated(self, e: dict[str, Any]) -> list[Finding]:
+        """ValidateJWTSVID: `agent_id` is the token's holder, `process` the validator."""
+        agent_id = str(e.get("agent_id", ""))
+        details = e.get("details") or {}
+        jti = str(details.get("jti", ""))
+        if not agent_id or not jti:
+            return []
+        now = self._clock()
+        st, _ = self._agent(agent_id, now)
+        named = [str(a) for a in details.get("token_audience", [])]
+        asked = ", ".join(repr(a) for a in e.get("audience", []))
+        uid = (e.get("process") or {}).get("uid")
+        if e.get("result") != "success" and details.get("refused") == "agent-inactive":
+            state = self._state_of(agent_id) or "suspended"
+            return self._cool(st.last_finding, [Finding(
+                "token-inactive-agent", agent_id, f"its JWT-SVID {jti} presented for {asked}",
+                f"no use of a {state} agent's identity", "its tokens outlive the suspension: "
+                "whoever holds them still uses them (this node refused it)", uid,
+                {"jti": jti, "state": state}, may_suspend=False)], now)
+        if e.get("result") != "success":
+            return self._cool(st.last_finding, [Finding(
+                "token-misdirected", agent_id, f"its JWT-SVID {jti} presented for {asked}",
+                f"only for {named}", "a token sent to a service it does not name was forwarded "
+                "or stolen, or that validator is misconfigured", uid,
+                {"jti": jti, "token_audience": named}, may_suspend=False)], now)
+        out: list[Finding] = []
+        state = self._state_of(agent_id)
+        if state in INACTIVE:
+            out.append(Finding(
+                "token-inactive-agent", agent_id, f"its JWT-SVID {jti} validated for {asked}",
+                f"no use of a {state} agent's identity", "its tokens outlive the suspension: "
+                "whoever holds them still uses them", uid, {"jti": jti, "state": state},
+                may_suspend=False))
+        # A validator is told apart by the uid it runs as: a kernel fact that registry changes
+        # (its entries updated or suspended mid-token) cannot split into two.
+        validator = f"uid:{uid}"
+        token = self._tokens.get(jti)
+        if token is None:
+            token = self._tokens[jti] = _Token(audiences=max(1, len(named)))
+            if len(self._tokens) > TOKEN_MEMORY:
+                self._tokens.popitem(last=False)
+        if validator not in token.validators:
+            token.validators.add(validator)
+            if len(token.validators) == token.audiences + 1:  # once per token
+                out.append(Finding(
+                    "token-spread", agent_id,
+                    f"its JWT-SVID {jti} validated by {len(token.validators)} services "
+                    f"({', '.join(sorted(token.validators))})",
+                    f"at most {token.audiences} (one per audience it names: {named})",
+                    "a token that reaches services beyond its audiences was replayed by someone "
+                    "who received it", uid,
+                    {"jti": jti, "validators": sorted(token.validators)}, may_suspend=False))
+        return self._cool(st.last_finding, out, now)
 
     def _denied(self, e: dict[str, Any]) -> list[Finding]:
         now = self._clock()

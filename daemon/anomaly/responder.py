@@ -2,8 +2,10 @@
 when the policy says so, the agent suspended at once.
 
 The action is `[anomaly] action`, overridden per agent by its `anomaly.action` metadata
-(`alert`, `suspend` or `off`). Findings are answered after the record that raised them is
-queued, because suspending writes records itself.
+(`alert`, `suspend` or `off`). Findings about a JWT-SVID's use by its recipients (token-*) only
+alert: whoever received a token can misuse it, so its holder is not suspended for that.
+Findings are answered after the record that raised them is queued, because suspending writes
+records itself.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Responder:
         self._audit = audit
         self._path = state_path
         self._saved = 0.0
-        self.detector = Detector(config, time.time)
+        self.detector = Detector(config, time.time, self._state_of)
 
     def start(self) -> None:
         self.detector.load(self._path)
@@ -50,10 +52,11 @@ class Responder:
         for finding in self.detector.observe(body):
             asyncio.get_running_loop().call_soon(self.respond, finding)
 
-    def validated(self, agent_id: str, jti: str, spiffe_id: str) -> None:
-        """A JWT-SVID of `agent_id` passed ValidateJWTSVID."""
-        for finding in self.detector.validated(jti, agent_id):
-            asyncio.get_running_loop().call_soon(self.respond, finding)
+    def _state_of(self, agent_id: str) -> str:
+        try:
+            return self._registry.get(agent_id).state
+        except EnsignError:
+            return "deleted"
 
     def respond(self, f: Finding) -> None:
         entry = None
@@ -65,7 +68,8 @@ class Responder:
             action = entry.metadata.get("anomaly.action", action)
         if action == "off":
             return
-        suspend = action == "suspend" and entry is not None and entry.state == "active"
+        suspend = (action == "suspend" and f.may_suspend and entry is not None
+                   and entry.state == "active")
         self._audit.record_nowait(AuditEvent(
             type="anomaly", result="failure", reason=f.line(), agent_id=f.agent_id,
             spiffe_id=entry.spiffe_id if entry else "",

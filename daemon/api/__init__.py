@@ -2,8 +2,8 @@
 identities → audit of every refusal. Servicer methods take `(stream, call)`; `Front.serve`
 binds them to the generated service definitions with errors translated once per service.
 
-Services: the SPIFFE Workload API, delegation (token exchange), TPM evidence and health on the
-Workload API socket; the admin API on the admin socket.
+Services: the SPIFFE Workload API, Envoy's SDS, delegation (token exchange), TPM evidence and
+health on the Workload API socket; the admin API on the admin socket.
 """
 
 from ensign.daemon.api.admin import AdminApi
@@ -11,10 +11,11 @@ from ensign.daemon.api.attestation import AttestationApi, evidence_from_pb, evid
 from ensign.daemon.api.delegation import DelegationApi
 from ensign.daemon.api.front import Call, Front, Policy, check_security_header, recv
 from ensign.daemon.api.health import REASON_KEY, HealthService
+from ensign.daemon.api.sds import SecretDiscoveryApi
 from ensign.daemon.api.workload import WorkloadApi
 
 __all__ = [
     "REASON_KEY", "AdminApi", "AttestationApi", "Call", "DelegationApi", "Front",
-    "HealthService", "Policy", "WorkloadApi", "check_security_header", "evidence_from_pb",
-    "evidence_to_pb", "recv",
+    "HealthService", "Policy", "SecretDiscoveryApi", "WorkloadApi", "check_security_header",
+    "evidence_from_pb", "evidence_to_pb", "recv",
 ]

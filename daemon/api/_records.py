@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.audit.records import evidence_digest, process_of
 from ensign.daemon.errors import EnsignError
-from ensign.daemon.issuing import JwtSvid, X509Svid
+from ensign.daemon.issuing import HolderInactive, JwtSvid, X509Svid
 from ensign.daemon.models import AttestedCaller, Caller
 from ensign.daemon.registry import Entry
 
@@ -19,13 +21,16 @@ def attestation(attested: AttestedCaller) -> AuditEvent:
     )
 
 
-def x509_issued(attested: AttestedCaller, entry: Entry, svid: X509Svid) -> AuditEvent:
+def x509_issued(attested: AttestedCaller, entry: Entry, svid: X509Svid,
+                via: str = "") -> AuditEvent:
+    """`via` names an API other than the Workload API that delivered it ("sds")."""
     return AuditEvent(
         type="svid.issued", agent_id=entry.id, spiffe_id=svid.spiffe_id, entry_id=entry.id,
         roles=entry.roles, process=process_of(attested.caller, attested),
         details={"kind": "x509", "serial": format(svid.cert.serial_number, "x"),
                  "not_after": svid.not_after.isoformat(),
-                 "ttl": int((svid.not_after - svid.not_before).total_seconds())},
+                 "ttl": int((svid.not_after - svid.not_before).total_seconds()),
+                 **({"via": via} if via else {})},
     )
 
 
@@ -36,6 +41,25 @@ def jwt_issued(attested: AttestedCaller, entry: Entry, svid: JwtSvid) -> AuditEv
         audience=svid.audience,
         details={"kind": "jwt", "jti": svid.jti, "not_after": svid.expiry.isoformat(),
                  "ttl": int((svid.expiry - svid.issued_at).total_seconds())},
+    )
+
+
+def validated(attested: AttestedCaller, claims: dict[str, Any], audience: str,
+              validator: tuple[str, ...], err: EnsignError | None = None) -> AuditEvent:
+    """ValidateJWTSVID: the token's holder is the agent (whose identity was used), the
+    process is the validator's, `validator` its SPIFFE IDs (none: it holds no entry)."""
+    aud = claims.get("aud", [])
+    return AuditEvent(
+        type="svid.validated", result="success" if err is None else "denied",
+        reason=err.diagnostics()[:1024] if err else "",
+        agent_id=str(claims.get("agent_id", ""))[:128], spiffe_id=str(claims.get("sub", ""))[:2048],
+        process=process_of(attested.caller, attested), audience=(audience,),
+        details={"jti": str(claims.get("jti", ""))[:128], "validator": list(validator),
+                 **({"refused": "agent-inactive" if isinstance(err, HolderInactive)
+                     else "audience"} if err is not None else {}),
+                 "token_audience": [str(a)[:512] for a in (aud if isinstance(aud, list)
+                                                           else [aud])][:32],
+                 "expires_at": int(claims["exp"]) if isinstance(claims.get("exp"), int) else 0},
     )
 
 

@@ -6,15 +6,21 @@ then the full state after every change, suppressing duplicates; before every upd
 is attested again through the cache, so a stream whose process exited (a child holding the
 socket) ends with UNAUTHENTICATED instead of receiving new keys, and it ends with
 PermissionDenied when the caller's last identity goes away.
+
+Federation: a caller whose entries name trust domains in `federates_with` also receives those
+domains' bundles (as fetched from their bundle endpoints) in FetchX509SVID's
+`federated_bundles`, in FetchX509Bundles and FetchJWTBundles, and ValidateJWTSVID accepts their
+JWT-SVIDs; nobody else sees or is vouched for by a federated bundle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import jwt
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -24,10 +30,13 @@ from ensign.daemon.api.front import Call, recv
 from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
-from ensign.daemon.errors import InvalidRequest, NoIdentity
+from ensign.daemon.errors import EnsignError, InvalidRequest, NoIdentity, TokenInvalid
+from ensign.daemon.federation import FederatedBundles, TrustBundle
 from ensign.daemon.issuing import (
+    AudienceMismatch,
     Broadcast,
     CertificateAuthority,
+    HolderInactive,
     JwtSvid,
     SvidCache,
     X509Svid,
@@ -35,8 +44,16 @@ from ensign.daemon.issuing import (
 )
 from ensign.daemon.keys import to_pkcs8_der
 from ensign.daemon.models import AttestedCaller
-from ensign.daemon.registry import AudienceDenied, Entry, RoleBook, jwt_ttl_cap, x509_ttl_cap
+from ensign.daemon.registry import (
+    AudienceDenied,
+    Entry,
+    Registry,
+    RoleBook,
+    jwt_ttl_cap,
+    x509_ttl_cap,
+)
 from ensign.daemon.spiffe_id import SpiffeId
+from ensign.daemon.tpm.errors import TpmUnavailable
 from ensign.proto import workload_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -46,24 +63,22 @@ MAX_AUDIENCE_BYTES = 512
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_ISSUED_EVENTS = 1024
 
-#: (agent id, jti, SPIFFE ID) of a JWT-SVID this node validated: anomaly detection
-Validated = Callable[[str, str, str], None]
-
-
 class WorkloadApi:
     def __init__(
         self,
         *,
         config: Config,
+        registry: Registry,
         roles: RoleBook,
         cache: SvidCache,
         ca: CertificateAuthority,
         audit: AuditLog,
         broadcast: Broadcast,
         clock: Callable[[], datetime],
-        on_validated: Validated | None = None,
+        federation: FederatedBundles | None = None,
     ) -> None:
-        self._on_validated = on_validated
+        self._federation = federation
+        self._registry = registry
         self._cfg = config
         self._roles = roles
         self._cache = cache
@@ -109,6 +124,8 @@ class WorkloadApi:
                     self._cache.unwatch(watched)
                     watched = ids
                 response, issued = self._compose_x509(entries)
+                for b in self._federated(entries):
+                    response.federated_bundles[_td_id(b.trust_domain)] = b.x509_der()
                 data = response.SerializeToString(deterministic=True)
                 if data != last:
                     await self._audit.durable([_records.x509_issued(attested, e, svid)
@@ -147,18 +164,26 @@ class WorkloadApi:
         self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse], call: Call
     ) -> None:
         await stream.recv_message()
-        await self._stream_bundles(stream, call, lambda: pb.X509BundlesResponse(
-            bundles={self._td_id: self._ca.x509_bundle_der()}))
+        await self._stream_bundles(stream, call, lambda entries: pb.X509BundlesResponse(
+            bundles={self._td_id: self._ca.x509_bundle_der(),
+                     **{_td_id(b.trust_domain): b.x509_der()
+                        for b in self._federated(entries)}}))
+
+    def _federated(self, entries: Sequence[Entry]) -> list[TrustBundle]:
+        """The federated bundles these entries receive (their `federates_with`, as held)."""
+        if self._federation is None:
+            return []
+        wanted = tuple(td for e in entries for td in e.federates_with)
+        return self._federation.available(wanted) if wanted else []
 
     async def _stream_bundles(self, stream: Stream[Any, Any], call: Call,
-                              compose: Callable[[], Any]) -> None:
+                              compose: Callable[[Sequence[Entry]], Any]) -> None:
         """Bundles go to callers that hold an identity (as SPIRE does), again after changes."""
         last = b""
         version = self._broadcast.version
         while True:
             await call.attested()
-            call.identities()
-            response = compose()
+            response = compose(call.identities())
             data = response.SerializeToString(deterministic=True)
             if data != last:
                 await stream.send_message(response)
@@ -183,6 +208,7 @@ class WorkloadApi:
         svids = []
         records: list[AuditEvent] = []
         denied: AudienceDenied | None = None
+        hints: set[str] = set()  # unique within a response (Workload API 6.2.1): first keeps it
         for e in entries:
             try:
                 cap = jwt_ttl_cap(e.roles, self._roles.all, audience,
@@ -193,7 +219,9 @@ class WorkloadApi:
                 continue
             jwt_svid = self._cache.jwt_for(e, audience, self._cfg.svid.jwt_issuer, cap)
             records.append(self._jwt_issued(attested, e, jwt_svid))
-            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=e.hint))
+            hint = e.hint if e.hint not in hints else ""
+            hints.add(hint)
+            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=hint))
         if not svids and denied is not None:
             raise denied
         await self._audit.durable(records)  # on disk before the tokens leave: fail closed
@@ -203,8 +231,10 @@ class WorkloadApi:
         self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse], call: Call
     ) -> None:
         await stream.recv_message()
-        await self._stream_bundles(stream, call, lambda: pb.JWTBundlesResponse(
-            bundles={self._td_id: self._ca.jwks()}))
+        # JWT-SVID keys only: the delegated-token keys are never in a JWT bundle (§6.2.2).
+        await self._stream_bundles(stream, call, lambda entries: pb.JWTBundlesResponse(
+            bundles={self._td_id: self._ca.jwks(),
+                     **{_td_id(b.trust_domain): b.jwks() for b in self._federated(entries)}}))
 
     async def ValidateJWTSVID(
         self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse], call: Call
@@ -212,21 +242,56 @@ class WorkloadApi:
         request = await recv(stream)
         if not request.audience:
             raise InvalidRequest("audience must be specified")
+        if len(request.audience.encode()) > MAX_AUDIENCE_BYTES:
+            raise InvalidRequest(f"audience values are limited to {MAX_AUDIENCE_BYTES} bytes")
         if not request.svid:
             raise InvalidRequest("svid must be specified")
         if len(request.svid) > MAX_TOKEN_BYTES:
             raise InvalidRequest(f"svid longer than {MAX_TOKEN_BYTES} bytes")
-        await call.attested()
-        call.identities()
-        sub, claims = validate_jwt_svid(
-            request.svid, request.audience, self._ca.jwt_keys(), self._cfg.trust_domain,
-            self._clock())
-        if self._on_validated is not None:
-            self._on_validated(str(claims.get("agent_id", "")), str(claims.get("jti", "")),
-                               str(sub))
+        # A validating service need not hold an identity (as with SPIRE); it is attested and
+        # every answer is audited, naming whose token it checked.
+        attested = await call.attested()
+        call.audience = (request.audience,)
+        entries = _identities_or_none(call)
+        validator = tuple(e.spiffe_id for e in entries)
+        try:
+            td, keys = self._authorities_for(request.svid, entries)
+            sub, claims = validate_jwt_svid(request.svid, request.audience, keys, td,
+                                            self._clock())
+            self._check_holder(td, claims)
+        except (AudienceMismatch, HolderInactive) as err:  # genuine: its agent is named
+            self._audit.record_nowait(_records.validated(
+                attested, err.claims, request.audience, validator, err))
+            call.recorded = True
+            raise
+        self._audit.record_nowait(_records.validated(attested, claims, request.audience,
+                                                     validator))
         response = pb.ValidateJWTSVIDResponse(spiffe_id=str(sub))
         response.claims.update(claims)
         await stream.send_message(response)
+
+    def _check_holder(self, trust_domain: str, claims: dict[str, Any]) -> None:
+        """A JWT-SVID of ours names its agent; once that agent is suspended, decommissioned or
+        deleted, this node no longer vouches for its tokens (as introspection says inactive)."""
+        if trust_domain != self._cfg.trust_domain:
+            return
+        entry = self._registry.lookup.get(str(claims.get("agent_id", "")))
+        if entry is None or not entry.is_live(self._clock().timestamp()):
+            state = entry.state if entry is not None else "deleted"
+            raise HolderInactive(f"the token's agent is {state}", claims)
+
+    def _authorities_for(self, token: str,
+                         entries: Sequence[Entry]) -> tuple[str, Mapping[str, Any]]:
+        """The trust domain a JWT-SVID claims (its `sub`) and the keys that may have signed it:
+        ours, or a federated domain's when the caller federates with it."""
+        td = _claimed_trust_domain(token) or self._cfg.trust_domain
+        if td == self._cfg.trust_domain:
+            return td, self._ca.jwt_keys()
+        for b in self._federated(entries):
+            if b.trust_domain == td:
+                return td, b.jwt_authorities
+        raise TokenInvalid(f"token subject is in trust domain {td}, which the caller does "
+                           "not federate with (or whose bundle is not available)")
 
     # -- WIT (not supported; the standard requires Unimplemented) ----------------------------
 
@@ -238,6 +303,27 @@ class WorkloadApi:
         self, stream: Stream[pb.WITBundlesRequest, pb.WITBundlesResponse], call: Call
     ) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "fetching WIT bundles is not implemented")
+
+
+def _td_id(trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}"
+
+
+def _claimed_trust_domain(token: str) -> str:
+    """The trust domain of the unverified `sub`; "" when it names none (validation says why)."""
+    try:
+        sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
+        return SpiffeId.parse(str(sub)).trust_domain if isinstance(sub, str) else ""
+    except (jwt.PyJWTError, EnsignError):
+        return ""
+
+
+def _identities_or_none(call: Call) -> list[Entry]:
+    """The caller's identities, or none: a validator need not hold one."""
+    try:
+        return call.identities()
+    except (NoIdentity, TpmUnavailable):
+        return []
 
 
 def _check_audience(audience: list[str]) -> tuple[str, ...]:

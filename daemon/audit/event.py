@@ -18,6 +18,7 @@ from typing import Any, Literal
 EventType = Literal[
     "attestation",        # selectors and evidence digests of a caller
     "svid.issued",        # an X.509- or JWT-SVID released to a caller
+    "svid.validated",     # ValidateJWTSVID: whose token a validator checked, for which audience
     "request.denied",     # a refused request and why
     "token.exchanged",    # a delegated token (delegation issue)
     "registry.change",    # agent registered/updated/suspended/... by an admin or by expiry

@@ -27,7 +27,7 @@ from .common import (
 
 #: Lists `agent update` can replace or clear (flag, request field); selectors cannot be cleared.
 LISTS = (("selector", "selectors"), ("dns_name", "dns_names"), ("capability", "capabilities"),
-         ("role", "roles"))
+         ("role", "roles"), ("federates_with", "federates_with"))
 
 
 def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -59,14 +59,20 @@ def register(sub: Any) -> None:
                        help="RFC 3339, or a duration from now such as 30d; must lie ahead")
         p.add_argument("--dns-name", action="append")
         p.add_argument("--hint")
+        p.add_argument("--federates-with", action="append", metavar="TRUST_DOMAIN",
+                       help="also hand this entry the bundle of that federated trust domain "
+                            "(repeatable)")
         p.add_argument("--metadata", action="append", metavar="KEY=VALUE",
                        default=[] if creating else None,
                        help="free-form labels; anomaly.action=alert|suspend|off overrides "
                             "anomaly detection for this agent")
         if not creating:
-            for flag in ("capabilities", "roles", "dns-names", "metadata"):
+            for flag, what in (("capabilities", "capability"), ("roles", "role"),
+                               ("dns-names", "DNS name"),
+                               ("federates-with", "federated trust domain"),
+                               ("metadata", "label")):
                 p.add_argument(f"--clear-{flag}", action="store_true",
-                               help=f"remove every {flag.rstrip('s').replace('-', ' ')}")
+                               help=f"remove every {what}")
             p.add_argument("--no-expiry", action="store_true", help="never expire")
 
     reg = common(asub.add_parser("register", help="create an entry; prints its id"))
@@ -131,6 +137,7 @@ def _print_agent(a: pb.Agent) -> None:
         ("x509_ttl", fmt_duration(a.x509_ttl_seconds, "default")),
         ("jwt_ttl", fmt_duration(a.jwt_ttl_seconds, "default")),
         ("dns_names", ", ".join(a.dns_names) or "-"), ("hint", a.hint or "-"),
+        ("federates_with", ", ".join(a.federates_with) or "-"),
         ("expires_at", fmt_time(a.expires_at)), ("created", fmt_time(a.created_at)),
         ("updated", fmt_time(a.updated_at)), ("revision", a.revision),
     ]
@@ -167,6 +174,7 @@ async def agent_register(args: argparse.Namespace) -> int:
         x509_ttl_seconds=args.x509_ttl or 0, jwt_ttl_seconds=args.jwt_ttl or 0,
         expires_at=args.expires_at or 0, dns_names=_values(args.dns_name),
         hint=args.hint or "", metadata=_metadata(args.metadata),
+        federates_with=_values(args.federates_with),
     )
     agent = await admin_call(args, lambda s: s.RegisterAgent(
         pb.RegisterAgentRequest(spec=spec), timeout=TIMEOUT))

@@ -27,6 +27,7 @@ class RoleDoc(StrictModel):
     max_ttl: Duration = timedelta(0)
     may_act_for_users: bool = False
     may_redelegate: bool = False
+    may_introspect: bool = False
 
 
 class AgentDoc(StrictModel):
@@ -44,6 +45,7 @@ class AgentDoc(StrictModel):
     jwt_ttl: Duration = timedelta(0)
     dns_names: list[str] = Field(default_factory=list)
     hint: str = ""
+    federates_with: list[str] = Field(default_factory=list)
     expires_at: datetime | timedelta | None = None
     state: Literal["active", "suspended", "decommissioned"] = "active"
 
@@ -110,7 +112,8 @@ def to_request(doc: RegistryDoc, *, dry_run: bool, prune: bool) -> pb.ApplyReque
         prune=prune,
         roles=[pb.Role(name=r.name, audiences=r.audiences, scopes=r.scopes,
                        max_ttl_seconds=int(r.max_ttl.total_seconds()),
-                       may_act_for_users=r.may_act_for_users, may_redelegate=r.may_redelegate)
+                       may_act_for_users=r.may_act_for_users, may_redelegate=r.may_redelegate,
+                       may_introspect=r.may_introspect)
                for r in doc.role],
         agents=[pb.DesiredAgent(
             id=a.id, state=a.state,
@@ -119,7 +122,7 @@ def to_request(doc: RegistryDoc, *, dry_run: bool, prune: bool) -> pb.ApplyReque
                 owner=a.owner, purpose=a.purpose, capabilities=a.capabilities, roles=a.roles,
                 metadata=a.metadata, x509_ttl_seconds=int(a.x509_ttl.total_seconds()),
                 jwt_ttl_seconds=int(a.jwt_ttl.total_seconds()), dns_names=a.dns_names,
-                hint=a.hint,
+                hint=a.hint, federates_with=a.federates_with,
                 expires_at=int(a.expires_at.timestamp()) if isinstance(a.expires_at, datetime)
                 else 0,
                 expires_after_seconds=int(a.expires_at.total_seconds())

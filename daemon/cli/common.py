@@ -14,8 +14,11 @@ Output
 Errors and exit codes
     Raise an EnsignError subclass; `main()` prints it as one line and exits with its code
     (the one table: `ensign.daemon.errors.EXIT_CODES`). An input file that cannot be read:
-    `read_input` (NotFound, 66). Content that is wrong: InvalidData (65). A flag that cannot
-    work: UsageError (64), or an argparse type function raising ArgumentTypeError.
+    `read_input` (NotFound, 66; `limit` bounds its size). Content that is wrong: InvalidData
+    (65). A flag that cannot work: UsageError (64), or an argparse type function raising
+    ArgumentTypeError. A name from the command line in a message goes through `shown`.
+    A command that keeps running (`helper`) reports progress as `ensign COMMAND: ...` lines on
+    stderr (`progress`), with times and durations as above.
 
 Sockets
     Workload API commands: `add_workload_flags` (`--socket`, `--timeout`) and
@@ -47,7 +50,7 @@ from grpclib.client import Channel
 from grpclib.events import RecvTrailingMetadata, listen
 
 from ensign.daemon import config as config_mod
-from ensign.daemon.errors import ERROR_KEY, ConfigError, NotFound, UsageError
+from ensign.daemon.errors import ERROR_KEY, ConfigError, InvalidData, NotFound, UsageError
 from ensign.daemon.units import MAX_TIMESTAMP, format_duration, parse_duration
 from ensign.proto.admin_grpc import AdminStub
 
@@ -194,12 +197,30 @@ async def _note_error(event: RecvTrailingMetadata) -> None:
 # -- input -----------------------------------------------------------------------------------
 
 
-def read_input(path: Path, what: str = "file") -> bytes:
-    """An input file's bytes; NotFound (exit 66) naming it when it cannot be read."""
+def shown(value: object) -> str:
+    """A name from the command line on one printable line (for error messages)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
+def progress(command: str, message: str) -> None:
+    """One progress line of a long-running command, on stderr (stdout stays for output)."""
+    sys.stderr.write(f"ensign {command}: {message}\n")
+    sys.stderr.flush()
+
+
+def read_input(path: Path, what: str = "file", limit: int | None = None) -> bytes:
+    """An input file's bytes: NotFound (exit 66) naming it when it cannot be read, UsageError
+    (64) for a name no file can have (NUL), InvalidData (65) when larger than `limit`."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
     except OSError as e:
-        raise NotFound(f"{path}: cannot read {what}: {e.strerror or e}") from None
+        raise NotFound(f"{shown(path)}: cannot read {what}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"{shown(path)}: {e}") from None
+    if limit is not None and len(data) > limit:
+        raise InvalidData(f"{shown(path)}: {what} larger than {limit} bytes")
+    return data
 
 
 def count(text: str) -> int:

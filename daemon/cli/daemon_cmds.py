@@ -14,6 +14,7 @@ from ensign.daemon.files import DirLock
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
 
+from . import dev
 from .common import read_input
 
 
@@ -65,17 +66,21 @@ def run_daemon(args: argparse.Namespace) -> int:
     data_lock = DirLock.take(cfg.data_dir, "data_dir")
     logs.setup(cfg.log_level)
     if args.dev:
-        _print_dev_env(cfg, state_dir)
-
-    def ready() -> None:
-        notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
+        dev.forget_env(state_dir)
 
     from ensign.daemon.app import Daemon  # the whole daemon: imported only when running one
 
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
-        return await Daemon(cfg, config_path=None if args.dev else
-                            (args.config or config_mod.resolve_path()), lock=data_lock).run(ready)
+        daemon = Daemon(cfg, config_path=None if args.dev else
+                        (args.config or config_mod.resolve_path()), lock=data_lock)
+
+        def ready() -> None:  # both sockets serve
+            if args.dev:
+                dev.ready(cfg, state_dir, daemon.node.roles, daemon.node.registry)
+            notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
+
+        return await daemon.run(ready)
 
     try:
         return asyncio.run(serve())
@@ -84,17 +89,6 @@ def run_daemon(args: argparse.Namespace) -> int:
         data_lock.release()
         if state_lock is not None:
             state_lock.release()
-
-
-def _print_dev_env(cfg: config_mod.Config, state_dir: Path) -> None:
-    lines = [
-        f"export SPIFFE_ENDPOINT_SOCKET=unix://{cfg.socket_path}",
-        f"export ENSIGN_ADMIN_SOCKET=unix://{cfg.admin_socket_path}",
-    ]
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (state_dir / "env").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    print(f"# (also in {state_dir.resolve() / 'env'}: `. {state_dir / 'env'}`)", flush=True)
 
 
 def config_check(args: argparse.Namespace) -> int:

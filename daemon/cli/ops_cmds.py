@@ -40,6 +40,7 @@ async def status(args: argparse.Namespace) -> int:
         ("log level", s.log_level),
     ]
     rows += [(f"attestor {k}", v) for k, v in sorted(s.attestor_state.items())]
+    rows += [(f"federation {k}", v) for k, v in sorted(s.federation.items())]
     print_fields(rows)
     return 0
 

@@ -38,6 +38,9 @@ def register(sub: Any, common: Common) -> None:
                        default=False if creating else None)
         p.add_argument("--may-redelegate", action=argparse.BooleanOptionalAction,
                        default=False if creating else None)
+        p.add_argument("--may-introspect", action=argparse.BooleanOptionalAction,
+                       default=False if creating else None,
+                       help="holders may call the HTTPS introspection endpoint")
 
     create = common(rsub.add_parser("create", help="create a role"))
     create.add_argument("name")
@@ -67,6 +70,7 @@ def _print(r: pb.Role) -> None:
         ("scopes", ", ".join(r.scopes) or "-"), ("max_ttl", fmt_duration(r.max_ttl_seconds)),
         ("may_act_for_users", str(r.may_act_for_users).lower()),
         ("may_redelegate", str(r.may_redelegate).lower()),
+        ("may_introspect", str(r.may_introspect).lower()),
         ("updated", f"{fmt_time(r.updated_at)}  (revision {r.revision})"),
     ]
     if r.holders:
@@ -81,7 +85,7 @@ def _values(items: list[str] | None) -> list[str]:
 async def role_create(args: argparse.Namespace) -> int:
     req = pb.Role(name=args.name, audiences=_values(args.audience), scopes=_values(args.scope),
                   max_ttl_seconds=args.max_ttl or 0, may_act_for_users=args.may_act_for_users,
-                  may_redelegate=args.may_redelegate)
+                  may_redelegate=args.may_redelegate, may_introspect=args.may_introspect)
     role = await admin_call(args, lambda s: s.CreateRole(req, timeout=TIMEOUT))
     print_json(role_json(role)) if args.output == "json" else print(role.name)
     return 0
@@ -119,6 +123,8 @@ async def role_update(args: argparse.Namespace) -> int:
         req.may_act_for_users = args.may_act_for_users
     if args.may_redelegate is not None:
         req.may_redelegate = args.may_redelegate
+    if args.may_introspect is not None:
+        req.may_introspect = args.may_introspect
     role = await admin_call(args, lambda s: s.UpdateRole(req, timeout=TIMEOUT))
     if args.output == "json":
         print_json(role_json(role))

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ensign.daemon.delegation.idp import parse_jwks
 from ensign.daemon.delegation.tokens import verify_delegated
 from ensign.daemon.errors import InvalidData, TokenInvalid
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import delegation_pb2 as dpb
-from ensign.proto import workload_pb2 as wpb
 from ensign.proto.delegation_grpc import DelegationStub
-from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
 from .common import (
     TIMEOUT,
@@ -57,8 +57,11 @@ def register(sub: Any, common: Common) -> None:
     ver = tsub.add_parser("verify", help="verify a delegated token offline (resource servers)")
     ver.add_argument("token", help="the token, or - for stdin")
     ver.add_argument("--audience", required=True)
-    ver.add_argument("--bundle", type=Path, help="JWKS file (default: from the Workload API)")
+    ver.add_argument("--bundle", type=Path,
+                     help="JWKS file of the delegated-token keys (default: from the daemon)")
     ver.add_argument("--issuer", help="expected iss")
+    ver.add_argument("--cert", type=Path, metavar="PEM",
+                     help="the certificate the token was presented with: check its cnf binding")
     add_workload_flags(ver)
     add_output(ver)
     ver.set_defaults(func=token_verify)
@@ -119,25 +122,28 @@ async def _jwks(args: argparse.Namespace) -> dict[str, Any]:
             return parse_jwks(data)
         except ValueError as e:
             raise InvalidData(f"{args.bundle}: not a JWKS: {e}") from None
-    keys: dict[str, Any] = {}
-    async with (
-        workload_channel(args) as ch,
-        SpiffeWorkloadAPIStub(ch).FetchJWTBundles.open(metadata=HEADER,
-                                                       timeout=args.timeout) as st,
-    ):
-        await st.send_message(wpb.JWTBundlesRequest(), end=True)
-        resp = await st.recv_message()
-        await st.cancel()
-    assert resp is not None
-    for jwks in resp.bundles.values():
-        keys.update(parse_jwks(jwks))
-    return keys
+    # The delegated-token keys: never the JWT bundle, whose keys sign JWT-SVIDs only.
+    async with workload_channel(args) as ch:
+        resp = await DelegationStub(ch).TokenKeys(dpb.TokenKeysRequest(), metadata=HEADER,
+                                                  timeout=args.timeout)
+    return parse_jwks(resp.jwks)
+
+
+def _presenter(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    data = read_input(path, "certificate")
+    try:
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    except ValueError as e:
+        raise InvalidData(f"{path}: not a PEM certificate: {e}") from None
 
 
 async def token_verify(args: argparse.Namespace) -> int:
     token = _read_token(args.token)
     keys = await _jwks(args)
-    t = verify_delegated(token, args.audience, keys, now=datetime.now(UTC), issuer=args.issuer)
+    t = verify_delegated(token, args.audience, keys, now=datetime.now(UTC), issuer=args.issuer,
+                         presenter_cert=_presenter(args.cert))
     if args.output == "json":
         print_json({"valid": True, "subject": t.subject, "actors": list(t.actors),
                     "scopes": list(t.scopes), "audience": list(t.audience),

@@ -1,25 +1,39 @@
 """`ensign verify-artifact`: the CI check that an agent build is signed by the expected identity.
 
-Offline: the trusted root comes from `--trusted-root`, else /etc/ensign/sigstore/trusted_root.json,
-else the Sigstore public-good production root shipped inside the sigstore package (never the TUF
-cache, never the network). Exit 0 only when every check passes; otherwise one line naming the
-check that failed.
+Offline: the trust root comes from `--trusted-root` (a TrustedRoot or a ClientTrustConfig),
+else /etc/ensign/sigstore/trusted_root.json, else the Sigstore public-good production root
+shipped inside the sigstore package (never the TUF cache, never the network). The flags follow
+cosign's `verify-blob` (`--certificate-identity[-regexp]`, `--certificate-oidc-issuer[-regexp]`,
+`--key`, an artifact given as `sha256:<hex>`). Exit 0 only when every check passes; otherwise
+one line naming the check that failed (65), or the usage error (64), or the missing file (66).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-from datetime import UTC, datetime
+import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
-from ensign.attestors._sigstore_verify import CheckFailed, identity_policy, load_verifier, verify
-from ensign.daemon.errors import EnsignError, UsageError
+from ensign.attestors import (
+    DEFAULT_PREDICATE_TYPES,
+    MAX_BUNDLE_BYTES,
+    CheckFailed,
+    identity_policy,
+    load_public_key,
+    load_sigstore_trust,
+    verify_sigstore_bundle,
+)
+from ensign.daemon.errors import EnsignError, NotFound, UsageError
 
-from .common import add_output, print_json
+from .common import add_output, fmt_time, json_time, print_json, read_input, shown
 
 SYSTEM_ROOT = Path("/etc/ensign/sigstore/trusted_root.json")
+_DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
+_MAX_KEY_BYTES = 1 << 16
 
 
 class ArtifactInvalid(EnsignError):
@@ -36,59 +50,142 @@ def production_root() -> Path:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("verify-artifact", help="CI: check a signed agent build (offline)")
-    p.add_argument("file", type=Path)
-    p.add_argument("--bundle", type=Path, help="default: FILE.sigstore.json or FILE.sigstore")
-    ident = p.add_mutually_exclusive_group(required=True)
-    ident.add_argument("--cert-identity", help="the signer's exact identity (certificate SAN)")
-    ident.add_argument("--cert-identity-regexp", help="a regular expression the SAN must match")
-    p.add_argument("--cert-oidc-issuer", required=True, help="the OIDC issuer of the signer")
-    p.add_argument("--trusted-root", type=Path, help="trusted_root.json (default: see docs)")
+    p = sub.add_parser(
+        "verify-artifact", help="CI: check a signed agent build (offline)",
+        description="Verify a Sigstore bundle for FILE offline, as cosign verify-blob does. "
+                    "Exit 0: verified; 65: a check failed (named); 64: usage; 66: a file is "
+                    "missing.")
+    p.add_argument("file", metavar="FILE|sha256:HEX",
+                   help="the artifact, or its digest as sha256:<64 hex> (then --bundle is "
+                        "required)")
+    p.add_argument("--bundle", type=Path, metavar="B",
+                   help="default: FILE.sigstore.json or FILE.sigstore")
+    p.add_argument("--cert-identity", "--certificate-identity", metavar="I",
+                   help="the signer's exact identity (a certificate SAN)")
+    p.add_argument("--cert-identity-regexp", "--certificate-identity-regexp", metavar="R",
+                   help="a regular expression found in a SAN (a search, as cosign's: anchor "
+                        "it with ^...$ to match the whole SAN)")
+    p.add_argument("--cert-oidc-issuer", "--certificate-oidc-issuer", metavar="U",
+                   help="the signer's exact OIDC issuer")
+    p.add_argument("--cert-oidc-issuer-regexp", "--certificate-oidc-issuer-regexp", metavar="R",
+                   help="a regular expression found in the OIDC issuer (a search)")
+    p.add_argument("--key", type=Path, metavar="PUB",
+                   help="a managed-key bundle's public key (PEM, as `cosign public-key` "
+                        "prints it); no identity or issuer flags then")
+    p.add_argument("--trusted-root", "--trust-config", type=Path, metavar="F",
+                   help=f"a trusted_root.json or a ClientTrustConfig (default: {SYSTEM_ROOT} "
+                        "if it exists, else the Sigstore public-good production root shipped "
+                        "with sigstore-python; never fetched)")
     p.add_argument("--provenance", action="store_true",
                    help="require an in-toto SLSA provenance attestation for FILE")
     add_output(p)
     p.set_defaults(func=verify_artifact)
 
 
-def _default_bundle(file: Path) -> Path:
+def _policy(args: argparse.Namespace) -> Any:
+    identities = [x for x in (args.cert_identity, args.cert_identity_regexp) if x is not None]
+    issuers = [x for x in (args.cert_oidc_issuer, args.cert_oidc_issuer_regexp) if x is not None]
+    if args.key is not None:
+        if identities or issuers:
+            raise UsageError("--key verifies a managed-key bundle: give no --cert-identity or "
+                             "--cert-oidc-issuer flags with it")
+        return None
+    if len(identities) != 1:
+        raise UsageError("give one of --cert-identity or --cert-identity-regexp (or --key)")
+    if len(issuers) != 1:
+        raise UsageError("give one of --cert-oidc-issuer or --cert-oidc-issuer-regexp")
+    for flag, pattern in (("--cert-identity-regexp", args.cert_identity_regexp),
+                          ("--cert-oidc-issuer-regexp", args.cert_oidc_issuer_regexp)):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except (re.error, RecursionError, OverflowError) as e:
+                raise UsageError(f"{flag}: invalid regular expression: {e}") from None
+    return identity_policy(args.cert_identity, args.cert_identity_regexp,
+                           args.cert_oidc_issuer, args.cert_oidc_issuer_regexp)
+
+
+def _artifact(spec: str) -> tuple[str, Path | None]:
+    """(sha256 hex, file or None). `sha256:<hex>` names a digest unless such a file exists
+    (the Sigstore conformance CLI protocol's rule)."""
+    digest = _DIGEST.fullmatch(spec)
+    if digest and not os.path.lexists(spec):
+        return digest.group(1).lower(), None
+    path = Path(spec)
+    h = hashlib.sha256()
+    with _opened(path) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest(), path
+
+
+class _opened:
+    """open(path, "rb") with a missing or unreadable file as NotFound (66) and a name no
+    file can have (NUL) as UsageError (64)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._f = open(path, "rb")  # noqa: SIM115 (closed in __exit__)
+        except OSError as e:
+            raise NotFound(f"cannot read {shown(path)}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise UsageError(f"{shown(path)}: {e}") from None
+
+    def __enter__(self) -> Any:
+        return self._f
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def _default_bundle(file: Path | None) -> Path:
+    if file is None:
+        raise UsageError("an artifact given as sha256:<hex> needs --bundle")
     for suffix in (".sigstore.json", ".sigstore"):
         candidate = file.with_name(file.name + suffix)
-        if candidate.exists():
+        if os.path.exists(candidate):
             return candidate
-    raise UsageError(f"no bundle given and none beside {file} (.sigstore.json or .sigstore)")
+    raise NotFound(f"no bundle given and none beside {shown(file)} (.sigstore.json or "
+                   ".sigstore)")
 
 
 def verify_artifact(args: argparse.Namespace) -> int:
+    # sigstore-python logs warnings of its own (a root CA in a bundle, ...): the verdict is
+    # the one line this command prints.
+    logging.getLogger("sigstore").addHandler(logging.NullHandler())
+    logging.getLogger("sigstore").propagate = False
+    policy = _policy(args)
     root = args.trusted_root or (SYSTEM_ROOT if SYSTEM_ROOT.exists() else production_root())
-    bundle_path = args.bundle or _default_bundle(args.file)
+    digest, file = _artifact(args.file)
+    bundle_path = args.bundle or _default_bundle(file)
+    bundle = read_input(bundle_path, "bundle", MAX_BUNDLE_BYTES)
+    if not os.path.exists(root):
+        raise NotFound(f"no trusted root at {shown(root)}")
+    key_pem = read_input(args.key, "key", _MAX_KEY_BYTES) if args.key is not None else None
     try:
-        digest = hashlib.sha256()
-        with open(args.file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        bundle = bundle_path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {e.filename}: {e.strerror}") from None
-    try:
-        verifier = load_verifier(root)
-        result = verify(verifier, bundle, digest.hexdigest(),
-                        policy=identity_policy(args.cert_identity, args.cert_identity_regexp,
-                                               args.cert_oidc_issuer),
-                        require_provenance=args.provenance)
+        key = load_public_key(key_pem) if key_pem is not None else None
+        result = verify_sigstore_bundle(
+            load_sigstore_trust(root, certificates=key is None), bundle, digest,
+            policy=policy, key=key,
+            predicate_types=DEFAULT_PREDICATE_TYPES if args.provenance else None,
+            require_provenance=args.provenance)
     except CheckFailed as e:
-        raise ArtifactInvalid(f"{args.file}: verification failed at {e.check}: {e.detail}") \
-            from None
-    when = datetime.fromtimestamp(result.integrated_time, UTC).isoformat() \
-        if result.integrated_time else ""
-    doc = {"file": str(args.file), "sha256": digest.hexdigest(), "bundle": str(bundle_path),
-           "kind": result.kind, "signer": result.identity, "issuer": result.issuer,
-           "log_index": result.log_index, "integrated_time": when, **result.facts}
-    if result.builder_id:
+        raise ArtifactInvalid(f"{shown(args.file)}: verification failed at {e.check}: "
+                              f"{e.detail}") from None
+    signed = result.signed_time.timestamp() if result.signed_time else None
+    signer = result.identity if not result.key_id else f"key sha256:{result.key_id}"
+    doc = {"file": args.file, "sha256": digest, "bundle": str(bundle_path),
+           "kind": result.kind, "signer": signer, "issuer": result.issuer,
+           "log_index": result.log_index, "log_entry": result.log_entry,
+           "signed_time": json_time(signed), "time_source": result.time_source,
+           **result.facts}
+    if result.builder_id or result.predicate_type:
         doc["builder"] = result.builder_id
         doc["predicate_type"] = result.predicate_type
     if args.output == "json":
         print_json(doc)
     else:
-        print(f"OK: {args.file} signed by {result.identity} ({result.issuer}), "
-              f"log index {result.log_index}")
+        by = f"{signer} ({result.issuer})" if result.issuer else signer
+        print(f"OK: {shown(args.file)} signed by {by}, log index {result.log_index}"
+              + (f", signed {fmt_time(signed)} ({result.time_source})" if signed else ""))
     return 0

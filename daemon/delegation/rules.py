@@ -6,23 +6,34 @@ Two kinds of subject token:
   * another agent's delegated token (a chain): its current actor must be a different, active
     agent whose roles allow re-delegation, and the chain must stay within `max_chain_depth`.
 Granted scopes = requested ∩ the delegator's (token's or grant's) ∩ the agent's roles'. Asking
-for more is refused, never silently narrowed, unless the request allows narrowing.
+for more is refused, never silently narrowed, unless the request allows narrowing. A token bound
+to the agent's certificate (`cnf`) never outlives that certificate.
+
+Every refusal names the OAuth error (RFC 6749 §5.2, RFC 8693 §2.2.2) the HTTPS token endpoint
+answers with; the gRPC service answers PERMISSION_DENIED with the same description.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from ensign.daemon.delegation.tokens import DelegatedToken, new_jti
 from ensign.daemon.errors import PermissionDenied
 from ensign.daemon.registry import Entry, Grant, Role
 
+OAuthError = Literal["invalid_request", "invalid_grant", "invalid_target", "invalid_scope",
+                     "unauthorized_client"]
+
 
 class DelegationDenied(PermissionDenied):
     public_message = "delegation refused"
+
+    def __init__(self, message: str, error: OAuthError = "invalid_grant") -> None:
+        super().__init__(message)
+        self.oauth_error: OAuthError = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +66,23 @@ class Decision:
     roles: tuple[str, ...] = field(default_factory=tuple)
 
 
-def may_act_names(may_act: Any, agent: Entry) -> bool:
-    """RFC 8693 §4.4: does `may_act` (an object, or a list of them) name this agent?"""
+def may_act_names(may_act: Any, agent: Entry, issuers: Collection[str]) -> bool:
+    """RFC 8693 §4.4: does `may_act` (an object, or a list of them) name this agent?
+
+    A party is named by `sub` within `iss` (§4.1): a member naming another issuer does not name
+    our agent, whatever its `sub`. The SPIFFE ID names its trust domain, so `iss` may be left
+    out with it; the bare agent id is only ours when `iss` says so.
+    """
     items = may_act if isinstance(may_act, list) else [may_act]
-    names = {agent.spiffe_id, agent.id}
-    return any(isinstance(m, dict) and m.get("sub") in names for m in items)
+    for m in items:
+        if not isinstance(m, dict):
+            continue
+        iss = m.get("iss")
+        if iss is not None and iss not in issuers:
+            continue
+        if m.get("sub") == agent.spiffe_id or (iss is not None and m.get("sub") == agent.id):
+            return True
+    return False
 
 
 def _scopes_of(roles: Iterable[Role]) -> set[str]:
@@ -75,16 +98,18 @@ def decide(
     request: Request,
     issuer: str,
     cnf_thumbprint: str,
+    cnf_not_after: datetime | None = None,
     max_ttl: timedelta,
     max_chain_depth: int,
     now: datetime,
     registry_lookup: Mapping[str, Entry],
+    issuer_names: Collection[str] = (),
 ) -> Decision:
     held = [roles[r] for r in agent.roles if r in roles]
     acting = [r for r in held if r.may_act_for_users]
     if not acting:
         raise DelegationDenied(f"agent {agent.id} holds no role that may act for users "
-                               "(role --may-act-for-users)")
+                               "(role --may-act-for-users)", "unauthorized_client")
     # (1) Consent, or a valid chain.
     prior_act: dict[str, Any] | None = None
     dlg: dict[str, Any] = {"roles": [r.name for r in acting]}
@@ -107,10 +132,10 @@ def decide(
                                    f"the limit is {max_chain_depth}")
         if request.audience not in previous.audience and agent.spiffe_id not in previous.audience:
             raise DelegationDenied(f"audience {request.audience!r} is wider than the subject "
-                                   f"token's {list(previous.audience)}")
+                                   f"token's {list(previous.audience)}", "invalid_target")
         prior_act = previous.claims["act"]
         dlg = {**previous.claims.get("dlg", {}), "roles": [r.name for r in acting]}
-    elif may_act_names(delegator.may_act, agent):
+    elif may_act_names(delegator.may_act, agent, issuer_names or (issuer,)):
         dlg["may_act"] = True
     elif grant is not None:
         dlg["grant"] = grant.id
@@ -123,7 +148,7 @@ def decide(
     granting = [r for r in acting if r.allows(request.audience)]
     if not granting:
         raise DelegationDenied(f"audience {request.audience!r} is not allowed by the agent's "
-                               f"roles ({', '.join(r.name for r in acting)})")
+                               f"roles ({', '.join(r.name for r in acting)})", "invalid_target")
     # (3) Scopes: requested ∩ delegator's ∩ roles'.
     allowed = base_scopes & _scopes_of(granting)
     requested = set(request.scopes) or allowed
@@ -131,18 +156,21 @@ def decide(
     missing = sorted(requested - allowed)
     if missing and not request.allow_narrowing:
         raise DelegationDenied(f"scope(s) {', '.join(missing)} not allowed: not held by the "
-                               "delegator or not in the agent's roles")
+                               "delegator or not in the agent's roles", "invalid_scope")
     if not granted:
-        raise DelegationDenied("no scope left to grant")
+        raise DelegationDenied("no scope left to grant", "invalid_scope")
     # (4) Lifetime: config, request, roles, and never past the delegator's token.
     caps = [max_ttl] + ([request.ttl] if request.ttl else [])
     role_caps = [r.max_ttl for r in granting]
     if 0 not in role_caps:
         caps.append(timedelta(seconds=max(role_caps)))
     exp = min(int((now + min(caps)).timestamp()), delegator.expires_at)
+    if cnf_not_after is not None:  # bound to the certificate: useless once it expired
+        exp = min(exp, int(cnf_not_after.timestamp()))
     expires_in = exp - int(now.timestamp())
     if expires_in <= 0:
-        raise DelegationDenied("the subject token expires too soon to delegate")
+        raise DelegationDenied("the subject token (or the agent's certificate) expires too "
+                               "soon to delegate")
     act: dict[str, Any] = {"sub": agent.spiffe_id, "agent_id": agent.id, "iss": issuer,
                            "sub_profile": "ai_agent"}
     if prior_act is not None:

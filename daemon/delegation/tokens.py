@@ -1,15 +1,18 @@
 """Delegated tokens (RFC 8693 `act`, RFC 9068 shape): minting claims and verifying them.
 
 `verify_delegated` is what a resource server (or `ensign token verify`) runs: signature against
-the trust domain's JWKS, `typ: at+jwt`, audience, expiry, and a well-formed actor chain. It
-authorizes nothing by itself: the caller decides on the top-level claims and the current actor
-(`act.sub`), as RFC 8693 §4.1 says; prior actors are informational.
+the delegated-token key set (never the JWT-SVID keys), `typ` `at+jwt` or `application/at+jwt`
+(RFC 9068 §4), audience, expiry, a well-formed actor chain, and, when the presenter's certificate
+is known, the `cnf` binding (RFC 8705 §3). It authorizes nothing by itself: the caller decides
+on the top-level claims and the current actor (`act.sub`), as RFC 8693 §4.1 says; prior actors
+are informational.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,10 +23,12 @@ import jwt
 from jwt.types import Options
 
 from ensign.daemon import keys
+from ensign.daemon.delegation.signing import ALGORITHMS, SigningKey
 from ensign.daemon.errors import TokenInvalid
-from ensign.daemon.issuing import SigningAuthority
 
 TOKEN_TYPE = "at+jwt"
+#: `typ` values of a delegated token; media types compare case-insensitively (RFC 7515 §4.1.9)
+TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 MAX_ACT_DEPTH = 16
 
@@ -60,9 +65,13 @@ def actor_chain(act: Any) -> tuple[str, ...]:
     return tuple(chain)
 
 
-def mint(authority: SigningAuthority, claims: dict[str, Any]) -> str:
-    return jwt.encode(claims, authority.jwt_key, algorithm=keys.jws_algorithm(authority.jwt_key),
-                      headers={"kid": authority.jwt_kid, "typ": TOKEN_TYPE})
+def is_delegated_type(typ: object) -> bool:
+    return isinstance(typ, str) and typ.lower() in TOKEN_TYPES
+
+
+def mint(key: SigningKey, claims: dict[str, Any]) -> str:
+    return jwt.encode(claims, key.key, algorithm=key.alg,
+                      headers={"kid": key.kid, "typ": TOKEN_TYPE})
 
 
 def new_jti() -> str:
@@ -76,20 +85,27 @@ def verify_delegated(
     *,
     now: datetime,
     issuer: str | None = None,
+    presenter_cert: bytes | None = None,
 ) -> DelegatedToken:
-    """Verify a delegated token; `audience=None` skips the audience check (chains do their own)."""
+    """Verify a delegated token against the delegated-token keys (`jwks`: kid -> public key).
+
+    `audience=None` skips the audience check (chains do their own). `presenter_cert` is the DER
+    certificate the token was presented with (mTLS): a token bound to another one is refused.
+    """
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as e:
         raise TokenInvalid(f"malformed token: {e}") from None
-    if header.get("typ") != TOKEN_TYPE:
+    if not is_delegated_type(header.get("typ")):
         raise TokenInvalid(f"not a delegated token (typ {header.get('typ')!r}, expected at+jwt)")
     alg = header.get("alg")
-    if alg not in ("ES256", "ES384", "RS256"):
+    if alg not in ALGORITHMS:
         raise TokenInvalid(f"unsupported algorithm {alg!r}")
     key = jwks.get(header.get("kid", ""))
     if key is None:
-        raise TokenInvalid(f"key id {header.get('kid')!r} not found in the trust bundle")
+        raise TokenInvalid(f"key id {header.get('kid')!r} is not a delegated-token key")
+    if keys.jws_algorithm(key) != alg:
+        raise TokenInvalid(f"token algorithm {alg} does not match its key")
     options: Options = {"require": ["exp", "sub", "aud", "act", "iat"],
                         "verify_aud": audience is not None}
     try:
@@ -102,6 +118,8 @@ def verify_delegated(
         raise TokenInvalid(f"token audience does not include {audience!r}") from None
     except jwt.PyJWTError as e:
         raise TokenInvalid(f"token is not valid: {e}") from None
+    if presenter_cert is not None:
+        check_binding(claims, presenter_cert)
     aud = claims["aud"]
     return DelegatedToken(
         subject=str(claims["sub"]),
@@ -111,3 +129,15 @@ def verify_delegated(
         expires_at=int(claims["exp"]),
         claims=claims,
     )
+
+
+def check_binding(claims: dict[str, Any], cert_der: bytes) -> None:
+    """RFC 8705 §3: a token with `cnf` is usable only with the certificate it names."""
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return
+    bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    if not isinstance(bound, str):
+        raise TokenInvalid("token is bound by a confirmation method other than x5t#S256")
+    if not hmac.compare_digest(bound, x5t_s256(cert_der)):
+        raise TokenInvalid("token is bound to another certificate (cnf x5t#S256)")

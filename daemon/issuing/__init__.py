@@ -16,6 +16,8 @@ from ensign.daemon.issuing.ca_offline import install_signed, request_csr
 from ensign.daemon.issuing.cache import Broadcast, SvidCache
 from ensign.daemon.issuing.jwt_svid import (
     JWT_SVID_ALGORITHMS,
+    AudienceMismatch,
+    HolderInactive,
     JwtSvid,
     jwks,
     mint_jwt_svid,
@@ -31,9 +33,11 @@ from ensign.daemon.issuing.svid import (
 
 __all__ = [
     "JWT_SVID_ALGORITHMS",
+    "AudienceMismatch",
     "Authority",
     "Broadcast",
     "CertificateAuthority",
+    "HolderInactive",
     "JwtSvid",
     "SigningAuthority",
     "SvidCache",

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from ensign.daemon import keys
 from ensign.daemon.config import CaConfig
-from ensign.daemon.errors import SigningError
+from ensign.daemon.errors import ConfigError, SigningError
 from ensign.daemon.files import ensure_private_dir, write_private
 from ensign.daemon.issuing.ca_offline import load_external
 from ensign.daemon.issuing.jwt_svid import jwks
@@ -86,17 +86,17 @@ class Upstream:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key = keys.from_pem(key_path.read_bytes())
         except (OSError, ValueError) as e:
-            raise SigningError(f"cannot load the upstream CA ({cert_path}, {key_path}): {e}") \
+            raise ConfigError(f"cannot load the upstream CA ({cert_path}, {key_path}): {e}") \
                 from None
         spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-            raise SigningError(f"{key_path} is not the key of {cert_path}")
+            raise ConfigError(f"{key_path} is not the key of {cert_path}")
         try:
             bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             bc = None
         if bc is None or not bc.ca:
-            raise SigningError(f"{cert_path} is not a CA certificate (BasicConstraints CA=true)")
+            raise ConfigError(f"{cert_path} is not a CA certificate (BasicConstraints CA=true)")
         return cls(cert=cert, key=key)
 
 

@@ -28,6 +28,24 @@ JWT_SVID_ALGORITHMS = (
 )
 
 
+class AudienceMismatch(TokenInvalid):
+    """A genuine token of this trust domain (signature and expiry hold) presented for an
+    audience it does not name: its claims say whose it is (anomaly detection, audit)."""
+
+    def __init__(self, message: str, claims: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.claims = claims
+
+
+class HolderInactive(TokenInvalid):
+    """A genuine, unexpired token of this trust domain whose agent is no longer live
+    (suspended, decommissioned, deleted): this node no longer vouches for it."""
+
+    def __init__(self, message: str, claims: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.claims = claims
+
+
 @dataclass(frozen=True, slots=True)
 class JwtSvid:
     spiffe_id: str
@@ -115,7 +133,13 @@ def validate_jwt_svid(
     except jwt.ExpiredSignatureError:
         raise TokenInvalid("token has expired") from None
     except jwt.InvalidAudienceError:
-        raise TokenInvalid(f"token audience does not include {audience!r}") from None
+        message = f"token audience does not include {audience!r}"
+        try:  # PyJWT checks the signature and expiry before the audience: the claims are ours
+            claims = jwt.decode(token, key, algorithms=[alg], leeway=0,
+                                options={"verify_aud": False, "verify_iat": False})
+        except jwt.PyJWTError:
+            raise TokenInvalid(message) from None
+        raise AudienceMismatch(message, claims) from None
     except jwt.PyJWTError as e:
         raise TokenInvalid(f"token is not valid: {e}") from None
     try:

@@ -36,6 +36,27 @@ ANOMALIES = Counter("ensign_anomalies_total", "anomaly findings, by signal", ["s
 ATTESTATION_SECONDS = Histogram("ensign_attestation_seconds", "time per attestor",
                                 ["attestor"], buckets=_LATENCY, registry=REGISTRY)
 
+HTTP_REQUESTS = Counter("ensign_http_requests_total",
+                        "HTTPS endpoint requests, by endpoint and HTTP status",
+                        ["endpoint", "status"], registry=REGISTRY)
+HTTP_SECONDS = Histogram("ensign_http_request_seconds", "HTTPS endpoint request duration",
+                         ["endpoint"], buckets=_LATENCY, registry=REGISTRY)
+HTTP_REFUSED = Counter("ensign_http_connections_refused_total",
+                       "HTTPS connections refused before a request: over a limit, or the TLS "
+                       "handshake failed (no, a foreign or an expired client certificate, ...)",
+                       ["reason"], registry=REGISTRY)
+HTTP_CONNECTIONS = Gauge("ensign_http_connections_open", "open HTTPS connections",
+                         registry=REGISTRY)
+FEDERATION_FETCHES = Counter("ensign_federation_fetches_total",
+                             "bundle endpoint fetches, by trust domain and result",
+                             ["trust_domain", "result"], registry=REGISTRY)
+FEDERATION_STALE = Gauge("ensign_federation_bundle_stale",
+                         "1 while the last fetch of a federated bundle failed (the last good "
+                         "bundle is still served)", ["trust_domain"], registry=REGISTRY)
+FEDERATION_AGE = Gauge("ensign_federation_bundle_fetched_timestamp",
+                       "when the federated bundle in use was fetched (unix time; 0: never)",
+                       ["trust_domain"], registry=REGISTRY)
+
 AUDIT_WRITE_SECONDS = Histogram("ensign_audit_write_seconds",
                                 "time to make one batch of audit records durable (O_DSYNC write)",
                                 buckets=_LATENCY, registry=REGISTRY)
@@ -56,6 +77,15 @@ def _child(metric: Any, *values: str) -> Any:
 
 def rpc_counter(method: str, status: str) -> Any:
     return _child(RPCS, method, status)
+
+
+def http_request(endpoint: str, status: int, seconds: float) -> None:
+    _child(HTTP_REQUESTS, endpoint, str(status)).inc()
+    _child(HTTP_SECONDS, endpoint).observe(seconds)
+
+
+def http_refused(reason: str) -> None:
+    _child(HTTP_REFUSED, reason).inc()
 
 
 def observe_audit(body: dict[str, Any]) -> None:

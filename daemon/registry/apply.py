@@ -22,7 +22,7 @@ from ensign.daemon.registry.roles import RoleBook
 from ensign.daemon.registry.store import PutEntry, RecordState, Write
 
 COMPARED = ("name", "kind", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
-            "purpose", "capabilities", "roles", "metadata", "expires_at")
+            "purpose", "capabilities", "roles", "metadata", "expires_at", "federates_with")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ def _diff(old: Entry, spec: Entry) -> dict[str, Any]:
     changes = {}
     for f in COMPARED:
         want = getattr(spec, f)
-        if f == "selectors":
+        if f in ("selectors", "federates_with"):
             want = tuple(sorted(set(want)))
         if getattr(old, f) != want:
             changes[f] = want
@@ -85,7 +85,8 @@ def apply(
             steps.append(Step("role_create", role.name, ", ".join(role.audiences)))
             role_writes.append((role, None))
         else:
-            fields = ("audiences", "scopes", "max_ttl", "may_act_for_users", "may_redelegate")
+            fields = ("audiences", "scopes", "max_ttl", "may_act_for_users", "may_redelegate",
+                      "may_introspect")
             delta = {f: getattr(role, f) for f in fields
                      if getattr(role, f) != getattr(existing, f)}
             if delta:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ensign.daemon.errors import InvalidData, InvalidRequest
 from ensign.daemon.registry.events import Action
-from ensign.daemon.spiffe_id import SpiffeId
+from ensign.daemon.spiffe_id import SpiffeId, validate_trust_domain
 from ensign.daemon.units import MAX_TIMESTAMP, MAX_TTL_SECONDS
 
 SELECTOR_TYPES = frozenset({"unix", "systemd", "sigstore", "tpm"})
@@ -21,6 +21,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_SELECTORS = 64
 MAX_NAME = 128
 DAEMON_ACTOR = "ensign"
+RESERVED_PATH = "/ensign"  # spiffe://<td>/ensign/node/<name>: the daemon's own SVIDs
 #: Metadata keys the daemon reads, and the values each may take.
 METADATA_VALUES = {"anomaly.action": ("alert", "suspend", "off")}
 MAX_METADATA = 64
@@ -37,7 +38,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 
 _MUTABLE = frozenset({
     "name", "spiffe_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
-    "purpose", "capabilities", "roles", "metadata", "expires_at", "kind",
+    "purpose", "capabilities", "roles", "metadata", "expires_at", "kind", "federates_with",
 })
 
 
@@ -63,13 +64,15 @@ class Entry:
     created_at: int = 0
     updated_at: int = 0
     revision: int = 1
+    #: trust domains (other than ours) whose bundles this entry's holders receive
+    federates_with: tuple[str, ...] = ()
 
     def is_live(self, now: float) -> bool:
         return self.state == "active" and (not self.expires_at or self.expires_at > now)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("selectors", "dns_names", "capabilities", "roles"):
+        for k in ("selectors", "dns_names", "capabilities", "roles", "federates_with"):
             d[k] = list(d[k])
         return d
 
@@ -157,6 +160,9 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
         raise InvalidRequest(f"SPIFFE ID {e.spiffe_id} is not in trust domain {trust_domain}")
     if not sid.is_workload:
         raise InvalidRequest("SPIFFE ID needs a path; the bare trust domain ID is the CA's")
+    if sid.path == RESERVED_PATH or sid.path.startswith(RESERVED_PATH + "/"):
+        raise InvalidRequest(f"SPIFFE ID paths under {RESERVED_PATH}/ are reserved for the "
+                             "daemon's own identities (its HTTPS endpoint)")
     if e.x509_ttl < 0 or e.jwt_ttl < 0 or e.expires_at < 0:
         raise InvalidRequest("TTLs and expiry must not be negative")
     if max(e.x509_ttl, e.jwt_ttl) > MAX_TTL_SECONDS:
@@ -168,7 +174,15 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
     if len(e.hint.encode()) > 1024:
         raise InvalidRequest("hint is limited to 1024 bytes")
     validate_metadata(e.metadata)
-    return replace(e, selectors=tuple(sorted(set(e.selectors))))
+    for td in e.federates_with:
+        try:
+            validate_trust_domain(td)
+        except InvalidRequest as err:
+            raise InvalidRequest(f"federates_with: {err}") from None
+        if td == trust_domain:
+            raise InvalidRequest(f"federates_with: {td} is this node's own trust domain")
+    return replace(e, selectors=tuple(sorted(set(e.selectors))),
+                   federates_with=tuple(sorted(set(e.federates_with))))
 
 
 def validate_metadata(metadata: dict[str, str]) -> None:

@@ -28,6 +28,7 @@ class Role:
     max_ttl: int = 0  # seconds; 0 = no cap beyond the daemon's
     may_act_for_users: bool = False
     may_redelegate: bool = False
+    may_introspect: bool = False  # may ask the HTTPS endpoint whether a token is active
     created_at: int = 0
     updated_at: int = 0
     revision: int = 1

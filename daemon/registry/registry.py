@@ -48,11 +48,13 @@ class Registry:
         self._clock = clock
         self._entries: dict[str, Entry] = {}
         self._index: dict[str, set[str]] = defaultdict(set)
+        self._by_spiffe_id: dict[str, set[str]] = defaultdict(set)
         roles.holders = self.holders
 
     def load(self) -> None:
         self._entries.clear()
         self._index.clear()
+        self._by_spiffe_id.clear()
         for e in self._store.entries():
             self._remember(e)
         log.info("registry loaded", extra={"entries": len(self._entries)})
@@ -76,6 +78,12 @@ class Registry:
     def lookup(self) -> Mapping[str, Entry]:
         """Every entry by id (a read-only view: no copy per lookup)."""
         return self._entries
+
+    def by_spiffe_id(self, spiffe_id: str) -> list[Entry]:
+        """Live entries with this SPIFFE ID (the holder of an X.509-SVID for it), in id order."""
+        now = self._clock()
+        return sorted((e for i in self._by_spiffe_id.get(spiffe_id, ())
+                       if (e := self._entries[i]).is_live(now)), key=lambda e: e.id)
 
     def live_ids(self) -> set[str]:
         now = self._clock()
@@ -213,6 +221,7 @@ class Registry:
     def _remember(self, e: Entry) -> None:
         self._entries[e.id] = e
         self._index[e.selectors[0]].add(e.id)
+        self._by_spiffe_id[e.spiffe_id].add(e.id)
 
     def _forget(self, e: Entry) -> None:
         self._entries.pop(e.id, None)
@@ -221,3 +230,8 @@ class Registry:
             ids.discard(e.id)
             if not ids:
                 del self._index[e.selectors[0]]
+        same = self._by_spiffe_id.get(e.spiffe_id)
+        if same is not None:
+            same.discard(e.id)
+            if not same:
+                del self._by_spiffe_id[e.spiffe_id]

@@ -24,7 +24,7 @@ from ensign.daemon.registry.store import (
     Write,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -92,11 +92,11 @@ Statement = tuple[str, tuple[Any, ...]]
 ENTRY_COLUMNS = (
     "id", "name", "kind", "spiffe_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint",
     "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by",
-    "created_at", "updated_at", "revision",
+    "created_at", "updated_at", "revision", "federates_with",
 )
-ENTRY_JSON = ("selectors", "dns_names", "capabilities", "roles", "metadata")
+ENTRY_JSON = ("selectors", "dns_names", "capabilities", "roles", "metadata", "federates_with")
 ROLE_COLUMNS = ("name", "audiences", "scopes", "max_ttl", "may_act_for_users", "may_redelegate",
-                "created_at", "updated_at", "revision")
+                "created_at", "updated_at", "revision", "may_introspect")
 GRANT_COLUMNS = ("id", "subject", "issuer", "agent_id", "scopes", "created_at", "expires_at",
                  "revoked_at", "created_by")
 
@@ -116,6 +116,7 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            _migrate(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.path.chmod(0o600)
         except sqlite3.Error as e:
@@ -141,6 +142,7 @@ class SqliteStore:
             d["scopes"] = tuple(json.loads(d["scopes"]))
             d["may_act_for_users"] = bool(d["may_act_for_users"])
             d["may_redelegate"] = bool(d["may_redelegate"])
+            d["may_introspect"] = bool(d["may_introspect"])
             out.append(Role(**d))
         return out
 
@@ -195,6 +197,21 @@ class SqliteStore:
             raise StoreError(f"registry write failed: {e}") from None
 
 
+#: Columns added after the first release: (table, column, definition). Idempotent on start.
+_ADDED_COLUMNS = (
+    ("entries", "federates_with", "TEXT NOT NULL DEFAULT '[]'"),
+    ("roles", "may_introspect", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a registry written by an earlier release up to SCHEMA_VERSION, in place."""
+    for table, column, definition in _ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 def _statements(w: Write) -> list[Statement]:
     match w:
         case PutEntry(entry=e, new=True):
@@ -215,7 +232,7 @@ def _statements(w: Write) -> list[Statement]:
         case PutRole(role=r, new=new):
             values = (r.name, json.dumps(list(r.audiences)), json.dumps(list(r.scopes)),
                       r.max_ttl, int(r.may_act_for_users), int(r.may_redelegate), r.created_at,
-                      r.updated_at, r.revision)
+                      r.updated_at, r.revision, int(r.may_introspect))
             if new:
                 marks = ", ".join("?" for _ in ROLE_COLUMNS)
                 return [(f"INSERT INTO roles ({', '.join(ROLE_COLUMNS)}) "  # noqa: S608

@@ -15,10 +15,12 @@ from ensign.daemon.server.listener import (
     bind_unix,
 )
 from ensign.daemon.server.peercred import Connection, PeerTracker, TrackingServer, identify
+from ensign.daemon.server.reflection import service_names, with_reflection
 from ensign.daemon.server.translate import Service, public_message, translated
 
 __all__ = [
     "ADMIN_MAX_REQUEST_BYTES", "ADMIN_SOCKET_MODE", "WORKLOAD_SOCKET_MODE", "Connection",
     "PeerTracker", "RateLimited", "Service", "TrackingServer", "UidLimits", "UnixServer",
-    "bind_unix", "bounds", "identify", "public_message", "translated",
+    "bind_unix", "bounds", "identify", "public_message", "service_names", "translated",
+    "with_reflection",
 ]

@@ -33,8 +33,9 @@ from typing import Any
 
 import grpclib.server
 import h2.connection
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from google.protobuf.message import DecodeError
+
+from ensign.daemon.errors import InvalidRequest, RequestTooLarge
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
@@ -67,17 +68,19 @@ async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
         return None
     compressed, length = _PREFIX.unpack(meta)
     if compressed:
-        raise GRPCError(Status.UNIMPLEMENTED, "compressed request messages are not supported")
+        raise InvalidRequest("compressed request messages are not supported")
     override = request_limit.get()
     limit = _workload_limit if override is None else override
     if length > limit:
-        raise GRPCError(Status.RESOURCE_EXHAUSTED,
-                        f"request message of {length} bytes is over the {limit}-byte limit")
+        raise RequestTooLarge(f"request message of {length} bytes is over the {limit}-byte limit")
     if length <= LARGE or override is not None:  # the admin's requests are not budgeted
         body = await _read(stream, length)
     else:
         body = await _budgeted(stream, length)
-    return codec.decode(body, message_type)
+    try:
+        return codec.decode(body, message_type)
+    except DecodeError:  # an EnsignError, so the refusal reaches the audit trail
+        raise InvalidRequest("malformed request message") from None
 
 
 async def _read(stream: Any, length: int) -> bytes:
@@ -86,15 +89,14 @@ async def _read(stream: Any, length: int) -> bytes:
     except AssertionError:  # grpclib's way of saying the stream ended before the message did
         body = b""
     if len(body) != length:
-        raise GRPCError(Status.INVALID_ARGUMENT, "request message cut short")
+        raise InvalidRequest("request message cut short")
     return body
 
 
 async def _budgeted(stream: Any, length: int) -> bytes:
     global _pending
     if _pending + length > _pending_budget:
-        raise GRPCError(Status.RESOURCE_EXHAUSTED,
-                        "too many large requests are being received; retry later")
+        raise RequestTooLarge("too many large requests are being received; retry later")
     _pending += length
     try:  # released however the read ends: done, cut short, or cancelled with the connection
         return await _read(stream, length)

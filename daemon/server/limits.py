@@ -1,15 +1,16 @@
-"""Per-uid limits: open connections and request rate. One local user must not starve others.
+"""Per-client limits: open connections and request rate. One client must not starve others.
 
-A connection over the cap is kept open only to be told UNAVAILABLE; a request over the rate
-(a token bucket per uid, refilled continuously) gets UNAVAILABLE, which clients retry with
-backoff. 0 turns a limit off.
+On the Unix sockets a client is a uid: a connection over the cap is kept open only to be told
+UNAVAILABLE; a request over the rate (a token bucket per uid, refilled continuously) gets
+UNAVAILABLE, which clients retry with backoff. The HTTPS endpoint applies the same `[limits]`
+per client address (refusing the connection, or answering 429). 0 turns a limit off.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from grpclib.const import Status
@@ -37,21 +38,21 @@ class UidLimits:
         self._rate = rate
         self._burst = max(burst, rate)
         self._clock = clock
-        self._connections: Counter[int] = Counter()
-        self._buckets: dict[int, _Bucket] = {}
+        self._connections: Counter[Hashable] = Counter()
+        self._buckets: dict[Hashable, _Bucket] = {}
 
-    def connect(self, uid: int) -> bool:
+    def connect(self, uid: Hashable) -> bool:
         """Count a new connection; False when it is over the uid's cap (it still counts)."""
         self._connections[uid] += 1
         return not self._max_connections or self._connections[uid] <= self._max_connections
 
-    def disconnect(self, uid: int) -> None:
+    def disconnect(self, uid: Hashable) -> None:
         self._connections[uid] -= 1
         if self._connections[uid] <= 0:
             del self._connections[uid]
             self._buckets.pop(uid, None)
 
-    def allow(self, uid: int) -> bool:
+    def allow(self, uid: Hashable) -> bool:
         if not self._rate:
             return True
         now = self._clock()
@@ -65,5 +66,5 @@ class UidLimits:
         b.tokens -= 1
         return True
 
-    def connections(self, uid: int) -> int:
+    def connections(self, uid: Hashable) -> int:
         return self._connections[uid]

@@ -120,7 +120,8 @@ class UnixServer:
         self.path = path
         self._mode = mode
         self._gid = gid
-        self._server = TrackingServer(services, tracker, config=Configuration())
+        self.services = list(services)
+        self._server = TrackingServer(self.services, tracker, config=Configuration())
         table = self._server._mapping  # grpclib keeps it private; read once, here
         self._server._mapping = _Served(table, _unserved(label, table))
         self._bound: os.stat_result | None = None  # the socket file this server created

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -47,11 +48,15 @@ def _boot_seconds() -> float:
 
 def _peer_pidfd(sock: socket.socket) -> int | None:
     """SO_PEERPIDFD (Linux 6.5+): a pidfd for the very process that called connect(), taken by
-    the kernel, so no pid race at all. None where the kernel does not have it."""
+    the kernel, so no pid race at all. None where the kernel does not have it; -1 when the
+    peer has already been reaped (6.5-6.8 refuse the option then; later kernels hand out a
+    pidfd whose fdinfo says Pid: -1, which the caller checks)."""
     try:
         return int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
-    except OSError:
-        return None
+    except OSError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            return None
+        return -1
 
 
 def _pidfd_pid(pidfd: int) -> int:
@@ -96,6 +101,8 @@ def identify(sock: socket.socket, proc_root: Path = Path("/proc")) -> Connection
     if pid <= 0:
         return Connection(None, "peer has no pid (another pid namespace?)")
     pidfd = _peer_pidfd(sock)
+    if pidfd == -1:
+        return Connection(None, f"caller pid {pid} exited before it was pinned")
     if pidfd is not None:
         try:
             named = _pidfd_pid(pidfd)
@@ -120,7 +127,10 @@ def identify(sock: socket.socket, proc_root: Path = Path("/proc")) -> Connection
     exe = _exe_image(pid, proc_root)
     # A process that started after we accepted the connection cannot be the one that connected:
     # the caller exited and its pid was reused already.
-    if start / _CLK_TCK > accepted_at + 2 / _CLK_TCK or (pidfd is not None and not _alive(pidfd)):
+    if pidfd is not None and not _alive(pidfd):  # what we read may be another process's
+        _close(pidfd)
+        return Connection(None, f"caller pid {pid} exited before it was pinned")
+    if start / _CLK_TCK > accepted_at + 2 / _CLK_TCK:
         _close(pidfd)
         return Connection(None, f"pid {pid} was reused before the connection was pinned")
     if euid != uid:

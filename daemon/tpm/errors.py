@@ -22,6 +22,10 @@ class TpmCommandFailed(AttestationError):
 
 
 class TpmSealError(SigningError):
-    """A sealed secret cannot be unsealed (or sealed): the CA must not issue (exit 70)."""
+    """A sealed secret cannot be unsealed (or sealed): the CA must not issue. The daemon refuses
+    to start (exit 78, EX_CONFIG, so systemd does not restart it in a loop): the operator must
+    restore the measured state or re-seal."""
+
+    exit_code = 78
 
     public_message = "TPM-sealed key unavailable: not issuing"

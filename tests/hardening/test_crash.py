@@ -25,29 +25,12 @@ import pytest
 from ensign.daemon.audit.query import read_records
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import workload_pb2 as pb
+from tests.support.clients import call
 from tests.support.daemon import ENSIGN, Daemon, make_daemon
-from tests.support.hardening import call, healthy, soak, socket_answers
+from tests.support.hardening import healthy, soak, socket_answers
+from tests.support.scripts import JTI_HAMMER
 
 KILLS = soak(10, 100)
-
-_ISSUER = r"""
-import sys, time, grpc, jwt
-from ensign.proto import workload_pb2 as pb
-sock, out = sys.argv[1], sys.argv[2]
-req = pb.JWTSVIDRequest(audience=["crash"]).SerializeToString()
-with open(out, "a") as f:
-    while True:
-        try:
-            with grpc.insecure_channel("unix:" + sock) as ch:
-                call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
-                while True:
-                    raw = call(req, metadata=[("workload.spiffe.io", "true")], timeout=5)
-                    token = pb.JWTSVIDResponse.FromString(raw).svids[0].svid
-                    f.write(jwt.decode(token, options={"verify_signature": False})["jti"] + "\n")
-                    f.flush()
-        except grpc.RpcError:
-            time.sleep(0.02)
-"""
 
 # A py-spiffe client with its default retry policy: it is never told about the crashes.
 _STREAMER = r"""
@@ -181,7 +164,7 @@ def test_kill_minus_9_at_random_points(short_tmp: Path) -> None:
     d.register("crash-root", "unix:uid:0")
     outs = [short_tmp / f"jti{i}.txt" for i in range(2)]
     streamed = short_tmp / "streamed.txt"
-    procs = [subprocess.Popen([sys.executable, "-c", _ISSUER, str(d.socket), str(o)])
+    procs = [subprocess.Popen([sys.executable, "-c", JTI_HAMMER, str(d.socket), str(o)])
              for o in outs]
     procs.append(subprocess.Popen([sys.executable, "-c", _STREAMER, str(d.socket),
                                    str(streamed)]))

@@ -16,29 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import jwt as pyjwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.daemon.issuing import split_der
 from ensign.proto import delegation_pb2, workload_pb2
+from tests.support.clients import call
 from tests.support.daemon import ENSIGN, Daemon
-from tests.support.hardening import call
+from tests.support.idp import CAL, Idp
 
-IDP = "https://idp.example.org"
-CAL = "https://calendar.example.org"
-SECRET_FILES = ["ca/state.json", "audit-key/key.pem", "registry.db"]
+SECRET_FILES = ["ca/state.json", "audit-key/key.pem", "registry.db", "delegation/keys.json"]
 
 
 @pytest.fixture
-def world(short_tmp: Path) -> Iterator[tuple[Daemon, ec.EllipticCurvePrivateKey]]:
-    idp = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(idp.public_key()))
-    (short_tmp / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
-    d = Daemon(root=short_tmp, extra_config=(
-        '[ca]\nttl = "10s"\n[delegation]\nenabled = true\n'
-        f'[[delegation.issuers]]\nissuer = "{IDP}"\njwks_file = "{short_tmp / "jwks.json"}"\n'
-        'audience = "ensign"\n'))
+def world(short_tmp: Path) -> Iterator[tuple[Daemon, Idp]]:
+    idp = Idp()
+    d = Daemon(root=short_tmp, extra_config='[ca]\nttl = "10s"\n' + idp.config(short_tmp))
     old = os.umask(0)
     try:
         d.start()
@@ -57,7 +49,7 @@ def _modes(d: Daemon) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _activity(d: Daemon, idp: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+def _activity(d: Daemon, idp: Idp) -> dict[str, Any]:
     """Issue, validate, fail, exchange: everything that handles a key or a token."""
     d.cli("role", "create", "cal", "--audience", f"{CAL}*", "--scope", "calendar.read",
           "--may-act-for-users")
@@ -77,15 +69,8 @@ def _activity(d: Daemon, idp: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
                                 workload_pb2.ValidateJWTSVIDRequest(audience=aud, svid=token)
                                 .SerializeToString())
         errors.append(details)
-    now = pyjwt.api_jwt.timegm(pyjwt.api_jwt.datetime.now(tz=pyjwt.api_jwt.timezone.utc)
-                               .utctimetuple())
-    human = pyjwt.encode({"iss": IDP, "sub": "alice", "aud": "ensign", "iat": now,
-                          "exp": now + 600, "scope": "calendar.read",
-                          "may_act": {"sub": me["spiffe_id"]}}, idp, algorithm="ES256",
-                         headers={"kid": "k1"})
-    forged = pyjwt.encode({"iss": IDP, "sub": "alice", "aud": "ensign", "exp": now + 600},
-                          ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
-                          headers={"kid": "k1"})
+    human = idp.token(scope="calendar.read", may_act={"sub": me["spiffe_id"]})
+    forged = idp.token(key=idp.other)  # under the IdP's key id, signed by another key
     delegated = ""
     for token, aud in [(human, f"{CAL}/a"), (forged, f"{CAL}/a"), (human, "https://evil")]:
         code, details, raw = call(sock, "/ensign.delegation.v1.Delegation/ExchangeToken",
@@ -104,7 +89,7 @@ def _activity(d: Daemon, idp: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
 
 
 def test_key_files_are_private_to_the_daemon_user(
-    world: tuple[Daemon, ec.EllipticCurvePrivateKey],
+    world: tuple[Daemon, Idp],
 ) -> None:
     d, idp = world
     _activity(d, idp)
@@ -139,20 +124,23 @@ def _needles(secrets: dict[str, Any]) -> dict[str, bytes]:
 
 
 def test_no_svid_key_on_disk_and_no_secret_in_logs_errors_or_audit(
-    world: tuple[Daemon, ec.EllipticCurvePrivateKey],
+    world: tuple[Daemon, Idp],
 ) -> None:
     d, idp = world
     secrets = _activity(d, idp)
     d.stop()
     needles = _needles(secrets)
-    # SVID keys are never written to disk: the only PEM private keys under data_dir are the
-    # CA state and the audit key, and the SVID key's bytes appear nowhere (registry, WAL, log).
+    # Workloads' SVID keys are never written to disk: the only PEM private keys under data_dir
+    # are the CA state, the delegated-token keys, the audit key (and, with [http] on its default
+    # certificate, the daemon's own serving key http/node.key, which Python's ssl loads only
+    # from a file), and the SVID key's bytes appear nowhere (registry, WAL, log).
     for f in d.data_dir.rglob("*"):
         if not f.is_file():
             continue
         data = f.read_bytes()
         rel = str(f.relative_to(d.data_dir))
-        if rel not in ("ca/state.json", "audit-key/key.pem"):
+        if rel not in ("ca/state.json", "audit-key/key.pem", "delegation/keys.json",
+                       "http/node.key"):
             assert b"PRIVATE KEY" not in data, f"{rel} holds a private key"
         for name, needle in needles.items():
             assert needle not in data, f"{name} found in {rel}"
@@ -161,7 +149,9 @@ def test_no_svid_key_on_disk_and_no_secret_in_logs_errors_or_audit(
              "errors": "\n".join(secrets["errors"]).encode()}
     ca_state = json.loads((d.data_dir / "ca" / "state.json").read_text())
     ca_keys = [v.encode() for v in _strings(ca_state) if "PRIVATE KEY" in v]
-    assert ca_keys, "found no CA key to look for"
+    dlg_state = json.loads((d.data_dir / "delegation" / "keys.json").read_text())
+    ca_keys += [v.encode() for v in _strings(dlg_state) if "PRIVATE KEY" in v]
+    assert len(ca_keys) >= 3, "found no CA or delegation key to look for"
     for where, data in texts.items():
         assert b"PRIVATE KEY" not in data, where
         for name, needle in needles.items():
@@ -183,7 +173,7 @@ def _strings(obj: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def test_written_svid_key_files_are_0600(world: tuple[Daemon, ec.EllipticCurvePrivateKey],
+def test_written_svid_key_files_are_0600(world: tuple[Daemon, Idp],
                                          tmp_path: Path) -> None:
     d, _ = world
     d.register("writer", f"unix:uid:{os.getuid()}")

@@ -13,37 +13,19 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ensign.proto import delegation_pb2 as dpb
 from ensign.proto import workload_pb2 as pb
-from tests.support.clients import channel, stream
+from tests.support.clients import HEADER, channel, stream
 from tests.support.daemon import ENSIGN, Daemon, make_daemon
+from tests.support.idp import CAL, IDP, Idp, exchange
 
-IDP = "https://idp.example.org"
-CAL = "https://calendar.example.org"
 GID_A, GID_B, GID_C, GID_NONE = 5001, 5002, 5003, 5999
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="agents are told apart by groups")
-
-
-class Idp:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.other = ec.generate_private_key(ec.SECP256R1())
-
-    def jwks(self) -> str:
-        jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
-        return json.dumps({"keys": [{**jwk, "kid": "idp-1", "use": "sig", "alg": "ES256"}]})
-
-    def token(self, sub: str = "alice", scope: str = "calendar.read calendar.write",
-              may_act: Any = None, ttl: int = 600, iss: str = IDP, key: Any = None,
-              kid: str = "idp-1") -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {"iss": iss, "sub": sub, "aud": "ensign", "iat": now,
-                                  "exp": now + ttl, "scope": scope}
-        if may_act is not None:
-            claims["may_act"] = may_act
-        return pyjwt.encode(claims, key or self.key, algorithm="ES256", headers={"kid": kid})
 
 
 def _none_token() -> str:
@@ -60,11 +42,7 @@ def idp() -> Idp:
 
 @pytest.fixture
 def world(short_tmp: Path, idp: Idp) -> Any:
-    jwks = short_tmp / "idp-jwks.json"
-    jwks.write_text(idp.jwks())
-    d = make_daemon(short_tmp, "[delegation]\nenabled = true\nmax_chain_depth = 2\n"
-                               f'[[delegation.issuers]]\nissuer = "{IDP}"\n'
-                               f'jwks_file = "{jwks}"\naudience = "ensign"\n')
+    d = make_daemon(short_tmp, idp.config(short_tmp, max_chain_depth=2))
     d.cli("role", "create", "calendar-agent", "--audience", f"{CAL}*", "--scope", "calendar.read",
           "--scope", "calendar.write", "--may-act-for-users", "--may-redelegate")
     d.cli("role", "create", "calendar-helper", "--audience", f"{CAL}*", "--scope",
@@ -80,17 +58,21 @@ def world(short_tmp: Path, idp: Idp) -> Any:
     d.stop()
 
 
-def exchange(d: Daemon, gid: int, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": d.endpoint}
-    return subprocess.run([*ENSIGN, "token", "exchange", "--subject-token", "-", *args],
-                          input=token, capture_output=True, text=True, env=env,
-                          extra_groups=[gid], timeout=30)
-
-
-def _jwks_from_workload_api(d: Daemon) -> dict[str, Any]:
+def _jwt_bundle(d: Daemon) -> dict[str, Any]:
+    """The JWT-SVID keys, as any SPIFFE client receives them."""
     with channel(str(d.socket)) as ch:
         resp = pb.JWTBundlesResponse.FromString(next(stream(ch, "FetchJWTBundles", timeout=10)))
     keys = json.loads(resp.bundles["spiffe://example.org"])["keys"]
+    return {k["kid"]: pyjwt.PyJWK.from_dict(k).key for k in keys}
+
+
+def _token_keys(d: Daemon) -> dict[str, Any]:
+    """The delegated-token keys (ensign.delegation.v1 TokenKeys; jwks_uri serves the same)."""
+    with channel(str(d.socket)) as ch:
+        raw = ch.unary_unary("/ensign.delegation.v1.Delegation/TokenKeys")(
+            dpb.TokenKeysRequest().SerializeToString(), metadata=HEADER, timeout=10)
+    keys = json.loads(dpb.TokenKeysResponse.FromString(raw).jwks)["keys"]
+    assert all(k["use"] == "sig" and k["alg"] == "ES256" for k in keys)
     return {k["kid"]: pyjwt.PyJWK.from_dict(k).key for k in keys}
 
 
@@ -102,7 +84,9 @@ def test_agent_acts_for_alice(world: Any, idp: Idp) -> None:
     token = out.stdout.strip()
     header = pyjwt.get_unverified_header(token)
     assert header["typ"] == "at+jwt"
-    keys = _jwks_from_workload_api(d)
+    keys = _token_keys(d)
+    # Delegated tokens and JWT-SVIDs never share a key: the JWT bundle cannot verify it.
+    assert header["kid"] not in _jwt_bundle(d) and not set(keys) & set(_jwt_bundle(d))
     claims = pyjwt.decode(token, keys[header["kid"]], algorithms=["ES256"], audience=f"{CAL}/v1")
     assert claims["sub"] == "alice" and claims["act"]["sub"] == a["spiffe_id"]
     assert claims["scope"] == "calendar.read" and claims["client_id"] == a["id"]
@@ -171,8 +155,7 @@ def test_refusals(world: Any, idp: Idp, case: str, expect: str) -> None:
     out = exchange(d, GID_A, token, *args)
     assert out.returncode == 77, out.stdout + out.stderr
     assert expect in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    trail = json.loads(d.cli("audit", "list", "--agent", a["id"], "--type", "token.exchanged",
-                             "-o", "json").stdout)
+    trail = d.audit("--agent", a["id"], "--type", "token.exchanged")
     assert trail[-1]["result"] == "denied" and expect in trail[-1]["reason"]
 
 
@@ -216,8 +199,7 @@ def test_agent_to_agent_chain(world: Any, idp: Idp) -> None:
     too_deep = exchange(d, GID_C, second.stdout.strip(), "--audience", CAL, "--scope",
                         "calendar.read")
     assert too_deep.returncode == 77 and "the limit is 2" in too_deep.stderr
-    trail = json.loads(d.cli("audit", "list", "--agent", b["id"], "--type", "token.exchanged",
-                             "-o", "json").stdout)
+    trail = d.audit("--agent", b["id"], "--type", "token.exchanged")
     ok = [r for r in trail if r["result"] == "success"][-1]
     assert ok["delegator"] == "alice"
     assert ok["details"]["previous_actors"] == [a["spiffe_id"]]
@@ -241,3 +223,96 @@ def test_grant_json_and_grants_to_decommissioned_agents(world: Any) -> None:
     assert refused.returncode == 65 and "decommissioned" in refused.stderr
     assert [g["agent_id"] for g in json.loads(d.cli("delegation", "list", "--all", "-o",
                                                     "json").stdout)] == [a["id"]]
+
+
+def test_a_jwt_svid_key_never_vouches_for_a_delegated_token(world: Any, idp: Idp) -> None:
+    """Whoever holds a JWT-SVID signing key cannot make a token the delegation chain or
+    `token verify` accepts: only the delegated-token keys sign those."""
+    d, a, _, _ = world
+    first = exchange(d, GID_A, idp.token(may_act={"sub": a["spiffe_id"]}), "--audience", CAL,
+                     "--scope", "calendar.read")
+    assert first.returncode == 0, first.stderr
+    claims = pyjwt.decode(first.stdout.strip(), options={"verify_signature": False})
+    state = json.loads((d.data_dir / "ca" / "state.json").read_text())["authorities"][-1]
+    ca_key = serialization.load_pem_private_key(state["jwt_key"].encode(), None)
+    forged = pyjwt.encode(claims, ca_key, algorithm="ES256",  # type: ignore[arg-type]
+                          headers={"kid": state["jwt_kid"], "typ": "at+jwt"})
+    chained = exchange(d, GID_B, forged, "--audience", CAL, "--scope", "calendar.read")
+    assert chained.returncode == 77, chained.stderr
+    assert "not a delegated-token key" in chained.stderr
+    verified = d.cli("token", "verify", forged, "--audience", CAL, check=False)
+    assert verified.returncode == 65 and "not a delegated-token key" in verified.stderr
+    # the genuine token still chains
+    ok = exchange(d, GID_B, first.stdout.strip(), "--audience", CAL, "--scope", "calendar.read")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_token_keys_keep_their_kid_across_a_restart(world: Any, idp: Idp) -> None:
+    d, a, _, _ = world
+    token = exchange(d, GID_A, idp.token(may_act={"sub": a["spiffe_id"]}), "--audience", CAL,
+                     "--scope", "calendar.read").stdout.strip()
+    before = _token_keys(d)
+    d.stop()
+    d.start()
+    assert _token_keys(d) == before
+    out = d.cli("token", "verify", token, "--audience", CAL)
+    assert out.stdout.startswith(f"valid: alice via {a['spiffe_id']}")
+
+
+def test_may_act_naming_another_issuer_does_not_name_our_agent(world: Any, idp: Idp) -> None:
+    d, a, _, _ = world
+    other = idp.token(may_act={"sub": a["spiffe_id"], "iss": "https://elsewhere.example.org"})
+    out = exchange(d, GID_A, other, "--audience", CAL, "--scope", "calendar.read")
+    assert out.returncode == 77 and "has not allowed agent" in out.stderr, out.stderr
+    ours = idp.token(may_act={"sub": a["spiffe_id"], "iss": "spiffe://example.org"})
+    assert exchange(d, GID_A, ours, "--audience", CAL, "--scope",
+                    "calendar.read").returncode == 0
+
+
+def test_a_bound_token_lives_no_longer_than_the_agents_certificate(
+        short_tmp: Path, idp: Idp) -> None:
+    jwks = short_tmp / "idp-jwks.json"
+    jwks.write_text(idp.jwks())
+    d = make_daemon(short_tmp, '[svid]\nx509_ttl = "90s"\n[delegation]\nenabled = true\n'
+                               'token_ttl = "10m"\n'
+                               f'[[delegation.issuers]]\nissuer = "{IDP}"\n'
+                               f'jwks_file = "{jwks}"\naudience = "ensign"\n')
+    try:
+        d.cli("role", "create", "cal", "--audience", f"{CAL}*", "--scope", "calendar.read",
+              "--may-act-for-users")
+        a = d.register("agent-a", "unix:uid:0", f"unix:supplementary_gid:{GID_A}",
+                       extra=("--role", "cal"))
+        out = exchange(d, GID_A, idp.token(may_act={"sub": a["spiffe_id"]}, ttl=3600),
+                       "--audience", CAL, "--scope", "calendar.read")
+        assert out.returncode == 0, out.stderr
+        token = out.stdout.strip()
+        claims = pyjwt.decode(token, options={"verify_signature": False})
+        svid = subprocess.run([*ENSIGN, "fetch", "x509", "-o", "json"], capture_output=True,
+                              text=True, env={**os.environ, "SPIFFE_ENDPOINT_SOCKET": d.endpoint},
+                              extra_groups=[GID_A], timeout=30, check=True)
+        not_after = datetime.fromisoformat(json.loads(svid.stdout)[0]["not_after"])
+        assert claims["exp"] - claims["iat"] <= 90
+        assert claims["exp"] <= not_after.timestamp()
+        # and `token verify --cert` checks the binding against the presenter's certificate
+        other = short_tmp / "other.pem"
+        other.write_bytes(_self_signed_pem())
+        bound = d.cli("token", "verify", token, "--audience", CAL, "--cert", str(other),
+                      check=False)
+        assert bound.returncode == 65 and "bound to another certificate" in bound.stderr
+    finally:
+        d.stop()
+
+
+def _self_signed_pem() -> bytes:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)

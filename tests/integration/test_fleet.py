@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.integration.test_spiffe_tls import _CLIENT, _SERVER, CLIENT_GID, SERVER_GID, _free_port
-from tests.support.daemon import Daemon, make_daemon
+from tests.support.daemon import Daemon, make_daemon, needs_root
+from tests.support.net import free_port
+from tests.support.scripts import TLS_CLIENT, TLS_SERVER, spawn_with_group
+from tests.support.scripts import TLS_CLIENT_GID as CLIENT_GID
+from tests.support.scripts import TLS_SERVER_GID as SERVER_GID
 
 
 def _org_ca(d: Path) -> tuple[Path, Path, x509.Certificate]:
@@ -47,7 +49,7 @@ def _node(root: Path, cert: Path, key: Path) -> Daemon:
     return make_daemon(root, f'[ca]\nupstream_cert = "{cert}"\nupstream_key = "{key}"\n')
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="setting supplementary groups needs root")
+@needs_root
 def test_two_nodes_handshake_with_only_the_org_bundle(short_tmp: Path, tmp_path: Path) -> None:
     cert, key, org = _org_ca(tmp_path)
     a = _node(short_tmp / "a", cert, key)
@@ -59,27 +61,34 @@ def test_two_nodes_handshake_with_only_the_org_bundle(short_tmp: Path, tmp_path:
             d.register("observer", "unix:uid:0", extra=("--kind", "service"))
             out = d.cli("fetch", "bundles", "-o", "json").stdout
             assert out.count("BEGIN CERTIFICATE") == 1
-        port = str(_free_port())
-        server = subprocess.Popen([sys.executable, "-c", _SERVER, a.endpoint, port,
-                                   str(client_id["spiffe_id"])], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, extra_groups=[SERVER_GID])
+        port = str(free_port())
+        server = spawn_with_group(TLS_SERVER, SERVER_GID, a.endpoint, port,
+                                  str(client_id["spiffe_id"]))
         try:
             assert server.stdout is not None
             assert server.stdout.readline().split() == ["LISTENING", server_id["spiffe_id"]]
-            client = subprocess.run([sys.executable, "-c", _CLIENT, b.endpoint, port,
+            client = subprocess.run([sys.executable, "-c", TLS_CLIENT, b.endpoint, port,
                                      str(server_id["spiffe_id"])], capture_output=True,
                                     text=True, extra_groups=[CLIENT_GID], timeout=30)
             assert client.returncode == 0, client.stderr
             assert client.stdout.split() == ["REPLY", "pong:ping", client_id["spiffe_id"]]
         finally:
             server.kill()
-        # The node CAs differ, both chain to the org root.
-        ca_a = (a.data_dir / "ca" / "state.json").read_text()
-        ca_b = (b.data_dir / "ca" / "state.json").read_text()
-        assert ca_a != ca_b and org.subject.rfc4514_string()
+        # The node CAs differ, both are signed by the org root.
+        node_cas = [_node_ca(d) for d in (a, b)]
+        assert node_cas[0].public_key() != node_cas[1].public_key()
+        for ca in node_cas:
+            assert ca.issuer == org.subject
+            ca.verify_directly_issued_by(org)
     finally:
         a.stop()
         b.stop()
+
+
+def _node_ca(d: Daemon) -> x509.Certificate:
+    """The node's current CA certificate, from its CA state file."""
+    state = json.loads((d.data_dir / "ca" / "state.json").read_text())
+    return x509.load_pem_x509_certificate(state["authorities"][-1]["cert"].encode())
 
 
 def test_bad_upstream_is_a_clear_startup_error(tmp_path: Path, short_tmp: Path) -> None:
@@ -95,9 +104,10 @@ def test_bad_upstream_is_a_clear_startup_error(tmp_path: Path, short_tmp: Path) 
                    f'[ca]\nupstream_cert = "{cert}"\nupstream_key = "{wrong}"\n')
     out = subprocess.run([sys.executable, "-m", "ensign.daemon", "daemon", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0
-    assert "is not the key of" in out.stderr
+    last = out.stderr.strip().splitlines()[-1]  # after the daemon's own log lines
+    assert last == f"ensign: {wrong} is not the key of {cert}", out.stderr
     assert "Traceback" not in out.stderr
+    assert out.returncode == 78, out.stderr
 
 
 def _sign_csr(csr_pem: bytes, org_key_path: Path, org: x509.Certificate) -> bytes:

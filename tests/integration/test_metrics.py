@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -11,12 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import fetch_jwt
 from tests.support.daemon import make_daemon
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.net import free_port
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -29,7 +23,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_parse_and_move(short_tmp: Path) -> None:
-    port = _port()
+    port = free_port()
     d = make_daemon(short_tmp, f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     try:
         d.register("metered", "unix:uid:0")
@@ -44,7 +38,7 @@ def test_metrics_parse_and_move(short_tmp: Path) -> None:
         assert after[("ensign_ca_expiry_timestamp", ())] > 0
         assert ("ensign_rpc_seconds_bucket",
                 (("le", "+Inf"), ("method", "FetchJWTSVID"))) in after
-        assert after[("ensign_cache_jwt_svids", ())] >= 1
+        assert after[("ensign_cache_jwt_svids", ())] == 5  # one per audience
         assert ("ensign_attestation_seconds_count", (("attestor", "unix"),)) in after
         svids = ("ensign_svids_issued_total", (("kind", "jwt"),))
         assert after[svids] - before.get(svids, 0) == 5

@@ -72,7 +72,8 @@ def test_sighup_reloads_log_level_and_keeps_registry(daemon: Daemon) -> None:
             break
         time.sleep(0.1)
     assert level == "error"
-    assert json.loads(daemon.cli("agent", "show", str(rec["id"]), "-o", "json").stdout)["id"]
+    shown = json.loads(daemon.cli("agent", "show", str(rec["id"]), "-o", "json").stdout)
+    assert (shown["id"], shown["state"]) == (rec["id"], "active")
     # A broken config on reload is refused; the daemon keeps running on the old one.
     daemon.config_path.write_text("this is = = not toml")
     daemon.proc.send_signal(signal.SIGHUP)

@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.daemon import NOBODY, REPO, Daemon, make_daemon, nobody_site_packages, run_as
-from tests.support.sigstore import GHA, OID_REPOSITORY, PrivateSigstore
+from tests.support.exe import copy_exe, run_exe
+from tests.support.exe import tampered as tampered_bytes
+from tests.support.scripts import FETCH_JWT
+from tests.support.sigstore import GHA, OID_REPOSITORY, SCT_LEAF_INDEX, PrivateSigstore
 
 IDENTITY = "https://github.com/acme/agent/.github/workflows/release.yml@refs/tags/v1.2.3"
 OTHER = "https://github.com/mallory/agent/.github/workflows/release.yml@refs/tags/v6.6.6"
 SHARED = REPO.parent / "shared" / "sigstore-assets"
-
-_CLIENT = """
-import sys, grpc
-ch = grpc.insecure_channel("unix:" + sys.argv[1])
-call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
-try:
-    raw = call(b"\\n\\x01a", metadata=[("workload.spiffe.io", "true")], timeout=20)
-    print("ISSUED")
-except grpc.RpcError as e:
-    print("REFUSED", e.code().name)
-"""
-
 
 @pytest.fixture(scope="module")
 def fulcio() -> PrivateSigstore:
@@ -52,23 +43,6 @@ def _sigstore_daemon(
     )
 
 
-def _copy_exe(dst: Path) -> Path:
-    shutil.copy2(os.path.realpath(sys.executable), dst)
-    return dst
-
-
-def _run_exe(exe: Path, d: Daemon) -> str:
-    env = {"PYTHONPATH": sysconfig.get_paths()["purelib"], "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [str(exe), "-c", _CLIENT, str(d.socket)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    return out.stdout.strip() or out.stderr.strip()
-
-
 def _evidence_of(d: Daemon, pid_hint: str = "") -> list[dict[str, Any]]:
     out = d.cli("audit", "list", "--type", "attestation", "-o", "json").stdout
     return [r["details"]["evidence"] for r in json.loads(out)]
@@ -84,28 +58,28 @@ def test_signed_binary_gets_an_identity_and_variants_do_not(
         )
         bins = short_tmp / "bin"
         bins.mkdir(mode=0o755)
-        signed = _copy_exe(bins / "agent")
+        signed = copy_exe(bins / "agent")
         data = signed.read_bytes()
         (bins / "agent.sigstore.json").write_text(
             json.dumps(
                 fulcio.sign(data, IDENTITY, extra={OID_REPOSITORY: "https://github.com/acme/agent"})
             )
         )
-        unsigned = _copy_exe(bins / "agent-unsigned")
+        unsigned = copy_exe(bins / "agent-unsigned")
         tampered = bins / "agent-tampered"
-        tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # section headers: still runs
+        tampered.write_bytes(tampered_bytes(data))
         tampered.chmod(0o755)
         shutil.copy(bins / "agent.sigstore.json", bins / "agent-tampered.sigstore.json")
-        other = _copy_exe(bins / "agent-other")
+        other = copy_exe(bins / "agent-other")
         (bins / "agent-other.sigstore.json").write_text(json.dumps(fulcio.sign(data, OTHER)))
-        wrong = _copy_exe(bins / "agent-wrongbundle")
+        wrong = copy_exe(bins / "agent-wrongbundle")
         (bins / "agent-wrongbundle.sigstore.json").write_text(
             json.dumps(fulcio.sign(b"some other build", IDENTITY))
         )
 
-        assert _run_exe(signed, d) == "ISSUED"
+        assert run_exe(signed, d) == "ISSUED"
         for exe in (unsigned, tampered, other, wrong):
-            assert _run_exe(exe, d) == "REFUSED PERMISSION_DENIED", exe.name
+            assert run_exe(exe, d) == "REFUSED PERMISSION_DENIED", exe.name
         evidence = _evidence_of(d)
         by_path = {e.get("unix.exe_path"): e for e in evidence}
         assert "no Sigstore bundle" in by_path[str(unsigned)]["sigstore.error"]
@@ -113,10 +87,57 @@ def test_signed_binary_gets_an_identity_and_variants_do_not(
         assert by_path[str(wrong)]["sigstore.failed_check"] == "artifact-digest"
         assert by_path[str(other)]["sigstore.signer"] == OTHER  # verified, wrong signer
         assert by_path[str(signed)]["sigstore.signer"] == IDENTITY
-        denials = json.loads(
-            d.cli("audit", "list", "--type", "request.denied", "-o", "json").stdout
-        )
-        assert len(denials) >= 4 and all("sigstore" in json.dumps(r) for r in denials[-4:])
+        denials = d.audit("--type", "request.denied")
+        assert len(denials) == 4 and all("sigstore" in json.dumps(r) for r in denials), denials
+        assert d.alive()
+    finally:
+        d.stop()
+
+
+def test_rekor_v2_builds_get_identities_offline(short_tmp: Path, fulcio: PrivateSigstore) -> None:
+    """What signers produce since the production root lists a Rekor v2 log: entries without
+    an integrated time (time from an RFC 3161 timestamp), checkpoints with witness
+    cosignatures, SCTs with extensions, DSSE provenance logged as dsse/0.0.2; the trust root
+    given as a ClientTrustConfig. Crashed the attestor (integrated_time None) before."""
+    (short_tmp / "bundles").mkdir()
+    config = short_tmp / "trust_config.json"
+    config.write_text(json.dumps(fulcio.client_trust_config()))
+    d = make_daemon(
+        short_tmp,
+        "[attestors.sigstore]\nenabled = true\n"
+        f'trusted_root = "{config}"\nbundle_dirs = ["{short_tmp / "bundles"}"]\n',
+    )
+    try:
+        d.register("v2-agent", "unix:uid:0", f"sigstore:identity:{IDENTITY}",
+                   "sigstore:repository:https://github.com/acme/agent")
+        d.register("provenance-agent", "unix:uid:0",
+                   "sigstore:builder:https://github.com/actions/runner")
+        bins = short_tmp / "bin"
+        bins.mkdir(mode=0o755)
+        signed = copy_exe(bins / "agent")
+        data = signed.read_bytes()
+        (bins / "agent.sigstore.json").write_text(json.dumps(fulcio.sign(
+            data, IDENTITY, extra={OID_REPOSITORY: "https://github.com/acme/agent"},
+            rekor="v2", witnesses=2, sct_extensions=SCT_LEAF_INDEX, embed_tsa_cert=False)))
+        built = copy_exe(bins / "built")
+        built.write_bytes(data + b"\0")  # another build: its own digest
+        built.chmod(0o755)
+        digest = hashlib.sha256(built.read_bytes()).hexdigest()
+        (short_tmp / "bundles" / f"{digest}.sigstore.json").write_text(json.dumps(fulcio.attest(
+            built.read_bytes(), "built", OTHER, "https://github.com/actions/runner",
+            rekor="v2", entry="dsse")))
+        tampered = bins / "tampered"
+        tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))
+        tampered.chmod(0o755)
+        shutil.copy(bins / "agent.sigstore.json", bins / "tampered.sigstore.json")
+
+        assert run_exe(signed, d) == "ISSUED"
+        assert run_exe(built, d) == "ISSUED"
+        assert run_exe(tampered, d) == "REFUSED PERMISSION_DENIED"
+        by_path = {e.get("unix.exe_path"): e for e in _evidence_of(d)}
+        assert by_path[str(signed)]["sigstore.signer"] == IDENTITY
+        assert by_path[str(built)]["sigstore.signer"] == OTHER
+        assert by_path[str(tampered)]["sigstore.failed_check"] == "artifact-digest"
         assert d.alive()
     finally:
         d.stop()
@@ -125,7 +146,7 @@ def test_signed_binary_gets_an_identity_and_variants_do_not(
 def _script(dir_: Path, fulcio: PrivateSigstore) -> Path:
     site = nobody_site_packages()
     script = dir_ / "agent.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(site)!r})\n" + _CLIENT)
+    script.write_text(f"import sys\nsys.path.insert(0, {str(site)!r})\n" + FETCH_JWT)
     script.chmod(0o644)
     (dir_ / "agent.py.sigstore.json").write_text(
         json.dumps(fulcio.sign(script.read_bytes(), IDENTITY))
@@ -158,10 +179,10 @@ def test_signed_script_under_an_allowed_interpreter(
         assert run({**clean, "LD_PRELOAD": "/nonexistent.so"}) == "REFUSED PERMISSION_DENIED"
         os.chown(script, NOBODY, NOBODY)  # now the caller could rewrite it
         assert run(clean) == "REFUSED PERMISSION_DENIED"
-        errors = [e.get("sigstore.error", "") for e in _evidence_of(d)]
-        assert any("PYTHONPATH" in e for e in errors)
-        assert any("LD_PRELOAD" in e for e in errors)
-        assert any("writable by the caller" in e for e in errors)
+        errors = [e.get("sigstore.error", "") for e in _evidence_of(d)][-3:]
+        assert "PYTHONPATH" in errors[0], errors
+        assert "LD_PRELOAD" in errors[1], errors
+        assert "writable by the caller" in errors[2], errors
     finally:
         d.stop()
 
@@ -175,9 +196,9 @@ def test_bad_bundle_and_bad_trusted_root_are_clear_and_daemon_serves(
         d.register("plain", "unix:uid:0", "unix:gid:0")
         bins = short_tmp / "bin"
         bins.mkdir(mode=0o755)
-        exe = _copy_exe(bins / "agent")
+        exe = copy_exe(bins / "agent")
         (bins / "agent.sigstore.json").write_text("{malformed")
-        assert _run_exe(exe, d) == "ISSUED"  # via the plain entry; sigstore gave nothing
+        assert run_exe(exe, d) == "ISSUED"  # via the plain entry; sigstore gave nothing
         evidence = [e for e in _evidence_of(d) if e.get("unix.exe_path") == str(exe)]
         assert "trusted-root: cannot load" in evidence[0]["sigstore.error"]
     finally:
@@ -187,7 +208,7 @@ def test_bad_bundle_and_bad_trusted_root_are_clear_and_daemon_serves(
     d2 = _sigstore_daemon(second, fulcio)
     try:
         d2.register("needs-sig", "unix:uid:0", f"sigstore:identity:{IDENTITY}")
-        assert _run_exe(exe, d2) == "REFUSED PERMISSION_DENIED"
+        assert run_exe(exe, d2) == "REFUSED PERMISSION_DENIED"
         evidence = [e for e in _evidence_of(d2) if e.get("unix.exe_path") == str(exe)]
         assert evidence[0]["sigstore.failed_check"] == "bundle"
         assert d2.alive()

@@ -8,85 +8,39 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 from ensign.attestors.base import AttestorError
 from ensign.attestors.tpm import TpmAttestor, TpmConfig
-from ensign.daemon.errors import InvalidRequest
 from ensign.daemon.models import Caller
-from ensign.daemon.tpm import structs as ts
 from ensign.daemon.tpm.emulator import SwtpmEmulator
-from ensign.daemon.tpm.errors import TpmSealError, TpmUnavailable
-from ensign.daemon.tpm.evidence import spki, verify_evidence
-from ensign.daemon.tpm.policy import PcrPolicy
-from ensign.daemon.tpm.service import TpmEvent, TpmService
+from ensign.daemon.tpm.errors import TpmSealError
 from ensign.daemon.tpm.structs import EvidenceInvalid
 from tests.support.tpm import (
-    ca_files,
     data_dir,
     extend_out_of_band,
     manufactured_tpm,
     needs_swtpm,
-    pause,
-    resume,
     swtpm,
+)
+from tests.support.tpm_service import (
+    EXE_A,
+    EXE_B,
+    ZERO,
+    Recorder,
+    external,
+    run,
+    service,
+    verified,
+    wait_for,
+    zero_policy,
 )
 
 pytestmark = [needs_swtpm, pytest.mark.timeout(60)]
 __all__ = ["data_dir", "manufactured_tpm", "swtpm"]  # fixtures used by name
-
-T = TypeVar("T")
-ZERO = bytes(32)
-EXE_A, EXE_B = hashlib.sha256(b"agent a").hexdigest(), hashlib.sha256(b"agent b").hexdigest()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.changes = 0
-        self.events: list[TpmEvent] = []
-
-    def change(self) -> None:
-        self.changes += 1
-
-    def types(self) -> list[str]:
-        return [e.type for e in self.events]
-
-
-def service(data_dir: Path, rec: Recorder | None = None, **cfg: Any) -> TpmService:
-    rec = rec or Recorder()
-    return TpmService(TpmConfig(enabled=True, **cfg), data_dir, rec.change, rec.events.append)
-
-
-def external(emu: SwtpmEmulator, **cfg: Any) -> dict[str, Any]:
-    return {"tcti": emu.tcti, "ek_ca_files": ca_files(emu.dir), **cfg}
-
-
-def run(fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(fn())  # type: ignore[arg-type]
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-def zero_policy(path: Path, pcrs: range = range(8)) -> Path:
-    path.write_text(json.dumps(PcrPolicy.document({i: ZERO for i in pcrs})))
-    return path
-
-
-async def verified(svc: TpmService, policy: PcrPolicy | None = None) -> Any:
-    nonce = secrets.token_bytes(32)
-    ev = await svc.evidence(nonce)
-    ak = spki(ts.parse_public(ev.ak_public).key)
-    return verify_evidence(ev, nonce, policy=policy, trusted_ak=ak)
 
 
 def test_emulator_selectors_and_identity_across_restarts(data_dir: Path) -> None:
@@ -231,106 +185,6 @@ def test_out_of_band_extension_of_the_measure_pcr_is_not_hidden(
             assert rec.events[-1].type == "tpm.epoch" and rec.events[-1].result == "failure"
             with pytest.raises(EvidenceInvalid, match="extended outside the log"):
                 await verified(svc)
-        finally:
-            await svc.aclose()
-
-    run(go)
-
-
-def test_tpm_gone_and_back(swtpm: SwtpmEmulator, data_dir: Path) -> None:
-    rec = Recorder()
-
-    async def go() -> None:
-        svc = service(data_dir, rec, **external(swtpm))
-        await svc.start()
-        try:
-            await svc.measure(EXE_A, "/opt/a")
-            swtpm.stop()
-            with pytest.raises(TpmUnavailable):
-                await svc.refresh()
-            assert not svc.available and svc.node_selectors() == frozenset()
-            assert "connection failed" in (svc.problem or "")
-            with pytest.raises(TpmUnavailable):
-                await svc.measure(EXE_B, "/opt/b")
-            assert rec.types()[-1] == "tpm.unavailable"
-            swtpm.start()  # same state: same EK and AK; PCRs reset like a reboot
-            await svc.refresh()
-            assert svc.available and any(s.startswith("tpm:ek:") for s in svc.node_selectors())
-            assert svc.log.epoch is not None and svc.log.epoch.reason.startswith("TPM restarted")
-            await svc.measure(EXE_A, "/opt/a")  # a new boot: measured again
-            assert [m.sha256 for m in (await verified(svc)).measured] == [EXE_A]
-        finally:
-            await svc.aclose()
-
-    run(go)
-
-
-def test_watchdog_abandons_a_hung_tpm_and_recovers(swtpm: SwtpmEmulator, data_dir: Path) -> None:
-    async def go() -> None:
-        svc = service(data_dir, command_timeout=timedelta(milliseconds=500), **external(swtpm))
-        await svc.start()
-        try:
-            pause(swtpm)
-            t0 = time.monotonic()
-            with pytest.raises(TpmUnavailable, match=r"did not answer within 0\.5s"):
-                await svc.refresh()
-            assert time.monotonic() - t0 < 1.5
-            with pytest.raises(TpmUnavailable, match="watchdog"):  # no second stuck thread
-                await svc.refresh()
-            resume(swtpm)
-            await wait_for(lambda: svc.available, timeout=10)  # the background loop retries
-        finally:
-            resume(swtpm)
-            await svc.aclose()
-
-    run(go)
-
-
-def test_queued_work_and_garbage_are_not_taken_for_a_dead_tpm(
-        swtpm: SwtpmEmulator, data_dir: Path) -> None:
-    async def go() -> None:
-        svc = service(data_dir, command_timeout=timedelta(seconds=1.5), **external(swtpm))
-        await svc.start()
-        try:
-            session = svc.session
-            # 3s of queued commands, none longer than 0.1s: the watchdog times each command,
-            # not its wait in the queue (a burst of requests is not a hung TPM)
-            t0 = time.monotonic()
-            await asyncio.gather(*(svc.worker.acall(lambda s: time.sleep(0.1))
-                                   for _ in range(30)), svc.refresh(), svc.status())
-            assert time.monotonic() - t0 > 3.0 and svc.available
-            with pytest.raises(InvalidRequest, match="malformed credential challenge"):
-                await svc.evidence(b"n" * 16, (b"\x00\x09junk", b"\x00\x01x"))
-            with pytest.raises(InvalidRequest, match="does not activate on this TPM"):
-                await svc.evidence(b"n" * 16, (b"\x00\x05junk!", b"\x00\x01x"))
-            await svc.refresh()
-            assert svc.available and svc.session is session  # never reconnected
-            # one command that does overrun, with others queued behind it
-            slow = svc.worker.acall(lambda s: time.sleep(2.0))
-            queued = svc.worker.acall(lambda s: None)
-            results = await asyncio.gather(slow, queued, return_exceptions=True)
-            assert all(isinstance(r, TpmUnavailable) for r in results), results
-            await wait_for(lambda: svc.available)  # a fresh connection once it returns
-        finally:
-            await svc.aclose()
-
-    run(go)
-
-
-def test_owned_emulator_is_restarted_when_it_dies(data_dir: Path) -> None:
-    import os
-    import signal
-
-    async def go() -> None:
-        svc = service(data_dir, emulator=True, quote_interval=timedelta(milliseconds=200))
-        await svc.start()
-        try:
-            assert svc.emulator is not None and svc.emulator.pid
-            old = svc.emulator.pid
-            os.kill(old, signal.SIGKILL)
-            await wait_for(lambda: not svc.available)
-            await wait_for(lambda: svc.available)
-            assert svc.emulator.pid not in (None, old)
         finally:
             await svc.aclose()
 

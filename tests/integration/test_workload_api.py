@@ -2,41 +2,32 @@
 
 from __future__ import annotations
 
-import os
+import json
 import stat
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from hypothesis import given
-from hypothesis import strategies as st
 from spiffe import JwtSvid, WorkloadApiClient
 from spiffe.errors import PySpiffeError
 
-from ensign.daemon.registry import AudienceDenied, Role, jwt_ttl_cap
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
 from tests.support.daemon import NOBODY, Daemon, run_as
-
-
-def _exe() -> str:
-    return os.path.realpath(f"/proc/{os.getpid()}/exe")
+from tests.support.exe import sha256_of, this_exe
+from tests.support.scripts import fetch_jwt_as
 
 
 @pytest.fixture(scope="module")
 def entry(shared_daemon: Daemon) -> dict[str, object]:
     """This test process's identity: root running this Python binary."""
-    import hashlib
-
-    digest = hashlib.sha256(Path(_exe()).read_bytes()).hexdigest()
     return shared_daemon.register(
-        "pytest", "unix:uid:0", f"unix:path:{_exe()}", f"unix:sha256:{digest}",
+        "pytest", "unix:uid:0", f"unix:path:{this_exe()}",
+        f"unix:sha256:{sha256_of(this_exe())}",
         extra=("--dns-name", "pytest.local", "--hint", "internal"),
     )
 
@@ -139,7 +130,7 @@ def test_bad_jwt_requests_get_invalid_argument_and_daemon_keeps_serving(
     code, details = status_of(unary, str(shared_daemon.socket), "FetchJWTSVID", request_bytes)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert expect in details
-    assert fetch_jwt(str(shared_daemon.socket), "still-works").svids
+    assert len(fetch_jwt(str(shared_daemon.socket), "still-works").svids) == 1
     assert shared_daemon.alive()
 
 
@@ -175,32 +166,16 @@ def test_healthcheck(shared_daemon: Daemon) -> None:
     assert result.stdout.strip() == "healthy"
 
 
-_NOBODY_CLIENT = """
-import sys, grpc
-path, aud = sys.argv[1], sys.argv[2]
-ch = grpc.insecure_channel("unix:" + path)
-call = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
-req = b"\\n" + bytes([len(aud)]) + aud.encode()
-try:
-    resp = call(req, metadata=[("workload.spiffe.io", "true")], timeout=10)
-except grpc.RpcError as e:
-    print("STATUS", e.code().name, e.details())
-else:
-    print("OK", resp.hex())
-"""
-
-
 def test_other_uid_without_entry_is_denied(shared_daemon: Daemon, entry: dict[str, object]) -> None:
-    result = run_as(NOBODY, _NOBODY_CLIENT, str(shared_daemon.socket), "aud")
-    assert result.stdout.startswith("STATUS PERMISSION_DENIED"), result.stdout + result.stderr
-    assert "no identity issued" in result.stdout
+    result = fetch_jwt_as(NOBODY, shared_daemon.socket, "aud")
+    assert result == "STATUS PERMISSION_DENIED no identity issued", result
 
 
 def test_other_uid_gets_only_its_own_identity(shared_daemon: Daemon) -> None:
     other = shared_daemon.register("nobody-agent", f"unix:uid:{NOBODY}")
-    result = run_as(NOBODY, _NOBODY_CLIENT, str(shared_daemon.socket), "aud")
-    assert result.stdout.startswith("OK"), result.stdout + result.stderr
-    resp = pb.JWTSVIDResponse.FromString(bytes.fromhex(result.stdout.split()[1]))
+    result = fetch_jwt_as(NOBODY, shared_daemon.socket, "aud")
+    assert result.startswith("OK "), result
+    resp = pb.JWTSVIDResponse.FromString(bytes.fromhex(result.split()[1]))
     assert [s.spiffe_id for s in resp.svids] == [other["spiffe_id"]]
     shared_daemon.cli("agent", "delete", str(other["id"]))
 
@@ -208,15 +183,14 @@ def test_other_uid_gets_only_its_own_identity(shared_daemon: Daemon) -> None:
 def test_deleting_entry_ends_open_stream_with_permission_denied(daemon: Daemon) -> None:
     record = daemon.register("short-lived", "unix:uid:0")
     with channel(str(daemon.socket)) as ch:
-        it = stream(ch, "FetchX509SVID", timeout=30)
+        # A stream the deletion does not end runs into its deadline instead (DEADLINE_EXCEEDED).
+        # No timed assertion: speed is bench's.
+        it = stream(ch, "FetchX509SVID", timeout=20)
         first = pb.X509SVIDResponse.FromString(next(it))
         assert first.svids[0].spiffe_id == record["spiffe_id"]
-        started = time.monotonic()
         daemon.cli("agent", "delete", str(record["id"]))
-        code, _ = status_of(lambda: next(it))
-        elapsed = time.monotonic() - started
-    assert code == grpc.StatusCode.PERMISSION_DENIED
-    assert elapsed < 2.0 + 1.0  # 2 s promised; the CLI call itself is inside the window
+        code, details = status_of(lambda: next(it))
+    assert (code, details) == (grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
     assert daemon.alive()
 
 
@@ -247,49 +221,6 @@ def test_py_spiffe_importable_beside_daemon_protos() -> None:
     assert out.stdout.strip() == "ok", out.stderr
 
 
-def _reference_jwt_ttl_cap(agent_roles: tuple[str, ...], roles: dict[str, Role],
-                           audiences: tuple[str, ...]) -> timedelta | None:
-    """The rule as the docs state it, spelled out plainly (default_allow=False)."""
-    held = [roles[r] for r in agent_roles if r in roles]
-    if not held:
-        raise AudienceDenied("no roles")
-    cap: int | None = None
-    for audience in audiences:
-        caps = [r.max_ttl for r in held if r.allows(audience)]
-        if not caps:
-            raise AudienceDenied(audience)
-        if 0 not in caps:
-            cap = max(caps) if cap is None else min(cap, max(caps))
-    return None if cap is None else timedelta(seconds=cap)
-
-
-_AUD = st.sampled_from(["a", "ab", "b", "api.x", "api.*", "c"])
-
-
-@given(
-    roles=st.dictionaries(
-        st.sampled_from(["r1", "r2", "r3"]),
-        st.tuples(st.lists(st.sampled_from(["a", "ab", "a*", "api.*", "b", "*"]), min_size=1,
-                           max_size=3), st.sampled_from([0, 60, 300, 3600])),
-        max_size=3),
-    held=st.lists(st.sampled_from(["r1", "r2", "r3", "gone"]), max_size=3),
-    audiences=st.lists(_AUD, min_size=1, max_size=3),
-)
-def test_jwt_ttl_cap_follows_the_rule(roles: dict[str, tuple[list[str], int]], held: list[str],
-                                      audiences: list[str]) -> None:
-    book = {n: Role(name=n, audiences=tuple(a), max_ttl=t) for n, (a, t) in roles.items()}
-    args = (tuple(held), book, tuple(audiences))
-    try:
-        expected: timedelta | type[AudienceDenied] | None = _reference_jwt_ttl_cap(*args)
-    except AudienceDenied:
-        expected = AudienceDenied
-    try:
-        got: timedelta | type[AudienceDenied] | None = jwt_ttl_cap(*args, default_allow=False)
-    except AudienceDenied:
-        got = AudienceDenied
-    assert got == expected
-
-
 def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -> None:
     # Hints are unique within a response (Workload API 5.2.1). The second answer is built from
     # the per-SVID messages the daemon keeps: clearing a duplicate must not edit those.
@@ -303,3 +234,150 @@ def test_duplicate_hints_keep_the_first_holder_on_every_answer(daemon: Daemon) -
     for answer in answers:
         assert sorted(s.hint for s in answer.svids) == ["", "same"]
     assert answers[0].svids[0].x509_svid == answers[1].svids[0].x509_svid  # the cached SVID
+
+
+def test_duplicate_hints_in_a_jwt_answer_keep_the_first_holder(daemon: Daemon) -> None:
+    # Workload API 6.2.1: hints MUST be unique within a FetchJWTSVID response too.
+    first = daemon.register("first", "unix:uid:0", extra=("--hint", "same"))
+    second = daemon.register("second", "unix:uid:0", extra=("--hint", "same"))
+    third = daemon.register("third", "unix:uid:0", extra=("--hint", "other"))
+    for _ in range(2):  # the second answer comes from the token cache
+        answer = fetch_jwt(str(daemon.socket), "api")
+        hints = {s.spiffe_id: s.hint for s in answer.svids}
+        assert hints == {first["spiffe_id"]: "same", second["spiffe_id"]: "",
+                         third["spiffe_id"]: "other"}
+
+
+_NOBODY_VALIDATOR = """
+import sys, grpc
+path, aud, token = sys.argv[1], sys.argv[2], sys.argv[3]
+ch = grpc.insecure_channel("unix:" + path)
+call = ch.unary_unary("/SpiffeWorkloadAPI/ValidateJWTSVID")
+# ValidateJWTSVIDRequest: 1 audience, 2 svid (both strings)
+def field(n, s):
+    b = s.encode()
+    out, length = bytes([n << 3 | 2]), len(b)
+    while length >= 0x80:
+        out += bytes([length & 0x7F | 0x80]); length >>= 7
+    return out + bytes([length]) + b
+try:
+    resp = call(field(1, aud) + field(2, token), metadata=[("workload.spiffe.io", "true")],
+                timeout=10)
+except grpc.RpcError as e:
+    print("STATUS", e.code().name, e.details())
+else:
+    print("OK", resp.hex())
+"""
+
+
+def test_a_validator_without_an_identity_validates_and_is_audited(daemon: Daemon) -> None:
+    # As with SPIRE, a service that only validates tokens needs no registry entry of its own.
+    holder = daemon.register("holder", "unix:uid:0")
+    token = fetch_jwt(str(daemon.socket), "ledger").svids[0].svid
+    out = run_as(NOBODY, _NOBODY_VALIDATOR, str(daemon.socket), "ledger", token)
+    assert out.stdout.startswith("OK"), out.stdout + out.stderr
+    resp = pb.ValidateJWTSVIDResponse.FromString(bytes.fromhex(out.stdout.split()[1]))
+    assert resp.spiffe_id == holder["spiffe_id"]
+    jti = dict(resp.claims.items())["jti"]
+    # A token for another service is refused, and recorded as the holder's token misdirected.
+    out = run_as(NOBODY, _NOBODY_VALIDATOR, str(daemon.socket), "payments", token)
+    assert out.stdout.startswith("STATUS INVALID_ARGUMENT"), out.stdout + out.stderr
+    assert "does not include 'payments'" in out.stdout
+    records = json.loads(daemon.cli("audit", "list", "--type", "svid.validated",
+                                    "-o", "json").stdout)
+    assert [(r["result"], r["audience"], r["agent_id"], r["spiffe_id"], r["process"]["uid"],
+             r["details"]["jti"], r["details"]["validator"]) for r in records] == [
+        ("success", ["ledger"], holder["id"], holder["spiffe_id"], NOBODY, jti, []),
+        ("denied", ["payments"], holder["id"], holder["spiffe_id"], NOBODY, jti, []),
+    ]
+    assert records[1]["details"]["token_audience"] == ["ledger"]
+    assert "payments" in records[1]["reason"]
+    # no generic refusal record besides the richer one
+    denied = json.loads(daemon.cli("audit", "list", "--type", "request.denied",
+                                   "-o", "json").stdout)
+    assert [r for r in denied if r["details"]["method"] == "ValidateJWTSVID"] == []
+
+
+_WIRED = """
+import sys
+from pathlib import Path
+from ensign.daemon.config import load
+from ensign.daemon.issuing import utcnow
+from ensign.daemon.server import service_names
+from ensign.daemon.wiring import build
+print(*service_names(build(load(Path(sys.argv[1])), utcnow).workload_server.services))
+"""
+
+
+def test_server_reflection_lists_what_the_socket_serves(
+        shared_daemon: Daemon, entry: dict[str, object]) -> None:
+    # Workload API endpoint spec 7: reflection, with no security header (grpcio's reflection
+    # client sends none), as grpcurl uses it: list, resolve descriptors, call through them.
+    from google.protobuf import message_factory
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    # Exactly the services the wired socket routes, whatever is added to it later. (Asked in a
+    # process of its own: grpclib's and grpcio's reflection protos share names.)
+    wired = subprocess.run([sys.executable, "-c", _WIRED, str(shared_daemon.config_path)],
+                           capture_output=True, text=True, check=True).stdout.split()
+    with channel(str(shared_daemon.socket)) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        listed = sorted(db.get_services())
+        assert listed == wired
+        # grpcurl asks v1 first: the same list there
+        from grpclib.reflection.v1 import reflection_pb2 as v1
+
+        answer = v1.ServerReflectionResponse.FromString(next(ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(
+                iter([v1.ServerReflectionRequest(list_services="").SerializeToString()]),
+                timeout=10)))
+        assert sorted(x.name for x in answer.list_services_response.service) == wired
+        assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
+                "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
+        pool = DescriptorPool(db)
+        for name in listed:  # every method of every listed service is routed
+            for m in pool.FindServiceByName(name).methods:
+                path = f"/{name}/{m.name}"
+                if m.client_streaming:
+                    call = ch.stream_stream(path)(iter([b""]), timeout=5)
+                elif m.server_streaming:
+                    call = ch.unary_stream(path)(b"", timeout=5)
+                else:
+                    call = ch.unary_unary(path).future(b"", timeout=5)
+                try:
+                    next(call) if m.server_streaming else call.result()
+                except grpc.RpcError as e:
+                    assert e.details() != "Method not found", path
+                finally:
+                    call.cancel()
+        # a JWT-SVID fetched with message classes made from the reflected descriptors
+        request = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDRequest"))
+        response = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDResponse"))
+        method = pool.FindServiceByName("SpiffeWorkloadAPI").FindMethodByName("FetchJWTSVID")
+        assert (method.input_type.name, method.output_type.name) == ("JWTSVIDRequest",
+                                                                     "JWTSVIDResponse")
+        raw = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")(
+            request(audience=["reflected"]).SerializeToString(),
+            metadata=(("workload.spiffe.io", "true"),), timeout=10)
+        assert entry["spiffe_id"] in [s.spiffe_id for s in response.FromString(raw).svids]
+
+
+def test_a_suspended_agents_token_no_longer_validates(daemon: Daemon) -> None:
+    """Suspending an agent takes effect at once for this node's ValidateJWTSVID too: a token it
+    holds (still within its lifetime) is refused, and validates again after resume."""
+    rec = daemon.register("holder", "unix:uid:0")
+    token = fetch_jwt(str(daemon.socket), "svc").svids[0].svid
+    ok = daemon.cli("validate", "jwt", "--audience", "svc", "--token", token)
+    assert ok.stdout.startswith(f"valid: {rec['spiffe_id']}")
+    daemon.cli("agent", "suspend", str(rec["id"]), "--reason", "investigating")
+    refused = daemon.cli("validate", "jwt", "--audience", "svc", "--token", token, check=False)
+    assert refused.returncode == 65, refused.stderr
+    assert refused.stderr.strip() == "ensign: INVALID_ARGUMENT: the token's agent is suspended"
+    daemon.cli("agent", "resume", str(rec["id"]))
+    again = daemon.cli("validate", "jwt", "--audience", "svc", "--token", token)
+    assert again.stdout.startswith(f"valid: {rec['spiffe_id']}")

@@ -13,12 +13,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ENSIGN = [sys.executable, "-m", "ensign.daemon"]
 NOBODY = 65534
+
+#: For tests that switch uids, set groups or write kernel knobs.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other uids, groups)")
 
 
 def _wait_for_socket(
@@ -50,6 +54,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    trust_domain: str = "example.org"
 
     @property
     def socket(self) -> Path:
@@ -77,7 +82,7 @@ class Daemon:
 
     def write_config(self) -> None:
         self.config_path.write_text(
-            f'trust_domain = "example.org"\n'
+            f'trust_domain = "{self.trust_domain}"\n'
             f'socket_path = "{self.socket}"\n'
             f'admin_socket_path = "{self.admin_socket}"\n'
             f'data_dir = "{self.data_dir}"\n'
@@ -139,9 +144,25 @@ class Daemon:
         record: dict[str, object] = json.loads(self.cli(*args).stdout)
         return record
 
+    def audit(self, *args: str) -> list[dict[str, Any]]:
+        """`ensign audit list -o json` with filters `args`, oldest first."""
+        records: list[dict[str, Any]] = json.loads(
+            self.cli("audit", "list", "-o", "json", *args).stdout)
+        return records
 
-def make_daemon(root: Path, extra_config: str = "", *, allow_audiences: bool = True) -> Daemon:
-    d = Daemon(root=root, extra_config=extra_config, allow_audiences=allow_audiences)
+
+def tmp_root() -> Path:
+    """A short, world-traversable directory under /tmp for a module-scoped daemon (socket paths
+    are limited to 107 bytes; cross-uid clients must reach the socket). The caller removes it."""
+    root = Path(tempfile.mkdtemp(prefix="ens", dir="/tmp"))
+    root.chmod(0o755)
+    return root
+
+
+def make_daemon(root: Path, extra_config: str = "", *, allow_audiences: bool = True,
+                trust_domain: str = "example.org") -> Daemon:
+    d = Daemon(root=root, extra_config=extra_config, allow_audiences=allow_audiences,
+               trust_domain=trust_domain)
     d.start()
     return d
 
@@ -168,6 +189,19 @@ def nobody_site_packages() -> Path:
     return _NOBODY_SITE
 
 
+def nobody_env() -> dict[str, str]:
+    """The environment of a process under another uid: grpcio importable, nothing else."""
+    return {
+        "PYTHONPATH": str(nobody_site_packages()),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def _system_python() -> str:
+    return "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
 def run_as(
     uid: int,
     code: str,
@@ -175,27 +209,32 @@ def run_as(
     timeout: float = 30,
     env: dict[str, str] | None = None,
     script: Path | None = None,
+    extra_groups: tuple[int, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run Python `code` (or a `script` file) under `uid` (and gid) with grpcio importable.
     Needs root. `env` replaces the default environment (which sets PYTHONPATH)."""
     if os.geteuid() != 0:
         pytest.skip("cross-uid tests need root")
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    if env is None:
-        env = {
-            "PYTHONPATH": str(nobody_site_packages()),
-            "PATH": "/usr/bin:/bin",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
+    python = _system_python()
     argv = [python, str(script)] if script is not None else [python, "-c", code]
     return subprocess.run(
         [*argv, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=nobody_env() if env is None else env,
         timeout=timeout,
         user=uid,
         group=uid,
-        extra_groups=[],
+        extra_groups=list(extra_groups),
         cwd="/",
     )
+
+
+def spawn_as(uid: int, code: str, *args: str) -> subprocess.Popen[str]:
+    """Start Python `code` under `uid` with pipes on stdin and stdout, for a client that must
+    hold something open while the test looks. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("cross-uid tests need root")
+    return subprocess.Popen(
+        [_system_python(), "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, user=uid, group=uid, extra_groups=[], env=nobody_env(), cwd="/")

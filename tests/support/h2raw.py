@@ -14,8 +14,9 @@ END_STREAM, END_HEADERS = 1, 4
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") \
-        + payload
+    """One frame; type, flags and stream id are cut to their field widths (fuzzers pass any)."""
+    return (len(payload).to_bytes(3, "big") + bytes([kind & 0xFF, flags & 0xFF])
+            + (stream_id & 0x7FFFFFFF).to_bytes(4, "big") + payload)
 
 
 def request_headers(method: str, *, header: bool = True) -> bytes:
@@ -49,7 +50,7 @@ def grpc_status(s: socket.socket, timeout: float) -> str | None:
                 size, kind = int.from_bytes(buf[:3], "big"), buf[3]
                 payload, buf = buf[9:9 + size], buf[9 + size:]
                 if kind == HEADERS:  # response headers, then the trailers
-                    fields = dict(decoder.decode(payload))
+                    fields: dict[str | bytes, str | bytes] = dict(decoder.decode(payload))
                     status = fields.get("grpc-status") or fields.get(b"grpc-status")
                     if status is not None:
                         return status.decode() if isinstance(status, bytes) else str(status)
@@ -59,3 +60,20 @@ def grpc_status(s: socket.socket, timeout: float) -> str | None:
             buf += chunk
     except TimeoutError:
         return None
+
+
+def blast(path: Path, data: bytes) -> None:
+    """Send `data` on a new connection and read until the peer closes; a peer that neither
+    answers nor closes within 2 s fails the caller with a timeout (a hang)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    try:
+        s.connect(str(path))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(65536):
+            pass
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        s.close()

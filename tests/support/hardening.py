@@ -1,8 +1,7 @@
-"""Shared helpers of the hardening suites: soak switch, /proc readings, raw calls, audit."""
+"""Shared helpers of the hardening suites: soak switch, /proc readings, health, sockets."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -12,10 +11,10 @@ from typing import Any
 import grpc
 from grpclib.health.v1 import health_pb2
 
+from tests.support.clients import call
 from tests.support.daemon import Daemon
 
 SOAK = os.environ.get("ENSIGN_SOAK", "") not in ("", "0")
-HEADER = (("workload.spiffe.io", "true"),)
 
 
 def soak(short: Any, long: Any) -> Any:
@@ -44,23 +43,6 @@ def settle_fds(pid: int, baseline: int, timeout: float = 10.0) -> int:
     return count
 
 
-def call(sock: Path | str, method: str, request: bytes = b"", *,
-         metadata: tuple[tuple[str, str], ...] = HEADER, stream: bool = False,
-         timeout: float = 10) -> tuple[grpc.StatusCode, str, bytes]:
-    """One raw call (bytes in, bytes out). For server streams, the first message only."""
-    with grpc.insecure_channel(f"unix:{sock}") as ch:
-        try:
-            if stream:
-                it = ch.unary_stream(method)(request, metadata=metadata, timeout=timeout)
-                first: bytes = next(it, b"")
-                it.cancel()
-                return grpc.StatusCode.OK, "", first
-            out: bytes = ch.unary_unary(method)(request, metadata=metadata, timeout=timeout)
-            return grpc.StatusCode.OK, "", out
-        except grpc.RpcError as e:
-            return e.code(), e.details() or "", b""
-
-
 def healthy(d: Daemon, timeout: float = 10) -> bool:
     """The daemon process runs and its Workload API socket answers a health check."""
     if not d.alive():
@@ -69,11 +51,6 @@ def healthy(d: Daemon, timeout: float = 10) -> bool:
                         health_pb2.HealthCheckRequest().SerializeToString(), metadata=(),
                         timeout=timeout)
     return code == grpc.StatusCode.OK and health_pb2.HealthCheckResponse.FromString(raw).status == 1
-
-
-def audit(d: Daemon, *args: str) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = json.loads(d.cli("audit", "list", "-o", "json", *args).stdout)
-    return records
 
 
 def socket_answers(path: Path) -> bool:
