@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from tests.support.daemon import NOBODY, Daemon, run_as
-from tests.support.hardening import audit, healthy, rss_kib
+from tests.support.hardening import healthy, rss_kib
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other uids, ns_last_pid)")
 UNAUTHENTICATED = str(grpc.StatusCode.UNAUTHENTICATED.value[0])
@@ -94,7 +94,7 @@ def test_stream_of_an_exited_process_gets_no_new_svid(daemon: Daemon) -> None:
         proc.kill()
         proc.wait()
     assert lines == [["END", UNAUTHENTICATED]], lines
-    assert any("exited" in r.get("reason", "") for r in audit(daemon, "--result", "denied"))
+    assert any("exited" in r.get("reason", "") for r in daemon.audit("--result", "denied"))
     assert healthy(daemon)
 
 
@@ -229,7 +229,7 @@ def test_exec_after_connect_is_refused(daemon: Daemon, tmp_path: Path) -> None:
                           "exec"], capture_output=True, text=True, timeout=60, env=env)
     assert out.stdout.split() == ["REFUSED", "UNAUTHENTICATED"], out.stdout + out.stderr
     assert any("another program" in r.get("reason", "")
-               for r in audit(daemon, "--result", "denied"))
+               for r in daemon.audit("--result", "denied"))
     # The same program on a connection of its own is served: only the exec is refused.
     own = subprocess.run([str(other), "-c", _EXEC_CLIENT, str(daemon.socket), str(other), "own"],
                          capture_output=True, text=True, timeout=60, env=env)
@@ -266,7 +266,7 @@ def test_admin_caller_is_refused_before_its_message_is_read(daemon: Daemon) -> N
                  env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)})
     assert out.stdout.split() == [PERMISSION_DENIED], out.stdout + out.stderr
     assert rss_kib(daemon.proc.pid) - before < 50 * 1024  # nothing near 200 MiB was taken
-    refused = [r for r in audit(daemon, "--result", "denied")
+    refused = [r for r in daemon.audit("--result", "denied")
                if (r.get("process") or {}).get("uid") == NOBODY]
     assert [r["details"]["method"] for r in refused] == ["admin.Apply"], refused
     assert daemon.cli("agent", "list").returncode == 0  # and it still serves root
