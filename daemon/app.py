@@ -74,18 +74,22 @@ class Daemon:
         if self.config.ca.seal_with_tpm and n.tpm is None:
             raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
         n.audit.open()  # first: the TPM and the CA record events as they start
-        if n.tpm is not None:
-            await n.tpm.start()
-        n.ca.load_or_create()
-        n.delegation_keys.load_or_create()
-        if n.https_tls is not None:
-            n.https_tls.refresh()  # a certificate that cannot load is a config error at start
-        await n.federation.start()
-        n.audit.observers.append(metrics.observe_audit)
-        n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
-        if n.responder is not None:
-            n.responder.start()
-        await n.issuers.start()
+        try:
+            if n.tpm is not None:
+                await n.tpm.start()
+            n.ca.load_or_create()
+            n.delegation_keys.load_or_create()
+            if n.https_tls is not None:
+                n.https_tls.refresh()  # a certificate that cannot load: a config error now
+            await n.federation.start()
+            n.audit.observers.append(metrics.observe_audit)
+            n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
+            if n.responder is not None:
+                n.responder.start()
+            await n.issuers.start()
+        except BaseException as e:
+            await self._abort_start(e)
+            raise
         n.audit.record_nowait(AuditEvent(type="daemon.start", details={
             "trust_domain": self.config.trust_domain, "attestors": n.pipeline.names}))
         loop = asyncio.get_running_loop()
@@ -180,6 +184,25 @@ class Daemon:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _abort_start(self, err: BaseException) -> None:
+        """A start refused once the audit log is open (an unsealable CA key, a bad upstream CA):
+        the records made so far and the reason are written, and the writer thread stops while
+        the loop still runs (else its last batch reports to a closed loop, in the log after
+        the one line that says why)."""
+        n = self.node
+        reason = err.diagnostics() if isinstance(err, EnsignError) else type(err).__name__
+        for step in ((n.federation.aclose, n.issuers.aclose)
+                     + ((n.tpm.aclose,) if n.tpm is not None else ())):
+            try:
+                await step()
+            except Exception:
+                log.exception("cleanup after a failed start")
+        try:
+            await n.audit.close(failure=reason)
+        except Exception:
+            log.exception("closing the audit log after a failed start")
+        n.store.close()
 
     async def _shutdown(self) -> None:
         n = self.node

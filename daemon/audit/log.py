@@ -156,11 +156,15 @@ class AuditLog:
                 reason=f"set aside {discarded} bytes of an incomplete record left by a crash",
             ))
 
-    async def close(self) -> None:
+    async def close(self, failure: str | None = None) -> None:
+        """Write what is pending, a `daemon.stop` record (a failure with its reason when the
+        daemon could not start) and a checkpoint, then stop the writer thread."""
         if self._thread is None:
             return
+        stop = (AuditEvent(type="daemon.stop") if failure is None else
+                AuditEvent(type="daemon.stop", result="failure", reason=failure))
         with contextlib.suppress(AuditUnavailable):
-            await self.record(AuditEvent(type="daemon.stop"))
+            await self.record(stop)
             try:
                 await self._in_writer(self._checkpoint_sync)
             except OSError as e:

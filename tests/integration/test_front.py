@@ -81,9 +81,10 @@ def _cases(idp: Idp) -> list[tuple[str, str, bytes, Metadata, grpc.StatusCode]]:
         ("workload", "FetchX509Bundles", b"", HEADER, none),
         ("workload", "FetchJWTSVID", jwt, HEADER, none),
         ("workload", "FetchJWTBundles", b"", HEADER, none),
-        ("workload", "ValidateJWTSVID", validate, HEADER, none),
         ("delegation", "ExchangeToken", _exchange(idp), HEADER, denied),
-        # requests that cannot be carried out
+        # requests that cannot be carried out (a validator needs no identity: the token is
+        # what is wrong)
+        ("workload", "ValidateJWTSVID", validate, HEADER, bad),
         ("workload", "FetchJWTSVID", pb.JWTSVIDRequest().SerializeToString(), HEADER, bad),
         ("workload", "ValidateJWTSVID", pb.ValidateJWTSVIDRequest(svid="x").SerializeToString(),
          HEADER, bad),
@@ -95,7 +96,7 @@ def _cases(idp: Idp) -> list[tuple[str, str, bytes, Metadata, grpc.StatusCode]]:
 
 # (ExchangeToken's own refusals come after the agent is known: those are token.exchanged
 # records, see test_delegation.)
-_IDS = ["header"] * 8 + ["identity"] * 6 + ["request"] * 2 + ["no-tpm"] * 2
+_IDS = ["header"] * 8 + ["identity"] * 5 + ["request"] * 3 + ["no-tpm"] * 2
 
 
 @pytest.mark.parametrize("case", range(len(_IDS)),

@@ -20,6 +20,7 @@ import grpc
 import jwt as pyjwt
 import pytest
 
+from ensign.daemon.audit import read_records
 from ensign.daemon.tpm.emulator import SwtpmEmulator
 from ensign.proto import workload_pb2 as pb
 from tests.support.cli import one_line_error
@@ -162,6 +163,11 @@ def test_sealed_ca_key_refuses_to_issue_after_a_pcr_change(
         last = result.stderr.strip().splitlines()[-1]  # after the daemon's own log lines
         assert last.startswith("ensign: cannot unseal") and "PCR 7" in last, result.stderr
         assert result.returncode == 78, result.stderr
+        # the refused start is in the trail, with its reason, and the trail still verifies
+        final = list(read_records(d.data_dir / "audit"))[-1]
+        assert (final["type"], final["result"]) == ("daemon.stop", "failure")
+        assert final["reason"].startswith("cannot unseal the TPM-sealed key"), final
+        assert d.cli("audit", "verify", "--data-dir", str(d.data_dir)).returncode == 0
     finally:
         try:
             if d is not None and d.alive():
