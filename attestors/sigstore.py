@@ -1,47 +1,54 @@
 """The sigstore attestor: is the code this process runs signed, and by whom?
 
 For a compiled agent the artifact is /proc/PID/exe. For an interpreted agent (its executable is
-a configured interpreter) it is the script named on the command line, but only when nothing
-else can change what runs: the caller's environment carries no code-injection variables and
-the script (and its directory) is not writable by the caller. Otherwise no sigstore selectors
-are given, and the evidence says why.
+a configured interpreter) it is the script that a trusted launcher started: a host system
+service whose root-owned definition runs the interpreter on an absolute script path with only
+allowed flags (see _launcher for every rule). The script is opened through /proc/PID/root one
+component at a time without following links, and every component must be root's alone. The
+command line, environment and working directory of the process are never trusted to name the
+script. Otherwise no sigstore selectors are given, and the evidence says which rule failed.
+
+Every file (executable, script, bundle) is opened O_NONBLOCK, must be a regular file and is
+read up to a size cap; the work runs on this attestor's own threads, a few per uid at most
+(_bounded), so a caller naming slow or huge files delays only itself.
 
 Bundles are found beside the artifact (`<file>.sigstore.json`, `<file>.sigstore`), then as
-`<bundle_dir>/<sha256>.sigstore.json`. Verification is offline, against `trusted_root`, off the
-event loop, and cached by the artifact's and the bundle's device, inode, size, mtime and ctime.
+`<bundle_dir>/<sha256>.sigstore.json`. Verification is offline, against `trusted_root`, and
+cached by the artifact's and the bundle's device, inode, size, mtime and ctime.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import stat
+import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ensign.daemon import procfs as _procfs
-from ensign.daemon.config_types import StrictModel
+from ensign.daemon.config_types import Size, StrictModel
 from ensign.daemon.models import Attestation, Caller
+from ensign.daemon.text import escape
 
-from ._sigstore_verify import DEFAULT_PREDICATE_TYPES, CheckFailed, Verified, load_verifier, verify
+from . import _files
+from ._bounded import Bounded
+from ._launcher import UNIT_DIRS, ScriptRefused, launched_script
+from ._sigstore_verify import (
+    DEFAULT_PREDICATE_TYPES,
+    MAX_BUNDLE_BYTES,
+    CheckFailed,
+    Verified,
+    load_verifier,
+    verify,
+)
 from .base import value
 
 CACHE_SIZE = 1024
-CHUNK = 1 << 20
+THREADS, THREADS_PER_UID = 4, 2
 RETRY = 30.0  # seconds between attempts to load a trusted root that failed
-#: Variables that make an interpreter (or the dynamic loader) run code other than the script.
-INJECTION_VARS = frozenset({
-    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
-    "PYTHONUSERBASE", "PYTHONINSPECT", "PYTHONEXECUTABLE", "PYTHONPLATLIBDIR", "NODE_OPTIONS",
-    "NODE_PATH", "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYOPT", "RUBYLIB", "BASH_ENV", "ENV",
-})
-#: Interpreter options that take a value (the script is the first argument after them).
-_PY_OPTS_WITH_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
 
 _Key = tuple[int, int, int, int, int]
 
@@ -53,35 +60,23 @@ class SigstoreConfig(StrictModel):
     interpreters: list[Path] = Field(default_factory=lambda: [
         Path("/usr/bin/python3"), Path("/usr/bin/node"), Path("/usr/bin/nodejs")])
     predicate_types: list[str] = Field(default_factory=lambda: list(DEFAULT_PREDICATE_TYPES))
+    #: Where unit definitions are looked up for scripts (systemd's search path, in its order).
+    unit_dirs: list[Path] = Field(default_factory=lambda: [Path(d) for d in UNIT_DIRS])
+    #: Larger executables and scripts are not hashed (no sigstore selectors), like `unix`.
+    max_hash_bytes: Size = Field(default=1 << 30, ge=0)
 
 
 def _key(st: os.stat_result) -> _Key:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _writable_by(st: os.stat_result, uid: int, gids: set[int]) -> bool:
-    if uid == 0 or st.st_uid == uid:
-        return True
-    if st.st_mode & stat.S_IWOTH:
-        return True
-    return bool(st.st_mode & stat.S_IWGRP and st.st_gid in gids)
-
-
-def script_argument(argv: list[str]) -> str | None:
-    """The script a python/node command line runs, or None (`-c`, `-m`, stdin, REPL)."""
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-c", "-m", "-e", "--eval", "-p", "--print", "-"):
-            return None
-        if arg in _PY_OPTS_WITH_VALUE:
-            i += 2
-            continue
-        if arg.startswith("-"):
-            i += 1
-            continue
-        return arg
-    return None
+@dataclass(slots=True)
+class _Artifact:
+    kind: str  # "exe" | "script"
+    fd: int
+    st: os.stat_result
+    name: str  # for evidence and messages, escaped
+    beside: tuple[int | None, str]  # where bundles beside it are: (dir fd, name) or (None, path)
 
 
 class SigstoreAttestor:
@@ -95,6 +90,8 @@ class SigstoreAttestor:
         self._verifier_error: str | None = None
         self._tried = 0.0
         self._cache: OrderedDict[tuple[_Key, _Key], Verified | CheckFailed] = OrderedDict()
+        self._lock = threading.Lock()
+        self._bound = Bounded("sigstore", total=THREADS, per_uid=THREADS_PER_UID)
         self._load_root()
 
     def _load_root(self) -> None:
@@ -108,126 +105,139 @@ class SigstoreAttestor:
             self._verifier_error = e.detail
 
     async def attest(self, caller: Caller) -> Attestation:
-        found = await asyncio.to_thread(self._attest_sync, caller)
-        return found
+        return await self._bound.run(caller.uid, self._attest_sync, caller)
 
     def _attest_sync(self, caller: Caller) -> Attestation:
         evidence: dict[str, str] = {}
-        artifact = self._artifact(caller, evidence)
-        if artifact is None:
-            return Attestation(evidence=evidence)
-        path, kind = artifact
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            evidence["error"] = f"cannot open {kind} {path}: {e.strerror}"
+            artifact = self._artifact(caller, evidence)
+        except ScriptRefused as e:
+            evidence.update(error=str(e), failed_rule=e.rule)
+            return Attestation(evidence=evidence)
+        except _files.Refused as e:
+            evidence["error"] = str(e)
             return Attestation(evidence=evidence)
         try:
-            return self._check(fd, path, kind, evidence)
+            return self._check(artifact, evidence)
+        except _files.Refused as e:
+            evidence["error"] = str(e)
+            return Attestation(evidence=evidence)
         finally:
-            os.close(fd)
+            _files.close_all(artifact.fd, artifact.beside[0])
 
-    def _artifact(self, caller: Caller, evidence: dict[str, str]) -> tuple[str, str] | None:
+    def _artifact(self, caller: Caller, evidence: dict[str, str]) -> _Artifact:
         pid_dir = f"{self._proc}/{caller.pid}"
+        cap = self._cfg.max_hash_bytes
         try:
             exe = os.readlink(f"{pid_dir}/exe")
         except OSError as e:
-            evidence["error"] = f"cannot read the executable: {e.strerror}"
-            return None
-        if os.path.realpath(exe) not in self._interpreters:
-            return f"{pid_dir}/exe", "exe"
-        # An interpreter: the artifact is the script, under conditions.
+            raise _files.Refused(f"cannot read the executable: {e.strerror}") from None
+        # A replaced interpreter shows as "... (deleted)": still an interpreter running scripts.
+        if os.path.realpath(exe.removesuffix(" (deleted)")) not in self._interpreters:
+            evidence["artifact"] = "exe"
+            # The magic link opens the very image the process runs, wherever it lives.
+            fd, st = _files.open_regular(f"{pid_dir}/exe", "the executable", cap, follow=True)
+            return _Artifact("exe", fd, st, escape(exe), (None, exe))
+        evidence["artifact"] = "script"
+        launch = launched_script(caller.pid, exe, self._cfg.unit_dirs, self._interpreters,
+                                 self._proc)
+        evidence["unit"] = launch.unit
+        evidence["script"] = launch.script
         try:
-            environ = (self._proc / str(caller.pid) / "environ").read_bytes().split(b"\0")
-            argv = [a.decode(errors="replace") for a in
-                    (self._proc / str(caller.pid) / "cmdline").read_bytes().split(b"\0") if a]
+            root = os.open(f"{pid_dir}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            evidence["error"] = f"cannot read the command line or environment: {e.strerror}"
-            return None
-        names = {e.split(b"=", 1)[0].decode(errors="replace") for e in environ if b"=" in e}
-        injected = sorted(names & INJECTION_VARS)
-        if injected:
-            evidence["error"] = (f"interpreter run with {', '.join(injected)} set: "
-                                 "code may be injected")
-            return None
-        script = script_argument(argv)
-        if script is None:
-            evidence["error"] = "interpreter runs no script file (-c, -m, stdin or REPL)"
-            return None
-        if not script.startswith("/"):
-            try:
-                script = os.path.join(os.readlink(f"{pid_dir}/cwd"), script)
-            except OSError as e:
-                evidence["error"] = f"cannot resolve the script's directory: {e.strerror}"
-                return None
+            raise ScriptRefused("script-path", f"cannot open the process's root: "
+                                f"{e.strerror}") from None
         try:
-            status = _procfs.read_status(caller.pid, self._proc)
-            st, dst = os.stat(script), os.stat(os.path.dirname(script))
-        except (OSError, ValueError, KeyError) as e:
-            evidence["error"] = f"cannot examine the script: {e}"
-            return None
-        gids = {caller.gid, *status.groups}
-        if _writable_by(st, caller.uid, gids) or _writable_by(dst, caller.uid, gids):
-            evidence["error"] = f"script {script} (or its directory) is writable by the caller"
-            return None
-        return script, "script"
+            fd, dir_fd, st = _files.open_trusted(root, launch.script, "script", cap)
+        except _files.Refused as e:
+            raise ScriptRefused("script-path", str(e)) from None
+        finally:
+            os.close(root)
+        return _Artifact("script", fd, st, launch.script, (dir_fd, os.path.basename(launch.script)))
 
-    def _check(self, fd: int, path: str, kind: str, evidence: dict[str, str]) -> Attestation:
-        evidence["artifact"] = kind
+    def _check(self, art: _Artifact, evidence: dict[str, str]) -> Attestation:
         if self._verifier is None and time.monotonic() - self._tried >= RETRY:
             self._load_root()
         if self._verifier is None:
             evidence["error"] = f"trusted-root: {self._verifier_error or 'not loaded'}"
             evidence["failed_check"] = "trusted-root"
             return Attestation(evidence=evidence)
-        st = os.fstat(fd)
-        real = os.path.realpath(path)
-        bundle = self._find_bundle(real, None)
+        bundle = self._bundle_beside(art)
         digest = ""
         if bundle is None:
-            digest = _hash(fd)
-            bundle = self._find_bundle(real, digest)
+            digest = _files.sha256_capped(art.fd, art.name, self._cfg.max_hash_bytes)
+            bundle = self._bundle_in_dirs(digest)
         if bundle is None:
-            evidence["error"] = f"no Sigstore bundle for {real}"
+            evidence["error"] = f"no Sigstore bundle for {art.name}"
             return Attestation(evidence=evidence)
-        bundle_path, bundle_st = bundle
-        cache_key = (_key(st), _key(bundle_st))
-        result = self._cache.get(cache_key)
-        if result is None:
-            digest = digest or _hash(fd)
-            try:
-                result = verify(self._verifier, Path(bundle_path).read_bytes(), digest,
-                                predicate_types=tuple(self._cfg.predicate_types))
-            except CheckFailed as e:
-                result = e
-            except OSError as e:
-                result = CheckFailed("bundle", f"cannot read {bundle_path}: {e.strerror}")
-            self._cache[cache_key] = result
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        evidence["bundle"] = bundle_path
+        bundle_name, bundle_fd, bundle_st = bundle
+        try:
+            cache_key = (_key(art.st), _key(bundle_st))
+            with self._lock:
+                result = self._cache.get(cache_key)
+            if result is None:  # read and verify only what was not verified before
+                data = _files.read_capped(bundle_fd, f"bundle {bundle_name}", MAX_BUNDLE_BYTES)
+                digest = digest or _files.sha256_capped(art.fd, art.name,
+                                                        self._cfg.max_hash_bytes)
+                try:
+                    result = verify(self._verifier, data, digest,
+                                    predicate_types=tuple(self._cfg.predicate_types))
+                except CheckFailed as e:
+                    result = e
+                with self._lock:
+                    self._cache[cache_key] = result
+                    if len(self._cache) > CACHE_SIZE:
+                        self._cache.popitem(last=False)
+        finally:
+            os.close(bundle_fd)
+        evidence["bundle"] = bundle_name
         if isinstance(result, CheckFailed):
-            evidence["error"] = str(result)
+            evidence["error"] = escape(str(result))
             evidence["failed_check"] = result.check
             return Attestation(evidence=evidence)
-        return Attestation(selectors=_selectors(result, kind), evidence={
-            **evidence, "signer": result.identity, "issuer": result.issuer})
+        return Attestation(selectors=_selectors(result, art.kind), evidence={
+            **evidence, "signer": escape(result.identity), "issuer": escape(result.issuer)})
 
-    def _find_bundle(self, real: str, digest: str | None) -> tuple[str, os.stat_result] | None:
-        candidates = ([f"{real}.sigstore.json", f"{real}.sigstore"] if digest is None
-                      else [str(d / f"{digest}.sigstore.json") for d in self._cfg.bundle_dirs])
-        for c in candidates:
-            try:
-                return c, os.stat(c)
-            except OSError:
-                continue
+    def _bundle_beside(self, art: _Artifact) -> tuple[str, int, os.stat_result] | None:
+        dir_fd, path = art.beside
+        for suffix in (".sigstore.json", ".sigstore"):
+            found = self._open_bundle(path + suffix, dir_fd, art.name + suffix)
+            if found is not None:
+                return found
         return None
+
+    def _bundle_in_dirs(self, digest: str) -> tuple[str, int, os.stat_result] | None:
+        for d in self._cfg.bundle_dirs:
+            path = str(d / f"{digest}.sigstore.json")
+            found = self._open_bundle(path, None, escape(path))
+            if found is not None:
+                return found
+        return None
+
+    @staticmethod
+    def _open_bundle(path: str, dir_fd: int | None,
+                     name: str) -> tuple[str, int, os.stat_result] | None:
+        """A bundle that exists is opened (a regular file, no symlink, capped) or refused; the
+        caller closes the fd. Its fstat keys the cache, so what is read is what was keyed."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _files.Refused(f"cannot open bundle {name}: {e.strerror}") from None
+        try:
+            return name, fd, _files.regular(fd, f"bundle {name}", MAX_BUNDLE_BYTES)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def state(self) -> str:
         problem = self.problem()
         if problem is not None:
             return f"failing: {problem}"
-        return f"ready, {len(self._cache)} verdicts cached"
+        return f"ready, {len(self._cache)} verdicts cached, {self._bound.busy} busy"
 
     def problem(self) -> str | None:
         if self._verifier is None and time.monotonic() - self._tried >= RETRY:
@@ -236,25 +246,18 @@ class SigstoreAttestor:
 
     async def aclose(self) -> None:
         self._cache.clear()
-
-
-def _hash(fd: int) -> str:
-    h = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, CHUNK):
-        h.update(chunk)
-    return h.hexdigest()
+        self._bound.close()
 
 
 def _selectors(v: Verified, kind: str) -> tuple[str, ...]:
     out = [value("verified", "true"), value("artifact", kind)]
     if v.identity:
-        out.append(value("identity", v.identity))
+        out.append(value("identity", escape(v.identity)))
     if v.issuer:
-        out.append(value("issuer", v.issuer))
+        out.append(value("issuer", escape(v.issuer)))
     for name in ("repository", "ref", "workflow"):
         if name in v.facts:
-            out.append(value(name, v.facts[name]))
+            out.append(value(name, escape(v.facts[name])))
     if v.builder_id:
-        out.append(value("builder", v.builder_id))
+        out.append(value("builder", escape(v.builder_id)))
     return tuple(out)

@@ -7,13 +7,12 @@ process actually runs even if the file on disk was replaced since.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import grp
-import hashlib
 import logging
 import os
 import pwd
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import ClassVar
@@ -23,12 +22,14 @@ from pydantic import Field
 from ensign.daemon import procfs as _procfs
 from ensign.daemon.config_types import Size, StrictModel
 from ensign.daemon.models import Attestation, Caller
+from ensign.daemon.text import escape
 
+from . import _files
+from ._bounded import Bounded
 from .base import AttestorError, value
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1 << 20
 HASH_CACHE_SIZE = 4096
 DELETED_SUFFIX = " (deleted)"
 
@@ -45,13 +46,6 @@ def _file_key(st: os.stat_result) -> _FileKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _hash_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    while chunk := os.read(fd, HASH_CHUNK):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 class UnixAttestor:
     name: ClassVar[str] = "unix"
 
@@ -61,15 +55,16 @@ class UnixAttestor:
         # Hashes keyed by device, inode, size, mtime and ctime: a rewritten file changes at
         # least its ctime, so a stale hash is never served.
         self._hashes: OrderedDict[_FileKey, str] = OrderedDict()
-        self._lock = asyncio.Lock()
+        self._cache_lock = threading.Lock()
+        self._bound = Bounded("unix-hash", total=2, per_uid=1)
 
     async def attest(self, caller: Caller) -> Attestation:
         selectors = [value("uid", caller.uid), value("gid", caller.gid)]
         evidence: dict[str, str] = {}
         with contextlib.suppress(KeyError):
-            selectors.append(value("user", pwd.getpwuid(caller.uid).pw_name))
+            selectors.append(value("user", escape(pwd.getpwuid(caller.uid).pw_name)))
         with contextlib.suppress(KeyError):
-            selectors.append(value("group", grp.getgrgid(caller.gid).gr_name))
+            selectors.append(value("group", escape(grp.getgrgid(caller.gid).gr_name)))
         try:
             status = _procfs.read_status(caller.pid, self._proc)
         except (OSError, ValueError, KeyError, IndexError) as e:
@@ -77,7 +72,7 @@ class UnixAttestor:
         for gid in status.groups:
             selectors.append(value("supplementary_gid", gid))
             with contextlib.suppress(KeyError):
-                selectors.append(value("supplementary_group", grp.getgrgid(gid).gr_name))
+                selectors.append(value("supplementary_group", escape(grp.getgrgid(gid).gr_name)))
         selectors.extend(await self._exe_selectors(caller, evidence))
         return Attestation(selectors=tuple(dict.fromkeys(selectors)), evidence=evidence)
 
@@ -85,7 +80,9 @@ class UnixAttestor:
         exe_link = self._proc / str(caller.pid) / "exe"
         out: list[str] = []
         try:
-            target = os.readlink(exe_link)
+            # Any bytes but NUL: escaped, so `unix:path:` is text that can be registered and
+            # recorded (ensign.daemon.text; `\xff` for a byte that is not UTF-8).
+            target = escape(os.readlink(exe_link))
         except OSError as e:
             # Not fatal: a daemon without CAP_SYS_PTRACE cannot see other users' executables.
             evidence["exe_error"] = f"cannot read executable path: {e.strerror}"
@@ -98,39 +95,53 @@ class UnixAttestor:
         evidence["exe_path"] = target
         if not self._config.hash_executables:
             return out
-        digest = await self._hash(exe_link, evidence)
+        digest = await self._hash(caller.uid, exe_link, evidence)
         if digest:
             evidence["exe_sha256"] = digest
             out.append(value("sha256", digest))
         return out
 
-    async def _hash(self, exe_link: Path, evidence: dict[str, str]) -> str | None:
+    async def _hash(self, uid: int, exe_link: Path, evidence: dict[str, str]) -> str | None:
         try:
-            fd = os.open(exe_link, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.stat(exe_link)
         except OSError as e:
             evidence["exe_error"] = f"cannot open executable: {e.strerror}"
             return None
+        if st.st_size > self._config.max_hash_bytes:
+            evidence["exe_error"] = (f"executable is {st.st_size} bytes, over max_hash_bytes "
+                                     f"({self._config.max_hash_bytes}); not hashed")
+            return None
+        cached = self._hashes.get(_file_key(st))
+        if cached is not None:
+            return cached
+        # On this attestor's own threads, a share per uid: one caller's big executables
+        # delay its own uid's attestations, not everyone's.
+        digest, error = await self._bound.run(uid, self._hash_sync, exe_link)
+        if error:
+            evidence["exe_error"] = error
+        return digest
+
+    def _hash_sync(self, exe_link: Path) -> tuple[str | None, str | None]:
+        """(sha256, None) or (None, why). Opens, hashes and closes in this thread, so a
+        request that gave up never closes a file under it."""
+        cap = self._config.max_hash_bytes
         try:
-            st = os.fstat(fd)
-            if st.st_size > self._config.max_hash_bytes:
-                evidence["exe_error"] = (
-                    f"executable is {st.st_size} bytes, over max_hash_bytes "
-                    f"({self._config.max_hash_bytes}); not hashed"
-                )
-                return None
+            fd, st = _files.open_regular(str(exe_link), "executable", cap, follow=True)
+        except _files.Refused as e:
+            return None, str(e)
+        try:
             key = _file_key(st)
-            cached = self._hashes.get(key)
-            if cached is not None:
-                self._hashes.move_to_end(key)
-                return cached
-            async with self._lock:  # one big hash at a time keeps a hashing storm bounded
+            with self._cache_lock:
                 cached = self._hashes.get(key)
-                if cached is None:
-                    cached = await asyncio.to_thread(_hash_fd, fd)
+            if cached is None:
+                cached = _files.sha256_capped(fd, "executable", cap)
+                with self._cache_lock:
                     self._hashes[key] = cached
                     if len(self._hashes) > HASH_CACHE_SIZE:
                         self._hashes.popitem(last=False)
-            return cached
+            return cached, None
+        except _files.Refused as e:
+            return None, str(e)
         finally:
             os.close(fd)
 
@@ -142,3 +153,4 @@ class UnixAttestor:
 
     async def aclose(self) -> None:
         self._hashes.clear()
+        self._bound.close()

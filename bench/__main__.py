@@ -2,6 +2,7 @@
 
     python -m bench            # full run
     python -m bench --quick    # shorter rounds, fewer repetitions (about a minute)
+    python -m bench --only fleet   # the benchmarks of one module (figures merged into the file)
 
 A benchmark is a callable taking `quick` and returning {figure name: figure}, where a figure
 has at least "ensign" and "baseline" (each with "median", "min", "max"), "unit", "ratio",
@@ -25,6 +26,7 @@ from . import (
     audit_append,
     first_secret,
     first_svid,
+    fleet,
     https_exchange,
     jwt_fetch,
     registry_match,
@@ -40,7 +42,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
     svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
-    https_exchange.run,
+    https_exchange.run, fleet.run,
 ]
 
 
@@ -74,10 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short run (about a minute)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.json",
                         help="where to write the figures (default bench/results.json)")
+    parser.add_argument("--only", metavar="MODULE", action="append",
+                        help="run only this benchmark module (e.g. fleet); repeatable")
     args = parser.parse_args(argv)
     figures: dict[str, Figure] = {}
     failed = False
-    for bench in BENCHMARKS:
+    chosen = [b for b in BENCHMARKS
+              if not args.only or b.__module__.rsplit(".", 1)[-1] in args.only]
+    kept: dict[str, Figure] = {}
+    if args.only and args.out.exists():  # keep the other modules' last figures in the file
+        kept = json.loads(args.out.read_text())
+    for bench in chosen:
         try:
             figures.update(bench(args.quick))
         except Exception:
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark {bench.__module__} failed:", file=sys.stderr)
             traceback.print_exc()
     if figures:  # a run where nothing could be measured keeps the last results
-        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        args.out.write_text(json.dumps({**kept, **figures}, indent=2) + "\n")
         print(table(figures))
         print(f"(figures written to {args.out})", file=sys.stderr)
     return 1 if failed else 0

@@ -31,10 +31,10 @@ LIST_NAME = "agent_list_10k_seconds"
 
 def _registry(root: Path, n: int) -> Registry:
     store = SqliteStore(root / f"r{n}.db")
-    store.open()
+    asyncio.run(store.open())
     events = EventHub()
     reg = Registry(store, RoleBook(store, events), events, "example.org")
-    reg.load()
+    asyncio.run(reg.load())
     writes = []
     for i in range(n):
         e = reg.prepare_register(Entry(id="", name=f"agent-{i}", kind="agent", spiffe_id="",
@@ -44,8 +44,8 @@ def _registry(root: Path, n: int) -> Registry:
     me = reg.prepare_register(Entry(id="", name="me", kind="agent", spiffe_id="",
                                     selectors=(f"unix:uid:{os.getuid()}",), owner="bench"), 0)
     writes.append(PutEntry(me, new=True))
-    store.write(writes)
-    reg.load()
+    asyncio.run(store.write(writes))
+    asyncio.run(reg.load())
     return reg
 
 

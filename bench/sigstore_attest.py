@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ensign.attestors.sigstore import SigstoreAttestor, SigstoreConfig
+from ensign.attestors.sigstore import SigstoreAttestor, SigstoreConfig, _Artifact
 
 from ._stats import ratio, summarize
 
@@ -39,7 +39,8 @@ def _attest_once(attestor: SigstoreAttestor, art: Path) -> float:
     fd = os.open(art, os.O_RDONLY)
     try:
         start = time.perf_counter()
-        result = attestor._check(fd, str(art), "exe", {})  # the attestor's core, without /proc
+        found = _Artifact("exe", fd, os.fstat(fd), str(art), (None, str(art)))
+        result = attestor._check(found, {})  # the attestor's core, without /proc
         elapsed = time.perf_counter() - start
     finally:
         os.close(fd)

@@ -13,7 +13,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
-    async def run(self, ready: Callable[[], None] = lambda: None) -> int:
+    async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> int:
         # One daemon per data_dir, checked before anything is touched: a second one would
         # stop the first's swtpm, fork its audit chain and unlink its sockets.
         lock = self._lock or DirLock.take(self.config.data_dir, "data_dir")
@@ -61,16 +61,20 @@ class Daemon:
         finally:
             lock.release()
 
-    async def _run_locked(self, ready: Callable[[], None]) -> int:
+    async def _run_locked(self, ready: Callable[[], Awaitable[None]] | None) -> int:
         n = self.node
         _raise_fd_limit()
+        if n.fleet is not None:
+            # First of all: a bad database URL, host, credential or schema stops the start
+            # (exit 78) before anything is written, here or in the database.
+            await n.fleet.check()
         # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
         os.umask(0o077)
         os.chmod(self.config.data_dir, 0o700)
-        n.store.open()
-        n.roles.load()
-        n.registry.load()
-        n.grants.load()
+        await n.store.open()
+        await n.roles.load()
+        await n.registry.load()
+        await n.grants.load()
         if self.config.ca.seal_with_tpm and n.tpm is None:
             raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
         n.audit.open()  # first: the TPM and the CA record events as they start
@@ -79,6 +83,10 @@ class Daemon:
                 await n.tpm.start()
             n.ca.load_or_create()
             n.delegation_keys.load_or_create()
+            if n.fleet is not None:
+                # node row, published keys (JWT-SVID and delegated-token), listener, heartbeat,
+                # shipping: after both key sets exist
+                await n.fleet.start()
             if n.https_tls is not None:
                 n.https_tls.refresh()  # a certificate that cannot load: a config error now
             await n.federation.start()
@@ -110,7 +118,8 @@ class Daemon:
                 "trust_domain": self.config.trust_domain,
                 "attestors": n.pipeline.names,
             })
-            ready()
+            if ready is not None:  # e.g. dev mode's demo role: a registry write, awaited
+                await ready()
             await self._maintain_until_stopped()
         finally:
             for sig in (*signals, signal.SIGHUP):
@@ -154,7 +163,10 @@ class Daemon:
                 for name, why in sorted(n.pipeline.problems().items()):
                     log.warning("attestor failing: callers get no selectors from it",
                                 extra={"attestor": name, "reason": why})
-            n.registry.expire_due()
+            try:
+                await n.registry.expire_due()
+            except EnsignError as e:  # the store is unreachable: entries stopped issuing anyway
+                log.debug("expiry not recorded", extra={"reason": e.diagnostics()})
             if n.responder is not None:
                 n.responder.save()
             changed = False
@@ -202,7 +214,12 @@ class Daemon:
             await n.audit.close(failure=reason)
         except Exception:
             log.exception("closing the audit log after a failed start")
-        n.store.close()
+        if n.fleet is not None:
+            try:
+                await n.fleet.stop()  # ships the records made so far, when it can
+            except Exception:
+                log.exception("stopping the fleet after a failed start")
+        await n.store.close()
 
     async def _shutdown(self) -> None:
         n = self.node
@@ -225,6 +242,8 @@ class Daemon:
             n.responder.save(force=True)
         await n.issuers.aclose()
         await n.audit.close()
+        if n.fleet is not None:
+            await n.fleet.stop()  # ships the last records (daemon.stop) when it can
         n.tracker.close_all()
-        n.store.close()
+        await n.store.close()
         log.info("stopped")

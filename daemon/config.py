@@ -1,4 +1,5 @@
 """The daemon's configuration: frozen pydantic models holding every default, and `load()`.
+(The sections about other machines, [http], [federation] and [fleet], are in config_net.py.)
 
 `load()` is the only code that reads the config file or the environment. Every other module
 receives a typed section in its constructor.
@@ -7,13 +8,12 @@ receives a typed section in its constructor.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
+import urllib.parse
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -22,9 +22,25 @@ from ensign.attestors.systemd import SystemdConfig
 from ensign.attestors.tpm import TpmConfig
 from ensign.attestors.tpm import dev_config as tpm_dev_config
 from ensign.attestors.unix import UnixConfig
+from ensign.daemon.config_net import (
+    NODE_NAME,
+    FederatedTrustDomain,
+    FederationConfig,
+    FleetConfig,
+    HttpConfig,
+    check_node_name,
+)
 from ensign.daemon.config_types import Duration, Size, StrictModel
 from ensign.daemon.errors import ConfigError, InvalidRequest
-from ensign.daemon.spiffe_id import SpiffeId, validate_trust_domain
+from ensign.daemon.spiffe_id import validate_trust_domain
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH", "NODE_NAME", "AnomalyConfig", "AttestorsConfig", "AuditConfig",
+    "CaConfig", "Config", "DelegationConfig", "DelegationIssuer", "FederatedTrustDomain",
+    "FederationConfig", "FleetConfig", "HttpConfig", "KeyType", "LimitsConfig", "MetricsConfig",
+    "PolicyConfig", "SvidConfig", "dev_config", "load", "node_name", "parse", "resolve_path",
+    "to_toml",
+]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ensign/ensign.toml")
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048"]
@@ -77,11 +93,43 @@ class AttestorsConfig(StrictModel):
     tpm: TpmConfig = Field(default_factory=TpmConfig)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why `url` may not be fetched for an issuer's keys, or None: https to a named host, or
+    plain http to this machine's loopback only (the host parsed, never matched as a prefix:
+    `http://127.0.0.1.evil.example/` and `http://127.0.0.1@evil.example/` are other hosts)."""
+    if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
+        return "must not hold whitespace, control characters or backslashes"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # a port that is not a number in range raises
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry user information (user@host)"
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host in LOOPBACK_HOSTS:
+        return None
+    return "must be https, or http to 127.0.0.1, ::1 or localhost"
+
+
 class DelegationIssuer(StrictModel):
     issuer: str
     jwks_file: Path | None = None
     jwks_url: str | None = None
     audience: str = "ensign"
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _fetchable(cls, v: str | None) -> str | None:
+        problem = None if v is None else jwks_url_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> DelegationIssuer:
@@ -113,117 +161,6 @@ class DelegationConfig(StrictModel):
         if not timedelta(seconds=10) <= v <= timedelta(days=3650):
             raise ValueError("must be between 10s and 3650d")
         return v
-
-
-_NODE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
-
-
-class HttpConfig(StrictModel):
-    """The HTTPS endpoint for resource servers and federation (off while `listen` is empty)."""
-
-    listen: str = ""  # "host:port", e.g. "0.0.0.0:8443"
-    tls_cert: Path | None = None  # default: the node's own X.509-SVID, rotated like any SVID
-    tls_key: Path | None = None
-    issuer: str = ""  # https URL: `iss` of delegated tokens and the metadata's issuer
-    # The node's name in its SPIFFE ID (spiffe://<td>/ensign/node/<node_name>); default: the
-    # host name (config.node_name() is the one place that reads it).
-    node_name: str = ""
-    max_connections: int = Field(default=4096, ge=1)  # all clients together
-    handshake_timeout: Duration = timedelta(seconds=10)
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        if v:
-            _host, sep, port = v.rpartition(":")
-            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"write host:port, got {v!r}")
-        return v
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, v: str) -> str:
-        if v:
-            url = urlsplit(v)
-            if url.scheme != "https" or not url.hostname or url.query or url.fragment:
-                raise ValueError("must be an https URL without query or fragment (RFC 8414 §2)")
-            v = v.rstrip("/")
-        return v
-
-    @field_validator("node_name")
-    @classmethod
-    def _node_name(cls, v: str) -> str:
-        if v and not _NODE_NAME.match(v):
-            raise ValueError("letters, digits, '.', '_' and '-' only (a SPIFFE ID path segment)")
-        return v
-
-    @model_validator(mode="after")
-    def _complete(self) -> HttpConfig:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be set together")
-        if self.listen and not self.issuer:
-            raise ValueError("issuer is required when listen is set: the https URL resource "
-                             "servers reach this endpoint at")
-        return self
-
-
-class FederatedTrustDomain(StrictModel):
-    """A trust domain whose bundle is fetched from its SPIFFE bundle endpoint."""
-
-    trust_domain: str
-    bundle_endpoint_url: str
-    profile: Literal["https_web", "https_spiffe"] = "https_web"
-    endpoint_spiffe_id: str = ""  # https_spiffe: the endpoint server's SPIFFE ID
-    # https_spiffe: the bundle that authenticates the endpoint until the first fetch (SPIFFE
-    # bundle JSON or PEM); afterwards each fetched bundle authenticates the next
-    bundle_file: Path | None = None
-    # https_web: CA certificates (PEM) that verify the endpoint; default: the system's
-    ca_file: Path | None = None
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _td(cls, v: str) -> str:
-        try:
-            return validate_trust_domain(v)
-        except InvalidRequest as e:
-            raise ValueError(str(e)) from None
-
-    @field_validator("bundle_endpoint_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        url = urlsplit(v)
-        if url.scheme != "https" or not url.hostname:
-            raise ValueError("must be an https URL")
-        return v
-
-    @model_validator(mode="after")
-    def _profile(self) -> FederatedTrustDomain:
-        if self.profile == "https_spiffe":
-            if not self.endpoint_spiffe_id:
-                raise ValueError("https_spiffe needs endpoint_spiffe_id")
-            try:
-                sid = SpiffeId.parse(self.endpoint_spiffe_id)
-            except InvalidRequest as e:
-                raise ValueError(f"endpoint_spiffe_id: {e}") from None
-            if not sid.is_workload:
-                raise ValueError("endpoint_spiffe_id needs a path")
-        elif self.endpoint_spiffe_id or self.bundle_file:
-            raise ValueError("endpoint_spiffe_id and bundle_file belong to profile https_spiffe")
-        return self
-
-
-class FederationConfig(StrictModel):
-    trust_domains: list[FederatedTrustDomain] = Field(default_factory=list)
-    # spiffe_refresh_hint of the bundle this node serves at /.well-known/spiffe-bundle
-    refresh_hint: Duration = timedelta(minutes=5)
-    fetch_timeout: Duration = timedelta(seconds=10)  # a hanging endpoint gives up after this
-
-    @model_validator(mode="after")
-    def _unique(self) -> FederationConfig:
-        names = [t.trust_domain for t in self.trust_domains]
-        if len(names) != len(set(names)):
-            raise ValueError("each trust_domain may be listed once")
-        return self
 
 
 class AuditConfig(StrictModel):
@@ -274,6 +211,9 @@ class Config(StrictModel):
     # otherwise only root and the daemon's own uid (0600).
     admin_group: str = "ensign"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # This node's name: in its SPIFFE ID (spiffe://<td>/ensign/node/<node_name>) and, in a
+    # fleet, its database role and rows. Default: the host name (`node_name()` decides).
+    node_name: str = ""
     ca: CaConfig = Field(default_factory=CaConfig)
     svid: SvidConfig = Field(default_factory=SvidConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -285,6 +225,7 @@ class Config(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     @field_validator("trust_domain")
     @classmethod
@@ -293,6 +234,11 @@ class Config(StrictModel):
             return validate_trust_domain(v)
         except InvalidRequest as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, v: str) -> str:
+        return check_node_name(v)
 
     @field_validator("socket_path", "admin_socket_path", "data_dir")
     @classmethod
@@ -315,16 +261,20 @@ class Config(StrictModel):
         if any(t.trust_domain == self.trust_domain for t in self.federation.trust_domains):
             raise ValueError("federation.trust_domains: this node's own trust domain cannot "
                              "be federated")
+        if self.node_name and self.http.node_name and self.node_name != self.http.node_name:
+            raise ValueError("node_name and http.node_name (its former spelling) differ: keep "
+                             "the top-level node_name only")
         return self
 
 
 def node_name(config: Config) -> str:
-    """This node's name: `[http] node_name`, else the host name. The one place that reads it
-    (the fleet's `[fleet] node_name` joins here)."""
-    if config.http.node_name:
-        return config.http.node_name
-    name = socket.gethostname().split(".")[0] or "localhost"
-    return name if _NODE_NAME.match(name) else "node"
+    """This node's name (its SPIFFE ID's last segment; in a fleet its database role and rows):
+    `node_name`, else `[http] node_name` (the former spelling), else the host name's first
+    label. The one place that reads it."""
+    if config.node_name or config.http.node_name:
+        return config.node_name or config.http.node_name
+    name = socket.gethostname().split(".")[0]
+    return name if NODE_NAME.match(name) else "node"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

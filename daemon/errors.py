@@ -23,6 +23,7 @@ exits with the same code for an error raised in the daemon as for one raised loc
 | TpmUnavailable      | UNAVAILABLE         | 69   | ... the TPM cannot be reached (tpm/errors.py)
 | NoTpm               | UNAVAILABLE         | 69   | this node has no TPM (api/attestation.py)
 | StoreError          | UNAVAILABLE         | 74   | the registry cannot be read or written
+| DatabaseUnavailable | UNAVAILABLE         | 69   | fleet database down: registry writes refused
 | SigningError        | INTERNAL            | 70   | a CA or signing key is unusable
 | TpmSealError        | INTERNAL            | 78   | ... a TPM-sealed CA key: the operator must act
 | AuditUnavailable    | UNAVAILABLE         | 74   | the audit log cannot be written: not issuing
@@ -190,6 +191,16 @@ class StoreError(EnsignError):
     public_message = "registry unavailable"
 
 
+class DatabaseUnavailable(StoreError):
+    """The fleet's database cannot be reached: the node keeps issuing from its copy of the
+    registry, and refuses registry writes until the database is back. The message names the
+    database (host, port, name; never credentials)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    public_message = "fleet database unavailable: registry writes refused"
+    detailed = True
+
+
 class SigningError(EnsignError):
     exit_code = 70
     public_message = "signing failed"
@@ -209,6 +220,15 @@ class InvalidTransition(FailedPrecondition):
     """A lifecycle change that the entry's current state does not allow."""
 
     public_message = "invalid state transition"
+
+
+class AuditRecordRejected(EnsignError):
+    """This request's audit record cannot be written (it holds text that cannot be encoded):
+    the request is refused; other requests and the log are unaffected."""
+
+    grpc_status = Status.INTERNAL
+    exit_code = 70
+    public_message = "audit record could not be written: not issuing"
 
 
 class AuditUnavailable(EnsignError):

@@ -43,9 +43,14 @@ def parse_status(text: str) -> ProcStatus:
                       gids=(gids[0], gids[1], gids[2], gids[3]), groups=groups)
 
 
+def _read(path: Path) -> str:
+    # The process names itself (comm, in both files): any bytes, UTF-8 or not.
+    return path.read_bytes().decode("utf-8", "surrogateescape")
+
+
 def read_stat(pid: int, proc_root: Path = Path("/proc")) -> ProcStat:
-    return parse_stat((proc_root / str(pid) / "stat").read_text())
+    return parse_stat(_read(proc_root / str(pid) / "stat"))
 
 
 def read_status(pid: int, proc_root: Path = Path("/proc")) -> ProcStatus:
-    return parse_status((proc_root / str(pid) / "status").read_text())
+    return parse_status(_read(proc_root / str(pid) / "status"))

@@ -17,7 +17,7 @@ def validate_trust_domain(name: str) -> str:
     """Return the trust domain name, or raise InvalidRequest saying which rule it breaks."""
     if not name:
         raise InvalidRequest("trust domain is empty")
-    if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_TRUST_DOMAIN_BYTES:
         raise InvalidRequest(f"trust domain longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
     if not _TD_CHARS.match(name):
         raise InvalidRequest(
@@ -33,7 +33,8 @@ class SpiffeId:
 
     @classmethod
     def parse(cls, text: str) -> SpiffeId:
-        if len(text.encode()) > MAX_ID_BYTES:
+        # surrogatepass: "\udcff" from JSON (a token's sub) is refused below, not a crash here.
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
             raise InvalidRequest(f"SPIFFE ID longer than {MAX_ID_BYTES} bytes")
         scheme, sep, rest = text.partition("://")
         if not sep or scheme.lower() != "spiffe":

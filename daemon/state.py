@@ -14,6 +14,7 @@ from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
 from ensign.daemon.errors import EnsignError
 from ensign.daemon.federation import FederatedBundles
+from ensign.daemon.fleet import Fleet
 from ensign.daemon.identity.pipeline import AttestationPipeline
 from ensign.daemon.issuing import CertificateAuthority, SvidCache
 from ensign.daemon.registry import GrantBook, Registry, RoleBook
@@ -36,6 +37,7 @@ class NodeState:
     tpm: TpmService | None
     federation: FederatedBundles
     started: float
+    fleet: Fleet | None = None
     draining: bool = False
 
     def problem(self) -> str | None:
@@ -58,6 +60,11 @@ class NodeState:
             return f"CA unusable: {e.diagnostics()}"
         return None
 
+    def notice(self) -> str | None:
+        """What is degraded while the daemon still issues (health says it beside SERVING): the
+        fleet database unreachable, audit shipping stopped."""
+        return self.fleet.notice() if self.fleet is not None else None
+
     def status(self) -> StatusResponse:
         current = self.ca.current()
         return StatusResponse(
@@ -71,6 +78,8 @@ class NodeState:
             problem=self.problem() or "", attestor_state=self.attestor_states(),
             log_level=logging.getLevelName(logging.getLogger().level).lower(),
             federation=self.federation.status(),
+            notice=self.notice() or "",
+            fleet=self.fleet.status() if self.fleet is not None else {},
         )
 
     def attestor_states(self) -> dict[str, str]:

@@ -30,12 +30,22 @@ from ensign.daemon.api import (
 from ensign.daemon.api.http import HttpApi, HttpsListener, ServerTls
 from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
-from ensign.daemon.config import Config
+from ensign.daemon.config import Config, node_name
 from ensign.daemon.delegation import DelegationKeys, Introspector, TokenExchange, TrustedIssuers
 from ensign.daemon.federation import FederatedBundles, ServedBundle
+from ensign.daemon.fleet import Fleet
 from ensign.daemon.identity import AttestationPipeline, Resolver
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
-from ensign.daemon.registry import ChangeEvent, EventHub, GrantBook, Registry, RoleBook, SqliteStore
+from ensign.daemon.registry import (
+    ChangeEvent,
+    EventHub,
+    GrantBook,
+    PgStore,
+    Registry,
+    RegistryStore,
+    RoleBook,
+    SqliteStore,
+)
 from ensign.daemon.server import (
     ADMIN_MAX_REQUEST_BYTES,
     ADMIN_SOCKET_MODE,
@@ -65,7 +75,7 @@ class Node:
     config: Config
     clock: Callable[[], datetime]
     events: EventHub
-    store: SqliteStore
+    store: RegistryStore
     roles: RoleBook
     registry: Registry
     grants: GrantBook
@@ -79,6 +89,7 @@ class Node:
     pipeline: AttestationPipeline
     audit: AuditLog
     responder: Responder | None
+    fleet: Fleet | None
     state: NodeState
     workload_server: UnixServer
     admin_server: UnixServer
@@ -90,7 +101,10 @@ class Node:
 def build(config: Config, clock: Callable[[], datetime]) -> Node:
     data = config.data_dir
     events = EventHub()
-    store = SqliteStore(data / "registry.db")
+    fc = config.fleet
+    pg = (PgStore(fc.database_url, fc.admin_database_url, node_name(config),
+                  fc.connect_timeout.total_seconds()) if fc.database_url else None)
+    store: RegistryStore = pg if pg is not None else SqliteStore(data / "registry.db")
     roles = RoleBook(store, events)
     registry = Registry(store, roles, events, config.trust_domain)
     grants = GrantBook(store, events)
@@ -118,14 +132,18 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     responder = (Responder(config.anomaly, registry, audit, data / "anomaly.json")
                  if config.anomaly.enabled else None)
     issuers = TrustedIssuers(config.delegation)
+    fleet = (Fleet(config, pg, registry, roles, grants, ca, delegation_keys, audit, clock,
+                   broadcast.publish) if pg is not None else None)
     federation = FederatedBundles(config.federation, data, on_change=broadcast.publish)
     state = NodeState(config=config, registry=registry, roles=roles, grants=grants, ca=ca,
                       cache=cache, audit=audit, pipeline=pipeline, tracker=tracker, tpm=tpm,
-                      federation=federation, started=time.time())
+                      federation=federation, started=time.time(), fleet=fleet)
     front = Front(tracker=tracker, pipeline=pipeline, resolver=Resolver(registry, tpm),
                   audit=audit)
     workload = WorkloadApi(config=config, registry=registry, roles=roles, cache=cache, ca=ca,
-                           audit=audit, broadcast=broadcast, clock=clock, federation=federation)
+                           audit=audit, broadcast=broadcast, clock=clock, federation=federation,
+                           jwt_keys=fleet.keys.jwt_keys if fleet else None,
+                           jwks=fleet.keys.jwks if fleet else None)
     exchange = TokenExchange(config=config, registry=registry, roles=roles, grants=grants,
                              issuers=issuers, cache=cache, keys=delegation_keys, audit=audit,
                              clock=clock)
@@ -138,7 +156,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
             broadcast=broadcast, federation=federation), Policy(header=False)),
         front.serve(DelegationBase, DelegationApi(exchange, delegation_keys)),
         front.serve(AttestationBase, AttestationApi(tpm)),
-        translated(HealthService(state.problem).__mapping__()),
+        translated(HealthService(state.problem, state.notice).__mapping__()),
     ]), tracker, label="the Workload API socket")
     admin_gid = _group_id(config.admin_group)
     admin = AdminApi(registry=registry, roles=roles, grants=grants, audit=audit,
@@ -154,8 +172,9 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                 registry=registry, grants=grants, issuers=issuers, tpm=tpm, ca=ca,
                 delegation_keys=delegation_keys,
                 broadcast=broadcast, cache=cache, tracker=tracker, pipeline=pipeline,
-                audit=audit, responder=responder, state=state, workload_server=workload_server,
-                admin_server=admin_server, federation=federation)
+                audit=audit, responder=responder, fleet=fleet, state=state,
+                workload_server=workload_server, admin_server=admin_server,
+                federation=federation)
     if config.http.listen:
         _https(node, exchange)
     events.subscribe(_on_change(node))
@@ -169,7 +188,11 @@ def _https(node: Node, exchange: TokenExchange) -> None:
                        lim.burst_per_uid)
     introspector = Introspector(keys=node.delegation_keys, registry=node.registry,
                                 grants=node.grants, issuer=exchange.issuer, clock=node.clock)
-    api = HttpApi(config=config, ca=node.ca, keys=node.delegation_keys, exchange=exchange,
+    # In a fleet the SPIFFE bundle served to federated domains holds every node's JWT-SVID keys
+    # (a token minted on any node validates there), as the Workload API's JWT bundle does.
+    jwt_keys = node.fleet.keys.jwt_keys if node.fleet is not None else node.ca.jwt_keys
+    api = HttpApi(config=config, ca=node.ca, jwt_keys=jwt_keys, keys=node.delegation_keys,
+                  exchange=exchange,
                   introspector=introspector, registry=node.registry, roles=node.roles,
                   audit=node.audit, limits=limits, clock=node.clock,
                   served=ServedBundle(config.data_dir,
@@ -202,7 +225,8 @@ def _on_change(node: Node) -> Callable[[ChangeEvent], None]:
 
     def on_change(event: ChangeEvent) -> None:
         nonlocal prune_scheduled
-        node.audit.record_nowait(change(event))
+        if not event.origin:  # a change another node made is in that node's trail, once
+            node.audit.record_nowait(change(event))
         if event.action.startswith("role_"):
             node.cache.forget_jwts()
         # One prune per loop pass, however many changes a bulk apply emits (10,000 agents

@@ -452,7 +452,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level", "federation")
+    __slots__ = ("trust_domain", "started_at", "entries", "active_entries", "roles", "grants", "connections", "ca_not_after", "ca_next_event", "attestors", "audit_sequence", "problem", "attestor_state", "log_level", "federation", "notice", "fleet")
     class AttestorStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -461,6 +461,13 @@ class StatusResponse(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class FederationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FleetEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -482,6 +489,8 @@ class StatusResponse(_message.Message):
     ATTESTOR_STATE_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
+    FLEET_FIELD_NUMBER: _ClassVar[int]
     trust_domain: str
     started_at: int
     entries: int
@@ -497,7 +506,9 @@ class StatusResponse(_message.Message):
     attestor_state: _containers.ScalarMap[str, str]
     log_level: str
     federation: _containers.ScalarMap[str, str]
-    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ..., federation: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    notice: str
+    fleet: _containers.ScalarMap[str, str]
+    def __init__(self, trust_domain: _Optional[str] = ..., started_at: _Optional[int] = ..., entries: _Optional[int] = ..., active_entries: _Optional[int] = ..., roles: _Optional[int] = ..., grants: _Optional[int] = ..., connections: _Optional[int] = ..., ca_not_after: _Optional[int] = ..., ca_next_event: _Optional[int] = ..., attestors: _Optional[_Iterable[str]] = ..., audit_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., attestor_state: _Optional[_Mapping[str, str]] = ..., log_level: _Optional[str] = ..., federation: _Optional[_Mapping[str, str]] = ..., notice: _Optional[str] = ..., fleet: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LogLevel(_message.Message):
     __slots__ = ("level",)

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssl swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+# postgresql: the server binaries the fleet tests run a real cluster with (and psql)
+APT_PACKAGES=(openssl swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import postgres
 from tests.support.daemon import Daemon, make_daemon
 
 
@@ -42,3 +43,13 @@ def shared_daemon() -> Iterator[Daemon]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg() -> Iterator[postgres.Cluster]:
+    """One real PostgreSQL for the whole run (TLS, client certificates); each fleet test module
+    makes its own database in it."""
+    why = postgres.available()
+    if why is not None:
+        pytest.skip(why)
+    cluster = postgres.start_cluster()
+    yield cluster
+    cluster.destroy()

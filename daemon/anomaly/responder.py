@@ -39,6 +39,7 @@ class Responder:
         self._audit = audit
         self._path = state_path
         self._saved = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.detector = Detector(config, time.time, self._state_of)
 
     def start(self) -> None:
@@ -79,8 +80,17 @@ class Responder:
         log.warning("anomaly", extra={"signal": f.signal, "agent": f.agent_id,
                                       "finding": f.line(), "action": action})
         if suspend and entry is not None:
-            self._registry.transition(entry.id, "suspend", "ensign",
-                                      f"anomaly {f.signal}: {f.line()}")
+            task = asyncio.get_running_loop().create_task(self._suspend(entry.id, f))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _suspend(self, agent_id: str, f: Finding) -> None:
+        try:
+            await self._registry.transition(agent_id, "suspend", "ensign",
+                                            f"anomaly {f.signal}: {f.line()}")
+        except EnsignError as e:  # e.g. the fleet database is down: the record stands
+            log.error("anomaly suspension failed", extra={"agent": agent_id,
+                                                          "reason": e.diagnostics()})
 
     def save(self, force: bool = False) -> None:
         """Keep the learned baselines across restarts (at most every SAVE_EVERY seconds)."""

@@ -2,7 +2,9 @@
 
 SERVING means the daemon can issue right now. When it cannot (the audit log is not writable,
 the daemon is draining), Check answers NOT_SERVING and names the reason in the trailing
-metadata key `ensign-reason`, which `ensign healthcheck` prints.
+metadata key `ensign-reason`, which `ensign healthcheck` prints. A node that issues but is
+degraded (its fleet database is unreachable: it serves from its copy of the registry and
+refuses registry writes) answers SERVING and says why in `ensign-notice`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Stream
 
 REASON_KEY = "ensign-reason"
+NOTICE_KEY = "ensign-notice"
 KNOWN_SERVICES = ("", "SpiffeWorkloadAPI")
 
 
 class HealthService(HealthBase):
-    def __init__(self, problem: Callable[[], str | None]) -> None:
+    def __init__(self, problem: Callable[[], str | None],
+                 notice: Callable[[], str | None] = lambda: None) -> None:
         self._problem = problem
+        self._notice = notice
 
     async def Check(self, stream: Stream[HealthCheckRequest, HealthCheckResponse]) -> None:
         request = await stream.recv_message()
@@ -32,7 +37,11 @@ class HealthService(HealthBase):
         status = HealthCheckResponse.NOT_SERVING if problem else HealthCheckResponse.SERVING
         await stream.send_initial_metadata()
         await stream.send_message(HealthCheckResponse(status=status))
-        await stream.send_trailing_metadata(metadata={REASON_KEY: problem} if problem else None)
+        trailers = {REASON_KEY: problem} if problem else {}
+        notice = self._notice()
+        if notice:
+            trailers[NOTICE_KEY] = notice
+        await stream.send_trailing_metadata(metadata=trailers or None)
 
     async def Watch(self, stream: Stream[HealthCheckRequest, HealthCheckResponse]) -> None:
         raise GRPCError(Status.UNIMPLEMENTED, "Watch is not implemented; poll Check")

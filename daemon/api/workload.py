@@ -42,7 +42,7 @@ from ensign.daemon.issuing import (
     X509Svid,
     validate_jwt_svid,
 )
-from ensign.daemon.keys import to_pkcs8_der
+from ensign.daemon.keys import PublicKey, to_pkcs8_der
 from ensign.daemon.models import AttestedCaller
 from ensign.daemon.registry import (
     AudienceDenied,
@@ -76,9 +76,15 @@ class WorkloadApi:
         broadcast: Broadcast,
         clock: Callable[[], datetime],
         federation: FederatedBundles | None = None,
+        jwt_keys: Callable[[], Mapping[str, PublicKey]] | None = None,
+        jwks: Callable[[], bytes] | None = None,
     ) -> None:
         self._federation = federation
         self._registry = registry
+        # The JWT bundle served and validated against: this node's keys, or in a fleet the
+        # union of every node's published keys (fleet/keys.py).
+        self._jwt_keys = jwt_keys or ca.jwt_keys
+        self._jwks = jwks or ca.jwks
         self._cfg = config
         self._roles = roles
         self._cache = cache
@@ -233,7 +239,7 @@ class WorkloadApi:
         await stream.recv_message()
         # JWT-SVID keys only: the delegated-token keys are never in a JWT bundle (§6.2.2).
         await self._stream_bundles(stream, call, lambda entries: pb.JWTBundlesResponse(
-            bundles={self._td_id: self._ca.jwks(),
+            bundles={self._td_id: self._jwks(),
                      **{_td_id(b.trust_domain): b.jwks() for b in self._federated(entries)}}))
 
     async def ValidateJWTSVID(
@@ -272,7 +278,9 @@ class WorkloadApi:
 
     def _check_holder(self, trust_domain: str, claims: dict[str, Any]) -> None:
         """A JWT-SVID of ours names its agent; once that agent is suspended, decommissioned or
-        deleted, this node no longer vouches for its tokens (as introspection says inactive)."""
+        deleted, this node no longer vouches for its tokens (as introspection says inactive).
+        In a fleet the registry is the fleet's copy: a token minted on another node is refused
+        here once its agent is suspended anywhere."""
         if trust_domain != self._cfg.trust_domain:
             return
         entry = self._registry.lookup.get(str(claims.get("agent_id", "")))
@@ -286,7 +294,7 @@ class WorkloadApi:
         ours, or a federated domain's when the caller federates with it."""
         td = _claimed_trust_domain(token) or self._cfg.trust_domain
         if td == self._cfg.trust_domain:
-            return td, self._ca.jwt_keys()
+            return td, self._jwt_keys()
         for b in self._federated(entries):
             if b.trust_domain == td:
                 return td, b.jwt_authorities

@@ -19,14 +19,15 @@ from ensign.daemon.audit.archive import (
 )
 from ensign.daemon.audit.event import GENESIS, AuditEvent, EventType, Process, canonical
 from ensign.daemon.audit.export import OCSF_VERSION, to_ocsf
-from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, segments
+from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, chain_id, segments
 from ensign.daemon.audit.query import AuditFilter, query, read_records
 from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm_event
-from ensign.daemon.audit.verify import Report, verify
+from ensign.daemon.audit.verify import ChainCheck, Report, checked_checkpoints, verify
 
 __all__ = [
     "CHECKPOINTS", "GENESIS", "OCSF_VERSION", "PUBLIC_KEY", "Archive", "AuditEvent",
-    "AuditFilter", "AuditLog", "EventType", "Plan", "Process", "Report", "canonical", "change",
-    "check_drop", "drop", "evidence_digest", "plan", "process_of", "query", "read_records",
-    "remove", "segments", "sha256_file", "store_plan", "to_ocsf", "tpm_event", "verify",
+    "AuditFilter", "AuditLog", "ChainCheck", "EventType", "Plan", "Process", "Report",
+    "canonical", "chain_id", "change", "check_drop", "checked_checkpoints", "drop",
+    "evidence_digest", "plan", "process_of", "query", "read_records", "remove", "segments",
+    "sha256_file", "store_plan", "to_ocsf", "tpm_event", "verify",
 ]

@@ -117,6 +117,11 @@ def seal_line(body: dict[str, Any], *, seq: int, prev: str, chain: str,
     return f'{head}"hash":"{digest}",{hi[1:]}\n'.encode(), digest
 
 
+class Unencodable(ValueError):
+    """A record holding text that UTF-8 cannot encode (a lone surrogate): it cannot be written.
+    Attestors escape such text at the source (ensign.daemon.text); this is the last guard."""
+
+
 _HOLE = secrets.token_hex(16)  # a body holds this only by a 2**-128 chance; checked anyway
 
 
@@ -134,6 +139,11 @@ class Sealer:
         self._body, self._chain = body, chain
         text = _ENCODER.encode({**body, "chain": chain, "seq": f"{_HOLE}s", "time": f"{_HOLE}t",
                                 "prev": f"{_HOLE}p", "hash": f"{_HOLE}h"})
+        if not text.isascii():  # checked once here, so that sealing it never fails
+            try:
+                text.encode()
+            except UnicodeEncodeError as bad:
+                raise Unencodable(f"{bad.reason} at character {bad.start} of the record") from None
         a, _, rest = text.partition(f'"hash":"{_HOLE}h",')  # never last: "prev" sorts after
         b, _, rest = rest.partition(f"{_HOLE}p")
         c, _, rest = rest.partition(f'"{_HOLE}s"')

@@ -7,6 +7,12 @@ callers release a credential after that and never before. If the log cannot be w
 `record()` raises AuditUnavailable and the daemon stops issuing (fail closed) until a write
 succeeds again.
 
+One caller's record never costs another's: each waiter's records are sealed on their own, so a
+record that cannot be encoded (text that is not UTF-8) fails only its own waiter (its request
+is refused with AuditRecordRejected) and a record nobody waits for is written with its text
+escaped instead. Records nobody waits for that a failed write could not take are kept and
+written with the next batch (up to MAX_RETAINED; beyond it, how many were dropped is recorded).
+
 Layout under `data_dir/audit/`: `segment-00000001.jsonl ...`, `checkpoints.jsonl`, and
 `audit-key.pub.pem`; the signing key lives apart from the CA's, in `data_dir/audit-key/` (0600).
 """
@@ -34,10 +40,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.daemon import keys
-from ensign.daemon.audit.event import GENESIS, AuditEvent, Sealer, canonical, record_time
+from ensign.daemon.audit.event import (
+    GENESIS,
+    AuditEvent,
+    Sealer,
+    Unencodable,
+    canonical,
+    record_time,
+)
 from ensign.daemon.config import AuditConfig
-from ensign.daemon.errors import AuditUnavailable
+from ensign.daemon.errors import AuditRecordRejected, AuditUnavailable
 from ensign.daemon.files import ensure_private_dir, write_private
+from ensign.daemon.text import escape_tree
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,10 @@ PUBLIC_KEY = "audit-key.pub.pem"
 MAX_LOOKS = 4
 MAX_SEALERS = 256
 T = TypeVar("T")
+MAX_RETAINED = 10_000  # unwritten records nobody waits for, kept across failed writes
+
+# One caller's records, sealed together, and who waits for them (None: nobody).
+_Unit = tuple[tuple[Sealer, ...], "asyncio.Future[int] | None"]
 
 
 def segment_name(n: int) -> str:
@@ -105,10 +123,11 @@ class AuditLog:
         self._head = GENESIS
         self._cp_seq = 0
         self._cp_due = 0.0  # time.monotonic() when a checkpoint is due however few records
-        # Event loop: the next batch, and who waits for it (future, records up to theirs).
-        self._pending: list[Sealer] = []
+        # Event loop: the next batch, unit by unit, and how many records it holds.
+        self._pending: list[_Unit] = []
+        self._pending_records = 0
+        self._dropped = 0  # records nobody waited for, dropped after MAX_RETAINED
         self._sealers: dict[int, tuple[AuditEvent, Sealer]] = {}  # by id() of the event
-        self._waiters: list[tuple[asyncio.Future[int], int]] = []
         self._busy = False  # a batch is with the writer thread
         self._flush_soon = False
         self._seen = 0  # records in the next batch when _flush last looked
@@ -181,7 +200,7 @@ class AuditLog:
     @property
     def queue_depth(self) -> int:
         """Records accepted but not yet handed to the writer (a metric)."""
-        return len(self._pending)
+        return self._pending_records
 
     @property
     def seq(self) -> int:
@@ -193,17 +212,22 @@ class AuditLog:
         """Append `events` to one batch; the future resolves once all are on disk.
 
         Its result is the last record's sequence number; it fails with AuditUnavailable if
-        they could not be written.
+        they could not be written, and with AuditRecordRejected (none of them written) if one
+        of them cannot be encoded.
         """
         assert self._loop is not None, "open() first"
         future = self._loop.create_future()
         if not events:
             future.set_result(self._seq)
             return future
-        for e in events:
-            self._append(e)
-        self._waiters.append((future, len(self._pending)))
-        self._schedule_flush()
+        try:
+            sealers = tuple(self._sealer(e) for e in events)
+        except Unencodable as e:
+            log.error("audit record cannot be encoded: request refused",
+                      extra={"type": events[0].type, "error": str(e)})
+            future.set_exception(AuditRecordRejected(f"audit record cannot be encoded: {e}"))
+            return future
+        self._accept(sealers, future)
         return future
 
     async def record(self, event: AuditEvent) -> int:
@@ -211,20 +235,34 @@ class AuditLog:
         return await self.durable((event,))
 
     def record_nowait(self, event: AuditEvent) -> None:
-        """Append without waiting (for records that release nothing); failures are logged."""
-        self._append(event)
-        self._schedule_flush()
+        """Append without waiting (for records that release nothing); failures are logged.
+        A record that cannot be encoded is written with its text escaped."""
+        try:
+            sealer = self._sealer(event)
+        except Unencodable as e:
+            sealer = self._escaped(event.body(), e)
+        self._accept((sealer,), None)
 
-    def _append(self, event: AuditEvent) -> None:
-        sealer = self._sealer(event)
-        self._pending.append(sealer)
+    def _escaped(self, body: dict[str, Any], why: Exception) -> Sealer:
+        """The record with every string passed through text.escape(), marked as such."""
+        log.error("audit record holds text that cannot be encoded: written escaped",
+                  extra={"type": body.get("type"), "error": str(why)})
+        fixed = escape_tree(body)
+        fixed["details"] = {**fixed.get("details", {}), "text_escaped": True}
+        return Sealer(fixed, self.chain)
+
+    def _accept(self, sealers: tuple[Sealer, ...], future: asyncio.Future[int] | None) -> None:
+        self._pending.append((sealers, future))
+        self._pending_records += len(sealers)
         # Observers (metrics, anomaly detection) see every decision as it is recorded; they
         # must be cheap, and one that fails must not stop the record.
-        for observe in self.observers:
-            try:
-                observe(sealer.body)
-            except Exception:
-                log.exception("audit observer failed")
+        for sealer in sealers:
+            for observe in self.observers:
+                try:
+                    observe(sealer.body)
+                except Exception:
+                    log.exception("audit observer failed")
+        self._schedule_flush()
 
     def _sealer(self, event: AuditEvent) -> Sealer:
         """Events are immutable once recorded: one recorded again is encoded once."""
@@ -258,35 +296,104 @@ class AuditLog:
             self._seen, self._looks, self._flush_soon = len(self._pending), self._looks + 1, True
             self._loop.call_soon(self._flush)
             return
-        pending, waiters, at = self._pending, self._waiters, self._clock()
-        self._pending, self._waiters, self._seen, self._looks = [], [], 0, 0
+        units, at = self._pending, self._clock()
+        self._pending, self._pending_records, self._seen, self._looks = [], 0, 0, 0
         seq, head, lines, stamp = self._seq, self._head, [], record_time(at)
-        for sealer in pending:
+        written: list[_Unit] = []
+        done: list[tuple[asyncio.Future[int], int]] = []
+        for unit in units:
+            try:  # each unit on its own: one that cannot be sealed costs no other
+                sealed, end = self._seal(unit[0], seq, head, at, stamp)
+            except Exception as e:
+                fixed = self._unsealable(unit, e)
+                if fixed is None:
+                    continue
+                try:
+                    sealed, end = self._seal(fixed[0], seq, head, at, stamp)
+                except Exception:
+                    log.exception("audit record cannot be written, even escaped")
+                    continue
+                unit = fixed
+            lines.extend(sealed)
+            seq, head = end
+            written.append(unit)
+            if unit[1] is not None:
+                done.append((unit[1], seq))
+        if not written:
+            return
+        self._busy = True
+        self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
+                                         (self._seq, self._head), (seq, head), done, written))
+
+    @staticmethod
+    def _seal(sealers: tuple[Sealer, ...], seq: int, head: str, at: datetime,
+              stamp: str) -> tuple[list[bytes], tuple[int, str]]:
+        lines = []
+        for sealer in sealers:
             seq += 1
             line, head = sealer.seal(seq=seq, prev=head, at=at, stamp=stamp)
             lines.append(line)
-        self._busy = True
-        self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
-                                         (self._seq, self._head), (seq, head), waiters))
+        return lines, (seq, head)
 
-    def _batch_done(self, waiters: list[tuple[asyncio.Future[int], int]], first: int,
+    def _unsealable(self, unit: _Unit, error: Exception) -> _Unit | None:
+        """A unit that could not be sealed: its waiter is refused (none of its records is
+        written); a record nobody waits for is written escaped."""
+        sealers, future = unit
+        if future is None:
+            try:
+                return (self._escaped(sealers[0].body, error),), None
+            except Exception:
+                log.exception("audit record cannot be written, even escaped")
+                return None
+        log.error("audit record cannot be sealed: request refused", extra={"error": repr(error)})
+        if not future.done():
+            future.set_exception(AuditRecordRejected(
+                f"audit record cannot be sealed: {type(error).__name__}"))
+        return None
+
+    def _batch_done(self, done: list[tuple[asyncio.Future[int], int]], written: list[_Unit],
                     problem: str | None) -> None:
         self._busy = False
         self._set_problem(problem)
-        for future, n in waiters:
+        for future, seq in done:
             if future.done():
                 continue
             if problem is None:
-                future.set_result(first + n - 1)
+                future.set_result(seq)
             else:
                 future.set_exception(AuditUnavailable(problem))
+        if problem is not None:
+            self._retain([u for u in written if u[1] is None])
+            # Retried at once only for someone waiting; kept records alone wait for the next
+            # record or tick (no busy retry against a full disk).
+            if any(u[1] is not None for u in self._pending):
+                self._schedule_flush()
+            return
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            self.record_nowait(AuditEvent(
+                type="audit.recovered", result="failure",
+                reason=f"{dropped} records nobody waited for were dropped while the log "
+                       f"could not be written (more than {MAX_RETAINED} held)"))
         if self._pending:
             self._schedule_flush()
+
+    def _retain(self, units: list[_Unit]) -> None:
+        """Put records nobody waited for back in front of the next batch: a failed write
+        loses none of them, up to MAX_RETAINED held (the oldest go first, and are counted)."""
+        self._pending[:0] = units
+        self._pending_records += sum(len(u[0]) for u in units)
+        while self._pending_records > MAX_RETAINED and self._pending[0][1] is None:
+            sealers, _ = self._pending.pop(0)
+            self._pending_records -= len(sealers)
+            self._dropped += len(sealers)
 
     def _tick(self) -> None:
         """Checkpoint an idle log now and then."""
         assert self._loop is not None
         self._jobs.put(self._checkpoint_if_due_sync)
+        if self._pending:  # records kept from a failed write
+            self._schedule_flush()
         self._timer = self._loop.call_later(self._cfg.checkpoint_interval.total_seconds(),
                                             self._tick)
 
@@ -321,7 +428,8 @@ class AuditLog:
                 log.exception("audit writer job failed")
 
     def _write_batch_sync(self, data: bytes, base: tuple[int, str], end: tuple[int, str],
-                          waiters: list[tuple[asyncio.Future[int], int]]) -> None:
+                          done: list[tuple[asyncio.Future[int], int]],
+                          written: list[_Unit]) -> None:
         """Append records sealed onto `base` (seq, hash), ending at `end`; report back."""
         assert self._loop is not None
         problem: str | None = None
@@ -340,7 +448,7 @@ class AuditLog:
         except Exception as e:
             log.exception("audit write failed")
             problem = f"audit log failed: {e}"
-        self._loop.call_soon_threadsafe(self._batch_done, waiters, base[0] + 1, problem)
+        self._loop.call_soon_threadsafe(self._batch_done, done, written, problem)
         if problem is None:
             self._checkpoint_if_due_sync()  # while the next batch gathers
 

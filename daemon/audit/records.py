@@ -15,7 +15,8 @@ from ensign.daemon.registry import ChangeEvent
 # Evidence worth keeping: digests and names, not whole documents.
 _EVIDENCE_KEYS = ("unix.exe_sha256", "unix.exe_path", "unix.exe_error", "systemd.cgroup",
                   "sigstore.signer", "sigstore.issuer", "sigstore.artifact", "sigstore.bundle",
-                  "sigstore.error", "sigstore.failed_check", "tpm.quote_digest")
+                  "sigstore.error", "sigstore.failed_check", "sigstore.failed_rule",
+                  "sigstore.unit", "sigstore.script", "tpm.quote_digest")
 
 
 def evidence_digest(attested: AttestedCaller) -> dict[str, str]:

@@ -40,7 +40,15 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the warning filters: the commands pull in most of
     # the daemon's libraries.
-    from . import admin_cmds, daemon_cmds, helper_cmd, tpm_cmds, verify_cmd, workload_cmds
+    from . import (
+        admin_cmds,
+        daemon_cmds,
+        fleet_cmds,
+        helper_cmd,
+        tpm_cmds,
+        verify_cmd,
+        workload_cmds,
+    )
 
     parser = CliParser(prog="ensign", description="Identity for AI agents on this node.")
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
@@ -52,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cmds.register(sub)
     verify_cmd.register(sub)
     tpm_cmds.register(sub)
+    fleet_cmds.register(sub)
     return parser
 
 

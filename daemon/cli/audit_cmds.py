@@ -11,6 +11,7 @@ stopped, the same steps run on the files directly.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ensign.daemon import config as config_mod
 from ensign.daemon.audit import (
     PUBLIC_KEY,
     Archive,
+    AuditFilter,
     Report,
     drop,
     plan,
@@ -36,6 +38,7 @@ from ensign.daemon.units import parse_duration
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
+from . import fleet_cmds
 from .common import (
     TIMEOUT,
     add_admin_flags,
@@ -90,6 +93,9 @@ def register(sub: Any, common: Common) -> None:
 
     ls = common(asub.add_parser("list", help="records matching filters (admin socket)"))
     filters(ls)
+    ls.add_argument("--fleet", action="store_true",
+                    help="every node's shipped records, from the fleet database")
+    fleet_cmds.add_database(ls)
     ls.set_defaults(func=audit_list)
 
     ex = asub.add_parser("export", help="records as JSON lines or OCSF (admin socket)")
@@ -117,6 +123,10 @@ def register(sub: Any, common: Common) -> None:
     ver.add_argument("--from-checkpoint", type=count, metavar="SEQ",
                      help="check only the records after this signed checkpoint")
     add_output(ver)
+    ver.add_argument("--fleet", action="store_true",
+                     help="every node's chain as shipped to the fleet database, with its "
+                          "checkpoints, and how far behind each node is")
+    fleet_cmds.add_database(ver)
     ver.set_defaults(func=audit_verify)
 
 
@@ -135,6 +145,9 @@ async def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+LIST_HEADER = ("TIME", "SEQ", "TYPE", "RESULT", "WHO", "DETAIL")
+
+
 def _row(r: dict[str, Any]) -> tuple[str, ...]:
     who = r.get("agent_id") or r.get("actor") or "-"
     d = r.get("details", {})
@@ -146,12 +159,13 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
 
 
 async def audit_list(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return await fleet_cmds.audit_list_fleet(args, _filter(args), LIST_HEADER, _row)
     records = await _query(args)
     if args.output == "json":
         print_json(records)
     else:
-        print_table(("TIME", "SEQ", "TYPE", "RESULT", "WHO", "DETAIL"),
-                    [_row(r) for r in records])
+        print_table(LIST_HEADER, [_row(r) for r in records])
     return 0
 
 
@@ -177,7 +191,15 @@ def _report_json(report: Report) -> dict[str, Any]:
             "first_seq": report.first_seq, "last_seq": report.last_seq}
 
 
+def _filter(args: argparse.Namespace) -> AuditFilter:
+    return AuditFilter(agent=args.agent, subject=args.subject, delegator=args.delegator,
+                       type=args.type, result=args.result, since=args.since or "",
+                       until=args.until or "")
+
+
 def audit_verify(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return asyncio.run(fleet_cmds.audit_verify_fleet(args))
     data_dir = args.data_dir or config_mod.load(args.config).data_dir
     report = verify(audit_dir_of(data_dir), args.from_checkpoint)
     if args.output == "json":

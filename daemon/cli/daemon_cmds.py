@@ -75,9 +75,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         daemon = Daemon(cfg, config_path=None if args.dev else
                         (args.config or config_mod.resolve_path()), lock=data_lock)
 
-        def ready() -> None:  # both sockets serve
+        async def ready() -> None:  # both sockets serve
             if args.dev:
-                dev.ready(cfg, state_dir, daemon.node.roles, daemon.node.registry)
+                await dev.ready(cfg, state_dir, daemon.node.roles, daemon.node.registry)
             notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
 
         return await daemon.run(ready)

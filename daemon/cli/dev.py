@@ -28,10 +28,15 @@ def forget_env(state_dir: Path) -> None:
         (state_dir / "env").unlink()
 
 
-def ready(cfg: Config, state_dir: Path, roles: RoleBook, registry: Registry) -> None:
+async def ready(cfg: Config, state_dir: Path, roles: RoleBook, registry: Registry) -> None:
     """Called once both sockets serve."""
     if "demo" not in roles.all:
-        roles.create(DEMO_ROLE, "ensign")
+        await roles.create(DEMO_ROLE, "ensign")  # before the command naming it is printed
+    _announce(cfg, state_dir, registry)
+
+
+def _announce(cfg: Config, state_dir: Path, registry: Registry) -> None:
+    """Write DIR/env and print the lines to type next."""
     lines = [
         f"export SPIFFE_ENDPOINT_SOCKET=unix://{cfg.socket_path}",
         f"export ENSIGN_ADMIN_SOCKET=unix://{cfg.admin_socket_path}",

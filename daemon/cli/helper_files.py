@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from ensign.daemon.config_types import StrictModel
-from ensign.daemon.errors import ConfigError, UsageError
+from ensign.daemon.errors import ConfigError, PermissionDenied, UsageError
 
 
 class JwtFile(StrictModel):
@@ -107,18 +107,27 @@ class CertDir:
 
     @classmethod
     def open(cls, path: Path) -> CertDir:
+        """The directory, opened once: files are then written relative to this very directory.
+        Refused (exit 77) if another user could place or swap files in it: it must be the
+        caller's or root's, and not writable by group or others unless sticky and the caller's
+        (where nobody else may replace the caller's files)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such directory (create it first)") from None
         except NotADirectoryError:
             raise UsageError(f"{path}: not a directory") from None
-        st = os.fstat(fd)
-        if st.st_mode & stat.S_IWOTH and not (st.st_mode & stat.S_ISVTX
-                                              and st.st_uid == os.geteuid()):
+        try:
+            st, uid = os.fstat(fd), os.geteuid()
+            if st.st_uid not in (uid, 0):
+                raise PermissionDenied(f"{path}: belongs to uid {st.st_uid}, not to you or root; "
+                                       "use a directory only you can write")
+            if st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and st.st_uid == uid):
+                raise PermissionDenied(f"{path}: writable by others; use a directory only this "
+                                       "user can write (or a sticky one it owns)")
+        except BaseException:
             os.close(fd)
-            raise UsageError(f"{path}: writable by others; use a directory only this user "
-                             "can write (or a sticky one it owns)")
+            raise
         return cls(path, fd)
 
     def write(self, name: str, data: bytes, mode: int) -> None:

@@ -39,6 +39,9 @@ async def status(args: argparse.Namespace) -> int:
         ("attestors", ", ".join(s.attestors)), ("audit records", s.audit_sequence),
         ("log level", s.log_level),
     ]
+    if s.notice:
+        rows.insert(2, ("degraded", s.notice))
+    rows += [(f"fleet {k}", v) for k, v in sorted(s.fleet.items())]
     rows += [(f"attestor {k}", v) for k, v in sorted(s.attestor_state.items())]
     rows += [(f"federation {k}", v) for k, v in sorted(s.federation.items())]
     print_fields(rows)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from ensign.daemon.api.health import REASON_KEY
+from ensign.daemon.api.health import NOTICE_KEY, REASON_KEY
 from ensign.daemon.issuing import load_der_chain
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
@@ -33,6 +33,7 @@ from .common import (
     workload_channel,
     workload_socket,
 )
+from .helper_files import CertDir
 
 HEADER = {"workload.spiffe.io": "true"}
 
@@ -90,15 +91,20 @@ def _describe(resp: pb.X509SVIDResponse) -> list[dict[str, Any]]:
 
 
 async def fetch_x509(args: argparse.Namespace) -> int:
-    async with workload_channel(args) as ch:
-        stub = SpiffeWorkloadAPIStub(ch)
-        async with stub.FetchX509SVID.open(metadata=HEADER, timeout=args.timeout) as stream:
-            await stream.send_message(pb.X509SVIDRequest(), end=True)
-            resp = await stream.recv_message()
-            await stream.cancel()
-    assert resp is not None
-    if args.write:
-        _write_svids(resp, args.write)
+    out = _open_out_dir(args.write) if args.write else None  # refused before a key is asked
+    try:
+        async with workload_channel(args) as ch:
+            stub = SpiffeWorkloadAPIStub(ch)
+            async with stub.FetchX509SVID.open(metadata=HEADER, timeout=args.timeout) as stream:
+                await stream.send_message(pb.X509SVIDRequest(), end=True)
+                resp = await stream.recv_message()
+                await stream.cancel()
+        assert resp is not None
+        if out is not None:
+            _write_svids(resp, out)
+    finally:
+        if out is not None:
+            out.close()
     if args.output == "json":
         print_json(_describe(resp))
     else:
@@ -109,21 +115,27 @@ async def fetch_x509(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_svids(resp: pb.X509SVIDResponse, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _open_out_dir(out: Path) -> CertDir:
+    """`--write DIR`, made 0700 if missing and opened once (CertDir.open: refused, exit 77, if
+    another user could place or swap files in it)."""
+    with contextlib.suppress(FileExistsError):
+        out.mkdir(mode=0o700, parents=True)
+    return CertDir.open(out)
+
+
+def _write_svids(resp: pb.X509SVIDResponse, out: CertDir) -> None:
+    """Each file a new one renamed over the old name (CertDir.write): a file another user
+    left under that name is replaced, never written into."""
     for i, s in enumerate(resp.svids):
         certs = load_der_chain(s.x509_svid)
         key = load_der_private_key(s.x509_svid_key, password=None)
         bundle = load_der_chain(s.bundle)
-        (out / f"svid.{i}.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs))
-        key_path = out / f"svid.{i}.key"
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-        (out / f"bundle.{i}.pem").write_bytes(
-            b"".join(c.public_bytes(Encoding.PEM) for c in bundle)
-        )
+        out.write(f"svid.{i}.key",
+                  key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), 0o600)
+        out.write(f"svid.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in certs), 0o644)
+        out.write(f"bundle.{i}.pem", b"".join(c.public_bytes(Encoding.PEM) for c in bundle),
+                  0o644)
+    out.sync()
 
 
 async def fetch_jwt(args: argparse.Namespace) -> int:
@@ -214,15 +226,18 @@ async def healthcheck(args: argparse.Namespace) -> int:
         await stream.send_message(HealthCheckRequest(), end=True)
         resp = await stream.recv_message()
         await stream.recv_trailing_metadata()
-        raw = dict(stream.trailing_metadata or {}).get(REASON_KEY, "")
+        trailers = dict(stream.trailing_metadata or {})
+        raw, raw_notice = trailers.get(REASON_KEY, ""), trailers.get(NOTICE_KEY, "")
         reason = raw.decode() if isinstance(raw, bytes) else raw
+        notice = raw_notice.decode() if isinstance(raw_notice, bytes) else raw_notice
     assert resp is not None
     serving = resp.status == HealthCheckResponse.SERVING
     name = HealthCheckResponse.ServingStatus.Name(resp.status)
     if args.output == "json":
-        print_json({"status": name, "reason": reason})
+        print_json({"status": name, "reason": reason, "notice": notice})
     else:
-        print("healthy" if serving else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
+        print(("healthy" + (f" (degraded: {notice})" if notice else "")) if serving
+              else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
         if args.verbose:
             print(f"socket: {workload_socket(args)}\nstatus: {name}\nreason: {reason or '-'}")
     return 0 if serving else 1

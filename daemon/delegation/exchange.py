@@ -29,6 +29,7 @@ from ensign.daemon.errors import EnsignError, InvalidRequest
 from ensign.daemon.issuing import SvidCache
 from ensign.daemon.models import AttestedCaller
 from ensign.daemon.registry import Entry, GrantBook, Registry, RoleBook
+from ensign.daemon.text import escape
 from ensign.daemon.units import MAX_TTL_SECONDS
 
 MAX_TOKEN_BYTES = 16 * 1024
@@ -195,7 +196,8 @@ class TokenExchange:
             roles=decision.roles if decision else agent.roles,
             process=(process_of(presenter.attested.caller, presenter.attested)
                      if presenter.attested is not None else None),
-            delegator=delegator.subject if delegator else "",
+            # An IdP's `sub` is JSON: "\udcff" in it is a lone surrogate, which cannot be written.
+            delegator=escape(delegator.subject) if delegator else "",
             audience=(audience,) if audience else (),
             scopes=decision.scopes if decision else (), details=details,
         )

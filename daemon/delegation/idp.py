@@ -12,16 +12,20 @@ import asyncio
 import functools
 import json
 import logging
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from http.client import HTTPMessage
+from typing import IO, Any
 
 import jwt
 
-from ensign.daemon.config import DelegationConfig, DelegationIssuer
+from ensign.daemon.config import DelegationConfig, DelegationIssuer, jwks_url_problem
 from ensign.daemon.errors import PermissionDenied
+from ensign.daemon.text import escape
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +132,31 @@ class TrustedIssuers:
         return SubjectClaims(issuer=iss, subject=str(claims["sub"]), claims=claims)
 
 
+class _SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the same scheme, host and port (and a URL jwks_url could be):
+    an IdP's keys never come from somewhere the configuration did not name."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                         msg: str, headers: HTTPMessage,
+                         newurl: str) -> urllib.request.Request | None:
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        problem = jwks_url_problem(newurl)
+        if problem is None and (new.scheme, new.hostname, new.port) != (
+                old.scheme, old.hostname, old.port):
+            problem = "another scheme, host or port"
+        if problem:
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to {escape(newurl)} refused: {problem}",
+                headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOrigin)
+
+
 def _fetch(url: str) -> bytes:
-    if not url.startswith("https://") and not url.startswith("http://127.0.0.1"):
-        raise ValueError(f"jwks_url must be https (got {url})")
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (scheme checked)
+    problem = jwks_url_problem(url)  # checked at config load too
+    if problem:
+        raise ValueError(f"jwks_url {escape(url)}: {problem}")
+    with _OPENER.open(url, timeout=10) as resp:
         return bytes(resp.read(MAX_JWKS_BYTES))

@@ -10,6 +10,11 @@ and on every node that holds it. Rotation publishes the next key half a period b
 (so resource servers' cached key sets know it), and keeps a retired key published until the
 last token it signed has expired. State is one JSON file under `data_dir/delegation/` (0600 in a
 0700 directory), sealed by the TPM like the CA's when `[ca] seal_with_tpm` is set.
+
+In a fleet every node publishes the public half of its keys (fleet/keys.py, use "delegation")
+and hands the other nodes' to `set_others`: they verify delegated tokens and are served at
+`jwks_uri` beside this node's own, so a token minted on one node verifies and chains on all.
+Only this node's own keys sign, and only they are published by it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,8 +126,22 @@ def _decode(data: bytes) -> list[SigningKey]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class OtherKey:
+    """Another fleet node's published delegation key: its public half, until its tokens expire."""
+
+    kid: str
+    key: keys.PublicKey
+    alg: Alg
+    keep_until: datetime
+
+    def jwk(self) -> dict[str, Any]:
+        return {**public_jwk(self.key), "kid": self.kid, "use": "sig", "alg": self.alg}
+
+
 class DelegationKeys:
-    """The delegated-token key set of this node. Used from the event loop only."""
+    """The delegated-token key set of this node (and, in a fleet, the other nodes' public keys).
+    Used from the event loop only."""
 
     def __init__(self, data_dir: Path, *, alg: Alg, period: timedelta, token_ttl: timedelta,
                  clock: Callable[[], datetime] = _utcnow, sealer: Any = None) -> None:
@@ -134,6 +153,7 @@ class DelegationKeys:
         self._clock = clock
         self._sealer = sealer  # TpmService when [ca] seal_with_tpm
         self._keys: list[SigningKey] = []
+        self._others: list[OtherKey] = []
 
     def load_or_create(self) -> None:
         ensure_private_dir(self._dir)
@@ -193,20 +213,54 @@ class DelegationKeys:
         return current
 
     def published(self) -> list[SigningKey]:
+        """This node's own keys whose tokens may still be valid (or soon signed): what it
+        publishes to the fleet."""
         now = self._clock()
         return [k for k in self._keys if k.keep_until > now]
 
+    def set_others(self, others: Iterable[tuple[str, keys.PublicKey, datetime]]) -> bool:
+        """The other fleet nodes' published keys (kid, public key, kept until). A key whose kid
+        is not its RFC 7638 thumbprint, or of an algorithm delegated tokens do not use, is
+        ignored; our own kid always means our own key. True when the set changed."""
+        own = {k.kid for k in self._keys}
+        taken: list[OtherKey] = []
+        for kid, key, keep_until in others:
+            try:
+                alg = _alg_of(key)
+                if thumbprint(key) != kid:
+                    raise ValueError("its kid is not its thumbprint")
+            except ValueError as e:
+                log.warning("ignoring a published delegation key", extra={"kid": kid[:100],
+                                                                          "error": str(e)})
+                continue
+            if kid not in own:
+                taken.append(OtherKey(kid, key, alg, keep_until))
+        taken.sort(key=lambda k: k.kid)
+        changed = [(k.kid, k.keep_until) for k in taken] != [
+            (k.kid, k.keep_until) for k in self._others]
+        self._others = taken
+        return changed
+
+    def _other_live(self) -> list[OtherKey]:
+        now = self._clock()
+        return [k for k in self._others if k.keep_until > now]
+
     def verification_keys(self) -> dict[str, keys.PublicKey]:
-        """kid -> public key of every key whose tokens may still be valid (or soon signed)."""
-        return {k.kid: k.key.public_key() for k in self.published()}
+        """kid -> public key of every key whose tokens may still be valid (or soon signed):
+        ours and, in a fleet, the other nodes'."""
+        out: dict[str, keys.PublicKey] = {k.kid: k.key for k in self._other_live()}
+        out.update((k.kid, k.key.public_key()) for k in self.published())
+        return out
 
     def public_jwks(self) -> dict[str, Any]:
-        """The JWK Set for `jwks_uri` (and for the fleet to publish): `use: sig`, `alg`, `kid`."""
-        return {"keys": [k.jwk() for k in self.published()]}
+        """The JWK Set for `jwks_uri` and Delegation.TokenKeys: `use: sig`, `alg`, `kid`; ours
+        and, in a fleet, the other nodes' (any node's tokens verify against any node's)."""
+        return {"keys": [k.jwk() for k in self.published()]
+                + [k.jwk() for k in self._other_live()]}
 
     @property
     def algorithms(self) -> list[str]:
-        return sorted({k.alg for k in self.published()})
+        return sorted({k.alg for k in self.published()} | {k.alg for k in self._other_live()})
 
     def next_event_at(self) -> datetime:
         now = self._clock()

@@ -107,9 +107,11 @@ def verify_delegated(
         raise TokenInvalid(f"key id {header.get('kid')!r} is not a delegated-token key")
     if keys.jws_algorithm(key) != alg:
         raise TokenInvalid(f"token algorithm {alg} does not match its key")
-    # Expiry against `now` (the daemon's clock), not PyJWT's own reading of the wall clock.
+    # Expiry (and nbf) against `now` (the daemon's clock), not PyJWT's own reading of the wall
+    # clock.
     options: Options = {"require": ["exp", "sub", "aud", "act", "iat"],
-                        "verify_aud": audience is not None, "verify_exp": False}
+                        "verify_aud": audience is not None, "verify_exp": False,
+                        "verify_nbf": False, "verify_iat": False}
     try:
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[alg], audience=audience, issuer=issuer, options=options,
@@ -123,6 +125,9 @@ def verify_delegated(
         raise TokenInvalid("token is not valid: exp must be a number")
     if exp <= now.timestamp():
         raise TokenInvalid("token has expired")
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and not isinstance(nbf, bool) and nbf > now.timestamp():
+        raise TokenInvalid("token is not valid yet")
     if presenter_cert is not None:
         check_binding(claims, presenter_cert)
     aud = claims["aud"]

@@ -3,7 +3,7 @@ the events every change emits, kept in memory over a store (SQLite for one node)
 
 Pure records and rules are in `model` (entries, grants) and `policy` (roles); the books
 (`Registry`, `RoleBook`, `GrantBook`) apply changes and emit `ChangeEvent`s; `RegistryStore`
-is the storage interface and `SqliteStore` its embedded backend.
+is the storage interface, `SqliteStore` its embedded backend and `PgStore` a fleet's shared one.
 """
 
 from ensign.daemon.registry.apply import Desired, Step, apply
@@ -31,6 +31,7 @@ from ensign.daemon.registry.policy import (
     validate_role,
     x509_ttl_cap,
 )
+from ensign.daemon.registry.postgres import Changes, PgStore
 from ensign.daemon.registry.registry import Registry
 from ensign.daemon.registry.roles import RoleBook
 from ensign.daemon.registry.sqlite import SqliteStore
@@ -38,8 +39,8 @@ from ensign.daemon.registry.store import RegistryStore, Write
 
 __all__ = [
     "DAEMON_ACTOR", "KINDS", "SELECTOR_TYPES", "STATES", "TRANSITIONS", "Action",
-    "AudienceDenied", "ChangeEvent", "Desired", "Entry", "EventHub", "Grant", "GrantBook",
-    "ListFilter", "Registry", "RegistryStore", "Role", "RoleBook", "SqliteStore", "StateChange",
-    "Step", "Write", "apply", "audience_matches", "jwt_ttl_cap", "validate_entry",
-    "validate_filter", "validate_role", "validate_selector", "x509_ttl_cap",
+    "AudienceDenied", "ChangeEvent", "Changes", "Desired", "Entry", "EventHub", "Grant",
+    "GrantBook", "ListFilter", "PgStore", "Registry", "RegistryStore", "Role", "RoleBook",
+    "SqliteStore", "StateChange", "Step", "Write", "apply", "audience_matches", "jwt_ttl_cap",
+    "validate_entry", "validate_filter", "validate_role", "validate_selector", "x509_ttl_cap",
 ]

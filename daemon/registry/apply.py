@@ -18,8 +18,8 @@ from ensign.daemon.registry.events import Action
 from ensign.daemon.registry.model import TRANSITIONS, BulkChange, Entry
 from ensign.daemon.registry.policy import Role, validate_role
 from ensign.daemon.registry.registry import Registry
-from ensign.daemon.registry.roles import RoleBook
-from ensign.daemon.registry.store import PutEntry, RecordState, Write
+from ensign.daemon.registry.roles import RoleBook, RoleChange
+from ensign.daemon.registry.store import PutEntry, PutRole, RecordState, Write
 
 COMPARED = ("name", "kind", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "owner",
             "purpose", "capabilities", "roles", "metadata", "expires_at", "federates_with")
@@ -64,7 +64,7 @@ def _action_for(current: str, wanted: str) -> Action | None:
     raise InvalidTransition(f"cannot go from {current} to {wanted}")
 
 
-def apply(
+async def apply(
     registry: Registry,
     roles: RoleBook,
     agents: Sequence[Desired],
@@ -152,11 +152,19 @@ def apply(
                 changes.append(("decommission", e.id, actor, e, moved, "pruned by apply"))
     if dry_run:
         return steps
+    role_puts: list[Write] = []
+    role_changes: list[RoleChange] = []
     for role, role_delta in role_writes:
         if role_delta is None:
-            roles.create(role, actor)
+            new_role = roles.prepare_create(role)
+            role_puts.append(PutRole(new_role, new=True))
+            role_changes.append(("role_create", None, new_role))
         else:
-            roles.update(role.name, actor, **role_delta)
-    if writes:
-        registry.commit_bulk(writes, changes)
+            old_role, new_role = roles.prepare_update(role.name, **role_delta)
+            role_puts.append(PutRole(new_role))
+            role_changes.append(("role_update", old_role, new_role))
+    if role_puts or writes:
+        await registry.write([*role_puts, *writes])  # roles and agents: one transaction
+        roles.accepted(role_changes, actor)
+        registry.accepted(changes)
     return steps

@@ -28,6 +28,9 @@ class ChangeEvent:
     after: dict[str, Any] | None
     reason: str = ""
     at: int = 0
+    #: "" for a change made here; "fleet" for one another node made, applied from the shared
+    #: database. Listeners act on both alike; only the node that made a change audits it.
+    origin: str = ""
 
 
 @dataclass

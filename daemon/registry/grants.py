@@ -7,7 +7,7 @@ once; tokens already issued run out by their (short) TTL.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from ulid import ULID
@@ -27,11 +27,10 @@ class GrantBook:
         self._clock = clock
         self._grants: dict[str, Grant] = {}
 
-    def load(self) -> None:
-        self._grants = {}
-        self._grants = {g.id: g for g in self._store.grants()}
+    async def load(self) -> None:
+        self._grants = {g.id: g for g in await self._store.grants()}
 
-    def create(self, grant: Grant, actor: str, ttl: int = 0) -> Grant:
+    async def create(self, grant: Grant, actor: str, ttl: int = 0) -> Grant:
         if not grant.subject or not grant.issuer or not grant.agent_id:
             raise InvalidRequest("a grant needs --subject, --issuer and --agent")
         if not grant.scopes or any(not s or " " in s for s in grant.scopes):
@@ -42,22 +41,38 @@ class GrantBook:
         g = replace(grant, id=f"grt_{ULID()}", created_at=now,
                     expires_at=now + ttl if ttl else 0, revoked_at=0, created_by=actor,
                     scopes=tuple(dict.fromkeys(grant.scopes)))
-        self._store.write([PutGrant(g, new=True)])
-        self._grants[g.id] = g
+        await self._store.write([PutGrant(g, new=True)])
+        self._grants.setdefault(g.id, g)
         self._events.emit(ChangeEvent("grant_create", g.id, actor, None, g.as_dict(), at=now))
         return g
 
-    def revoke(self, grant_id: str, actor: str, reason: str) -> Grant:
+    async def revoke(self, grant_id: str, actor: str, reason: str) -> Grant:
         old = self.get(grant_id)
         if old.revoked_at:
             raise InvalidTransition(f"grant {grant_id} is already revoked")
         now = int(self._clock())
         new = replace(old, revoked_at=now)
-        self._store.write([PutGrant(new)])
+        await self._store.write([PutGrant(new)])
         self._grants[grant_id] = new
         self._events.emit(ChangeEvent("grant_revoke", grant_id, actor, old.as_dict(),
                                       new.as_dict(), reason, at=now))
         return new
+
+    def apply_remote(self, grants: Iterable[Grant]) -> int:
+        """Take grants as the shared database holds them now (fleet); emit what differs. A
+        grant only moves forward: created, then revoked."""
+        changed = 0
+        for g in grants:
+            held = self._grants.get(g.id)
+            if held == g or (held is not None and held.revoked_at and not g.revoked_at):
+                continue
+            self._grants[g.id] = g
+            self._events.emit(ChangeEvent(
+                "grant_create" if held is None else "grant_revoke", g.id, "fleet",
+                held.as_dict() if held else None, g.as_dict(), at=int(self._clock()),
+                origin="fleet"))
+            changed += 1
+        return changed
 
     def get(self, grant_id: str) -> Grant:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ulid import ULID
 
-from ensign.daemon.errors import InvalidRequest, InvalidTransition, NotFound
+from ensign.daemon.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
 from ensign.daemon.registry.events import Action, ChangeEvent, EventHub
 from ensign.daemon.registry.model import (
     _MUTABLE,
@@ -51,11 +51,11 @@ class Registry:
         self._by_spiffe_id: dict[str, set[str]] = defaultdict(set)
         roles.holders = self.holders
 
-    def load(self) -> None:
+    async def load(self) -> None:
         self._entries.clear()
         self._index.clear()
         self._by_spiffe_id.clear()
-        for e in self._store.entries():
+        for e in await self._store.entries():
             self._remember(e)
         log.info("registry loaded", extra={"entries": len(self._entries)})
 
@@ -96,9 +96,9 @@ class Registry:
         return sorted(e.id for e in self._entries.values()
                       if role in e.roles and e.state != "decommissioned")
 
-    def history(self, entry_id: str) -> list[StateChange]:
+    async def history(self, entry_id: str) -> list[StateChange]:
         self.get(entry_id)
-        return self._store.history(entry_id)
+        return await self._store.history(entry_id)
 
     def match(self, selectors: Iterable[str]) -> list[Entry]:
         """Live entries whose selectors are all among `selectors`, in id order."""
@@ -128,11 +128,11 @@ class Registry:
             self._td,
         )
 
-    def register(self, entry: Entry, actor_uid: int) -> Entry:
+    async def register(self, entry: Entry, actor_uid: int) -> Entry:
         e = self.prepare_register(entry, actor_uid)
-        self._commit([PutEntry(e, new=True), RecordState(
+        await self._commit([PutEntry(e, new=True), RecordState(
             e.id, e.created_at, "", "active", "registered", f"uid:{actor_uid}")])
-        self._remember(e)
+        self._accept(None, e)
         self._emit("register", e.id, f"uid:{actor_uid}", None, e, "")
         return e
 
@@ -154,29 +154,30 @@ class Registry:
         )
         return old, new
 
-    def update(self, entry_id: str, actor_uid: int, **changes: Any) -> Entry:
+    async def update(self, entry_id: str, actor_uid: int, **changes: Any) -> Entry:
         old, new = self.prepare_update(entry_id, **changes)
-        self._commit([PutEntry(new)])
-        self._replace(old, new)
+        await self._commit([PutEntry(new)])
+        self._accept(old, new)
         self._emit("update", new.id, f"uid:{actor_uid}", old, new, "")
         return new
 
-    def transition(self, entry_id: str, action: Action, actor: str, reason: str) -> Entry:
+    async def transition(self, entry_id: str, action: Action, actor: str, reason: str) -> Entry:
         old = self.get(entry_id)
         to = TRANSITIONS.get((old.state, action))
         if to is None:
             raise InvalidTransition(f"cannot {action} entry {entry_id}: it is {old.state}")
         now = int(self._clock())
         new = replace(old, state=to, updated_at=now, revision=old.revision + 1)
-        self._commit([PutEntry(new), RecordState(entry_id, now, old.state, to, reason, actor)])
-        self._replace(old, new)
+        await self._commit([PutEntry(new), RecordState(entry_id, now, old.state, to, reason,
+                                                       actor)])
+        self._accept(old, new)
         self._emit(action, entry_id, actor, old, new, reason)
         return new
 
-    def delete(self, entry_id: str, actor_uid: int) -> Entry:
+    async def delete(self, entry_id: str, actor_uid: int) -> Entry:
         old = self.get(entry_id)
         now = int(self._clock())
-        self._commit([
+        await self._commit([
             DeleteEntry(entry_id, now),
             RecordState(entry_id, now, old.state, "deleted", "deleted", f"uid:{actor_uid}"),
         ])
@@ -184,35 +185,84 @@ class Registry:
         self._emit("delete", entry_id, f"uid:{actor_uid}", old, None, "")
         return old
 
-    def expire_due(self) -> list[Entry]:
-        """Decommission entries whose `expires_at` has passed. Returns those changed."""
+    async def expire_due(self) -> list[Entry]:
+        """Decommission entries whose `expires_at` has passed. Returns those changed.
+
+        In a fleet every node tries; the database lets one win (the revision check) and the
+        others see the change arrive. An expired entry stops issuing at once either way."""
         now = self._clock()
         due = [e.id for e in self._entries.values()
                if e.expires_at and e.expires_at <= now and e.state != "decommissioned"]
-        return [self.transition(i, "expire", DAEMON_ACTOR, "expired") for i in due]
+        done = []
+        for i in due:
+            try:
+                done.append(await self.transition(i, "expire", DAEMON_ACTOR, "expired"))
+            except (Conflict, InvalidTransition, NotFound):
+                continue  # another node got there first
+        return done
 
     # -- bulk (declarative apply) ----------------------------------------------------------
 
-    def commit_bulk(self, writes: Sequence[Write], changes: list[BulkChange]) -> None:
+    async def commit_bulk(self, writes: Sequence[Write], changes: list[BulkChange]) -> None:
         """Write many prepared changes in one transaction, then update memory and emit."""
-        self._commit(writes)
+        await self._commit(writes)
+        self.accepted(changes)
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Prepared writes of any book in one transaction (then call each book's accepted)."""
+        await self._commit(writes)
+
+    def accepted(self, changes: list[BulkChange]) -> None:
+        """Prepared changes are committed (by commit_bulk, or with other books' writes in one
+        transaction): update memory and emit."""
         for action, entry_id, actor, before, after, reason in changes:
-            if before is not None and after is not None:
-                self._replace(before, after)
-            elif after is not None:
-                self._remember(after)
+            self._accept(before, after)
             self._emit(action, entry_id, actor, before, after, reason)
+
+    # -- changes another node made (fleet) ---------------------------------------------------
+
+    def apply_remote(self, entries: Iterable[Entry], deleted: Iterable[str]) -> int:
+        """Take entries as the shared database holds them now; emit a change for each that
+        differs from ours. Returns how many changed."""
+        changed = 0
+        for e in entries:
+            cur = self._entries.get(e.id)
+            if cur == e or (cur is not None and _newer(cur, e)):
+                continue  # ours already (our own write), or a later local write raced ahead
+            self._accept(cur, e)
+            self._emit(_remote_action(cur, e), e.id, "fleet", cur, e, "", origin="fleet")
+            changed += 1
+        for entry_id in deleted:
+            cur = self._entries.get(entry_id)
+            if cur is None:
+                continue
+            self._forget(cur)
+            self._emit("delete", entry_id, "fleet", cur, None, "", origin="fleet")
+            changed += 1
+        return changed
 
     # -- internals -------------------------------------------------------------------------
 
-    def _commit(self, writes: Sequence[Write]) -> None:
-        self._store.write(writes)
+    async def _commit(self, writes: Sequence[Write]) -> None:
+        await self._store.write(writes)
+
+    def _accept(self, old: Entry | None, new: Entry | None) -> None:
+        """Memory follows a committed change, unless a later one is held already (a remote
+        change applied while this write was on its way)."""
+        held = self._entries.get(new.id if new is not None else old.id if old else "")
+        if new is None:
+            if held is not None:
+                self._forget(held)
+        elif held is None:
+            self._remember(new)
+        elif not _newer(held, new):
+            self._replace(held, new)
 
     def _emit(self, action: Action, subject: str, actor: str, before: Entry | None,
-              after: Entry | None, reason: str) -> None:
+              after: Entry | None, reason: str, origin: str = "") -> None:
         self._events.emit(ChangeEvent(
             action, subject, actor, before.as_dict() if before else None,
-            after.as_dict() if after else None, reason, at=int(self._clock())))
+            after.as_dict() if after else None, reason, at=int(self._clock()), origin=origin))
 
     def _replace(self, old: Entry, new: Entry) -> None:
         self._forget(old)
@@ -235,3 +285,18 @@ class Registry:
             same.discard(e.id)
             if not same:
                 del self._by_spiffe_id[e.spiffe_id]
+
+
+def _newer(held: Entry, incoming: Entry) -> bool:
+    """Is the held entry a later write than the incoming one? Revisions only grow."""
+    return (held.created_at, held.revision) > (incoming.created_at, incoming.revision)
+
+
+def _remote_action(before: Entry | None, after: Entry) -> Action:
+    if before is None:
+        return "register"
+    if before.state != after.state:
+        for (frm, action), to in TRANSITIONS.items():
+            if frm == before.state and to == after.state:
+                return action  # type: ignore[return-value]
+    return "update"

@@ -108,7 +108,7 @@ class SqliteStore:
         self.path = path
         self._db: sqlite3.Connection | None = None
 
-    def open(self) -> None:
+    async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -123,38 +123,26 @@ class SqliteStore:
             raise StoreError(f"cannot open registry {self.path}: {e}") from None
         self._db = db
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
     # -- reads -----------------------------------------------------------------------------
 
-    def entries(self) -> list[Entry]:
+    async def entries(self) -> list[Entry]:
         rows = self._rows(f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entries")  # noqa: S608
         return [entry_from_row(r) for r in rows]
 
-    def roles(self) -> list[Role]:
-        out = []
-        for row in self._rows(f"SELECT {', '.join(ROLE_COLUMNS)} FROM roles"):  # noqa: S608
-            d = dict(zip(ROLE_COLUMNS, row, strict=True))
-            d["audiences"] = tuple(json.loads(d["audiences"]))
-            d["scopes"] = tuple(json.loads(d["scopes"]))
-            d["may_act_for_users"] = bool(d["may_act_for_users"])
-            d["may_redelegate"] = bool(d["may_redelegate"])
-            d["may_introspect"] = bool(d["may_introspect"])
-            out.append(Role(**d))
-        return out
+    async def roles(self) -> list[Role]:
+        rows = self._rows(f"SELECT {', '.join(ROLE_COLUMNS)} FROM roles")  # noqa: S608
+        return [role_from_row(r) for r in rows]
 
-    def grants(self) -> list[Grant]:
-        out = []
-        for row in self._rows(f"SELECT {', '.join(GRANT_COLUMNS)} FROM grants"):  # noqa: S608
-            d = dict(zip(GRANT_COLUMNS, row, strict=True))
-            d["scopes"] = tuple(json.loads(d["scopes"]))
-            out.append(Grant(**d))
-        return out
+    async def grants(self) -> list[Grant]:
+        rows = self._rows(f"SELECT {', '.join(GRANT_COLUMNS)} FROM grants")  # noqa: S608
+        return [grant_from_row(r) for r in rows]
 
-    def history(self, entry_id: str) -> list[StateChange]:
+    async def history(self, entry_id: str) -> list[StateChange]:
         rows = self._rows(
             "SELECT at, from_state, to_state, reason, actor FROM state_history "
             "WHERE entry_id = ? ORDER BY seq", (entry_id,))
@@ -170,7 +158,7 @@ class SqliteStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def write(self, writes: Sequence[Write]) -> None:
+    async def write(self, writes: Sequence[Write]) -> None:
         self.run([s for w in writes for s in _statements(w)])
 
     def run(self, statements: list[Statement]) -> None:
@@ -230,9 +218,7 @@ def _statements(w: Write) -> list[Statement]:
                      "actor) VALUES (?, ?, ?, ?, ?, ?)",
                      (w.entry_id, w.at, w.from_state, w.to_state, w.reason, w.actor))]
         case PutRole(role=r, new=new):
-            values = (r.name, json.dumps(list(r.audiences)), json.dumps(list(r.scopes)),
-                      r.max_ttl, int(r.may_act_for_users), int(r.may_redelegate), r.created_at,
-                      r.updated_at, r.revision, int(r.may_introspect))
+            values = role_row(r)
             if new:
                 marks = ", ".join("?" for _ in ROLE_COLUMNS)
                 return [(f"INSERT INTO roles ({', '.join(ROLE_COLUMNS)}) "  # noqa: S608
@@ -242,8 +228,7 @@ def _statements(w: Write) -> list[Statement]:
         case DeleteRole(name=name):
             return [("DELETE FROM roles WHERE name = ?", (name,))]
         case PutGrant(grant=g, new=new):
-            row = (g.id, g.subject, g.issuer, g.agent_id, json.dumps(list(g.scopes)),
-                   g.created_at, g.expires_at, g.revoked_at, g.created_by)
+            row = grant_row(g)
             if new:
                 marks = ", ".join("?" for _ in GRANT_COLUMNS)
                 return [(f"INSERT INTO grants ({', '.join(GRANT_COLUMNS)}) "  # noqa: S608
@@ -269,3 +254,29 @@ def entry_from_row(row: tuple[Any, ...]) -> Entry:
         v = json.loads(data[col])
         data[col] = v if isinstance(v, dict) else tuple(v)
     return Entry(**data)
+
+
+def role_row(r: Role) -> tuple[Any, ...]:
+    return (r.name, json.dumps(list(r.audiences)), json.dumps(list(r.scopes)), r.max_ttl,
+            int(r.may_act_for_users), int(r.may_redelegate), r.created_at, r.updated_at,
+            r.revision, int(r.may_introspect))
+
+
+def role_from_row(row: tuple[Any, ...]) -> Role:
+    d = dict(zip(ROLE_COLUMNS, row, strict=True))
+    d["audiences"] = tuple(json.loads(d["audiences"]))
+    d["scopes"] = tuple(json.loads(d["scopes"]))
+    for flag in ("may_act_for_users", "may_redelegate", "may_introspect"):
+        d[flag] = bool(d[flag])
+    return Role(**d)
+
+
+def grant_row(g: Grant) -> tuple[Any, ...]:
+    return (g.id, g.subject, g.issuer, g.agent_id, json.dumps(list(g.scopes)), g.created_at,
+            g.expires_at, g.revoked_at, g.created_by)
+
+
+def grant_from_row(row: tuple[Any, ...]) -> Grant:
+    d = dict(zip(GRANT_COLUMNS, row, strict=True))
+    d["scopes"] = tuple(json.loads(d["scopes"]))
+    return Grant(**d)

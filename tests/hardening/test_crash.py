@@ -210,11 +210,9 @@ def test_kill_minus_9_at_random_points(short_tmp: Path) -> None:
         for p in procs:
             p.kill()
             p.wait()
-    # Under one second from exec to a served health check, not counting the time the daemon
-    # sat runnable while other processes held the CPUs (2 cores, shared with the clients here).
-    own = [wall - waited for wall, waited in restarts]
-    assert max(own) < 1.0, ("restart (wall s, waiting for a CPU s): "
-                            f"{[(round(w, 3), round(q, 3)) for w, q in restarts]}")
+    # Every restart served its health check (timed_restart asserts it); how fast is a figure
+    # for bench/, not a timed assertion here (the CPUs are shared with the clients).
+    assert len(restarts) == KILLS - 1
     assert churn.acks >= KILLS, "too few registry changes to prove anything"
 
     # The registry holds every change the daemon acknowledged.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -17,10 +19,14 @@ import grpc
 import jwt as pyjwt
 import pytest
 
-from ensign.daemon.audit.event import record_hash
+from ensign.daemon.audit.event import AuditEvent, record_hash
+from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.audit.query import read_records
 from ensign.daemon.audit.verify import verify
+from ensign.daemon.config import AuditConfig
+from ensign.daemon.errors import AuditRecordRejected, AuditUnavailable
 from ensign.daemon.issuing import split_der
+from ensign.daemon.text import unescape
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
 from tests.support.daemon import Daemon, make_daemon
@@ -292,3 +298,97 @@ def test_segments_rotate_and_archived_segments_still_verify(short_tmp: Path) -> 
     assert any("archived" in n for n in live.notes)
     old = verify(archive)
     assert old.ok, old.problems
+
+
+# -- one record that cannot be encoded costs nobody else (issue 15 item 2) -------------------
+
+POISON = "/tmp/poison\udcff/sleep"  # what os.readlink gives for the bytes b"poison\xff"
+
+
+def _event(n: int, text: str = "") -> AuditEvent:
+    return AuditEvent(type="attestation", reason=f"r{n}",
+                      details={"evidence": {"unix.exe_path": text or f"/bin/ok{n}"}})
+
+
+async def _batch_with_poison(data: Path) -> dict[str, Any]:
+    log = AuditLog(AuditConfig(), data)
+    log.open()
+    # All of these join one batch: nothing awaits until every one is in.
+    good1 = log.durable([_event(1)])
+    log.record_nowait(_event(2, POISON))
+    bad = log.durable([_event(3, POISON)])
+    good2 = log.durable([_event(4), _event(5)])
+    mixed = log.durable([_event(6), _event(7, POISON)])  # one bad record refuses the pair
+    log.record_nowait(_event(8))
+    outcome: dict[str, Any] = {}
+    for name, fut in (("good1", good1), ("bad", bad), ("good2", good2), ("mixed", mixed)):
+        try:  # a generous bound only so a hang fails the test instead of stalling the suite
+            outcome[name] = await asyncio.wait_for(fut, 30)
+        except Exception as e:
+            outcome[name] = e
+    outcome["after"] = await asyncio.wait_for(log.record(_event(9)), 30)
+    await log.close()
+    return outcome
+
+
+def test_a_record_that_cannot_be_encoded_fails_only_its_own_waiter(tmp_path: Path) -> None:
+    outcome = asyncio.run(_batch_with_poison(tmp_path))
+    assert isinstance(outcome["bad"], AuditRecordRejected)
+    assert isinstance(outcome["mixed"], AuditRecordRejected)
+    assert "cannot be encoded" in str(outcome["bad"])
+    records = list(read_records(tmp_path / "audit"))
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    reasons = [r.get("reason") for r in records if r["type"] == "attestation"]
+    # The good waiters' records and both records nobody waited for are there, in order; the
+    # refused waiters' records (r3, r6 and r7) are not.
+    assert reasons == ["r1", "r2", "r4", "r5", "r8", "r9"]
+    by_reason = {r.get("reason"): r for r in records}
+    assert outcome["good1"] == by_reason["r1"]["seq"]
+    assert outcome["good2"] == by_reason["r5"]["seq"]
+    assert outcome["after"] == by_reason["r9"]["seq"]
+    escaped = by_reason["r2"]["details"]
+    assert escaped["evidence"]["unix.exe_path"] == "/tmp/poison\\xff/sleep"
+    assert escaped["text_escaped"] is True
+    assert unescape(escaped["evidence"]["unix.exe_path"]) == POISON
+    report = verify(tmp_path / "audit")
+    assert report.ok, report.problems
+
+
+async def _write_fails_then_recovers(data: Path, filler: Path) -> tuple[Any, int]:
+    log = AuditLog(AuditConfig(), data)
+    log.open()
+    await log.record(_event(0))
+    with contextlib.suppress(OSError), filler.open("wb") as f:  # fill the tmpfs
+        while f.write(b"\0" * 65536):
+            pass
+    log.record_nowait(_event(1))
+    try:  # more than the segment's last page holds: this batch cannot be written
+        refused: Any = await asyncio.wait_for(log.record(_event(2, "x" * 8192)), 30)
+    except AuditUnavailable as e:
+        refused = e
+    log.record_nowait(_event(3))
+    filler.unlink()
+    last = await asyncio.wait_for(log.record(_event(4)), 30)
+    await log.close()
+    return refused, last
+
+
+def test_a_failed_write_loses_no_record_nobody_waited_for(short_tmp: Path) -> None:
+    audit_dir = short_tmp / "data" / "audit"
+    (short_tmp / "data").mkdir(mode=0o700)
+    if os.geteuid() != 0 or not _mount_tmpfs(audit_dir, "1m"):
+        pytest.skip("needs root and tmpfs mounts")
+    try:
+        refused, last = asyncio.run(
+            _write_fails_then_recovers(short_tmp / "data", audit_dir / "filler"))
+        assert isinstance(refused, AuditUnavailable)
+        records = list(read_records(audit_dir))
+        reasons = [r.get("reason") for r in records if r["type"] == "attestation"]
+        # r2's waiter was told it failed (nothing was released): it is not written. r1 and
+        # r3 were accepted with nobody waiting: kept and written once the disk had room.
+        assert reasons == ["r0", "r1", "r3", "r4"]
+        assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+        assert last == next(r["seq"] for r in records if r.get("reason") == "r4")
+        assert verify(audit_dir).ok
+    finally:
+        subprocess.run(["umount", "-l", str(audit_dir)], capture_output=True)

@@ -70,7 +70,7 @@ def pair() -> Iterator[tuple[Daemon, Daemon, WebCa]]:
     pa, pb_ = free_port(), free_port()
     cert, key = web.issue("a")
     # B serves its own node SVID (no tls_cert): A authenticates it by SPIFFE ID (https_spiffe)
-    b = make_daemon(rb, http_config(pb_, None, None, extra='node_name = "bnode"\n') + (
+    b = make_daemon(rb, 'node_name = "bnode"\n' + http_config(pb_, None, None) + (
         '[federation]\nrefresh_hint = "2s"\n'
         f'[[federation.trust_domains]]\ntrust_domain = "a.test"\n'
         f'bundle_endpoint_url = "https://127.0.0.1:{pa}/.well-known/spiffe-bundle"\n'

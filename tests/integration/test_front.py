@@ -81,6 +81,8 @@ def _cases(idp: Idp) -> list[tuple[str, str, bytes, Metadata, grpc.StatusCode]]:
         ("workload", "FetchX509Bundles", b"", HEADER, none),
         ("workload", "FetchJWTSVID", jwt, HEADER, none),
         ("workload", "FetchJWTBundles", b"", HEADER, none),
+        # (ValidateJWTSVID serves callers without an entry: its refusals are svid.validated
+        # records, see test_workload_api.)
         ("delegation", "ExchangeToken", _exchange(idp), HEADER, denied),
         # requests that cannot be carried out (a validator needs no identity: the token is
         # what is wrong)

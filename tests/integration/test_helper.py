@@ -154,7 +154,8 @@ def test_config_file_with_spiffe_helper_keys_and_a_hook(d: Daemon) -> None:
 
 
 @pytest.mark.parametrize(("mode", "owner", "ok"), [
-    (0o777, 0, False), (0o1777, NOBODY, False), (0o1777, 0, True), (0o755, 0, True)])
+    (0o777, 0, False), (0o1777, NOBODY, False), (0o1777, 0, True), (0o755, 0, True),
+    (0o775, 0, False), (0o755, NOBODY, False)])
 def test_directories_others_can_write_are_refused(d: Daemon, mode: int, owner: int,
                                                   ok: bool) -> None:
     out = out_dir(d, "shared", mode)
@@ -163,10 +164,12 @@ def test_directories_others_can_write_are_refused(d: Daemon, mode: int, owner: i
     if ok:
         assert r.returncode == 0 and (out / "svid.pem").exists()
     else:
-        assert r.returncode == 64
-        assert r.stderr.strip().splitlines() == [
-            f"ensign: {out}: writable by others; use a directory only this user can write "
-            "(or a sticky one it owns)"]
+        assert r.returncode == 77
+        reason = (f"belongs to uid {owner}, not to you or root; use a directory only you can "
+                  "write" if owner != 0 else
+                  "writable by others; use a directory only this user can write (or a sticky "
+                  "one it owns)")
+        assert r.stderr.strip().splitlines() == [f"ensign: {out}: {reason}"]
         assert list(out.iterdir()) == []
 
 

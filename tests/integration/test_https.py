@@ -420,6 +420,7 @@ def test_the_serving_certificate_rotates_without_a_restart(
     root = tmp_path_factory.mktemp("rotate")
     root.chmod(0o755)
     port = free_port()
+    # `[http] node_name`: the former spelling of the top-level node_name, still read
     d = make_daemon(root, '[svid]\nx509_ttl = "4s"\n'
                     + http_config(port, None, None, extra='node_name = "testnode"\n'))
     try:

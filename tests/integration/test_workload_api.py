@@ -309,62 +309,80 @@ print(*service_names(build(load(Path(sys.argv[1])), utcnow).workload_server.serv
 """
 
 
+_REFLECTION_CLIENT = r"""
+import json, sys
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+sock, wired, spiffe_id = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+entry = {"spiffe_id": spiffe_id}
+def channel(path):
+    return grpc.insecure_channel("unix:" + path)
+shared_daemon_socket = sock
+with channel(shared_daemon_socket) as ch:
+    db = ProtoReflectionDescriptorDatabase(ch)
+    listed = sorted(db.get_services())
+    assert listed == wired
+    # grpcurl asks v1 first: the same list there
+    from grpclib.reflection.v1 import reflection_pb2 as v1
+
+    answer = v1.ServerReflectionResponse.FromString(next(ch.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(
+            iter([v1.ServerReflectionRequest(list_services="").SerializeToString()]),
+            timeout=10)))
+    assert sorted(x.name for x in answer.list_services_response.service) == wired
+    assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
+            "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
+    pool = DescriptorPool(db)
+    for name in listed:  # every method of every listed service is routed
+        for m in pool.FindServiceByName(name).methods:
+            path = f"/{name}/{m.name}"
+            if m.client_streaming:
+                call = ch.stream_stream(path)(iter([b""]), timeout=5)
+            elif m.server_streaming:
+                call = ch.unary_stream(path)(b"", timeout=5)
+            else:
+                call = ch.unary_unary(path).future(b"", timeout=5)
+            try:
+                next(call) if m.server_streaming else call.result()
+            except grpc.RpcError as e:
+                assert e.details() != "Method not found", path
+            finally:
+                call.cancel()
+    # a JWT-SVID fetched with message classes made from the reflected descriptors
+    request = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDRequest"))
+    response = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDResponse"))
+    method = pool.FindServiceByName("SpiffeWorkloadAPI").FindMethodByName("FetchJWTSVID")
+    assert (method.input_type.name, method.output_type.name) == ("JWTSVIDRequest",
+                                                                 "JWTSVIDResponse")
+    raw = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")(
+        request(audience=["reflected"]).SerializeToString(),
+        metadata=(("workload.spiffe.io", "true"),), timeout=10)
+    assert entry["spiffe_id"] in [s.spiffe_id for s in response.FromString(raw).svids]
+
+
+print("OK")
+"""
+
+
 def test_server_reflection_lists_what_the_socket_serves(
         shared_daemon: Daemon, entry: dict[str, object]) -> None:
     # Workload API endpoint spec 7: reflection, with no security header (grpcio's reflection
     # client sends none), as grpcurl uses it: list, resolve descriptors, call through them.
-    from google.protobuf import message_factory
-    from google.protobuf.descriptor_pool import DescriptorPool
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-        ProtoReflectionDescriptorDatabase,
-    )
-
-    # Exactly the services the wired socket routes, whatever is added to it later. (Asked in a
-    # process of its own: grpclib's and grpcio's reflection protos share names.)
+    # Exactly the services the wired socket routes, whatever is added to it later. (Asked, and
+    # the reflection client run, in processes of their own: grpclib's and grpcio's reflection
+    # protos share names in protobuf's default pool.)
     wired = subprocess.run([sys.executable, "-c", _WIRED, str(shared_daemon.config_path)],
                            capture_output=True, text=True, check=True).stdout.split()
-    with channel(str(shared_daemon.socket)) as ch:
-        db = ProtoReflectionDescriptorDatabase(ch)
-        listed = sorted(db.get_services())
-        assert listed == wired
-        # grpcurl asks v1 first: the same list there
-        from grpclib.reflection.v1 import reflection_pb2 as v1
-
-        answer = v1.ServerReflectionResponse.FromString(next(ch.stream_stream(
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(
-                iter([v1.ServerReflectionRequest(list_services="").SerializeToString()]),
-                timeout=10)))
-        assert sorted(x.name for x in answer.list_services_response.service) == wired
-        assert {"SpiffeWorkloadAPI", "ensign.delegation.v1.Delegation",
-                "ensign.attestation.v1.Attestation", "grpc.health.v1.Health",
-                "grpc.reflection.v1.ServerReflection",
-                "grpc.reflection.v1alpha.ServerReflection"} <= set(listed)
-        pool = DescriptorPool(db)
-        for name in listed:  # every method of every listed service is routed
-            for m in pool.FindServiceByName(name).methods:
-                path = f"/{name}/{m.name}"
-                if m.client_streaming:
-                    call = ch.stream_stream(path)(iter([b""]), timeout=5)
-                elif m.server_streaming:
-                    call = ch.unary_stream(path)(b"", timeout=5)
-                else:
-                    call = ch.unary_unary(path).future(b"", timeout=5)
-                try:
-                    next(call) if m.server_streaming else call.result()
-                except grpc.RpcError as e:
-                    assert e.details() != "Method not found", path
-                finally:
-                    call.cancel()
-        # a JWT-SVID fetched with message classes made from the reflected descriptors
-        request = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDRequest"))
-        response = message_factory.GetMessageClass(pool.FindMessageTypeByName("JWTSVIDResponse"))
-        method = pool.FindServiceByName("SpiffeWorkloadAPI").FindMethodByName("FetchJWTSVID")
-        assert (method.input_type.name, method.output_type.name) == ("JWTSVIDRequest",
-                                                                     "JWTSVIDResponse")
-        raw = ch.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")(
-            request(audience=["reflected"]).SerializeToString(),
-            metadata=(("workload.spiffe.io", "true"),), timeout=10)
-        assert entry["spiffe_id"] in [s.spiffe_id for s in response.FromString(raw).svids]
+    out = subprocess.run([sys.executable, "-c", _REFLECTION_CLIENT, str(shared_daemon.socket),
+                          json.dumps(wired), str(entry["spiffe_id"])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["OK"], out.stdout + out.stderr
 
 
 def test_a_suspended_agents_token_no_longer_validates(daemon: Daemon) -> None:

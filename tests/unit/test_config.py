@@ -142,3 +142,25 @@ def test_shipped_default_config_is_current() -> None:
     assert shipped.read_text() == config.to_toml(config.Config()), (
         "packaging/ensign.toml is stale: regenerate with `ensign config defaults`"
     )
+
+
+def test_one_node_name_for_the_spiffe_id_and_the_fleet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`node_name` is read in one place: the top-level key, else `[http] node_name` (its former
+    spelling), else the host name's first label; a name that cannot be a SPIFFE ID segment and
+    a PostgreSQL role is refused, and two different spellings at once are an error."""
+    assert config.node_name(config.parse({"node_name": "node-1"})) == "node-1"
+    assert config.node_name(config.parse({"http": {"node_name": "old-1"}})) == "old-1"
+    assert config.node_name(config.parse(
+        {"node_name": "same", "http": {"node_name": "same"}})) == "same"
+    monkeypatch.setattr("socket.gethostname", lambda: "web-7.dc1.example.org")
+    assert config.node_name(config.Config()) == "web-7"
+    monkeypatch.setattr("socket.gethostname", lambda: "_odd_")
+    assert config.node_name(config.Config()) == "node"
+    for bad in ({"node_name": "a/b"}, {"node_name": ".."}, {"node_name": "x" * 64},
+                {"http": {"node_name": "a/b"}}):
+        with pytest.raises(ConfigError, match="node_name: must be 1-63 letters"):
+            config.parse(bad)
+    differ = r"node_name and http\.node_name \(its former spelling\) differ"
+    with pytest.raises(ConfigError, match=differ):
+        config.parse({"node_name": "a", "http": {"node_name": "b"}})
+    assert "node_name" not in config.to_toml(config.Config()).split("[http]")[1].split("[")[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +50,7 @@ from ensign.daemon.delegation import (
 from ensign.daemon.errors import EnsignError, PermissionDenied
 from ensign.daemon.federation import ServedBundle
 from ensign.daemon.issuing import CertificateAuthority
+from ensign.daemon.keys import PublicKey
 from ensign.daemon.observe import metrics
 from ensign.daemon.registry import Entry, Registry, RoleBook
 from ensign.daemon.server import UidLimits
@@ -69,10 +70,13 @@ class HttpApi:
     def __init__(self, *, config: Config, ca: CertificateAuthority, keys: DelegationKeys,
                  exchange: TokenExchange, introspector: Introspector, registry: Registry,
                  roles: RoleBook, audit: AuditLog, served: ServedBundle, limits: UidLimits,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime],
+                 jwt_keys: Callable[[], Mapping[str, PublicKey]] | None = None) -> None:
         self._cfg = config
         self._td = config.trust_domain
         self._ca = ca
+        # the JWT-SVID keys of the SPIFFE bundle: this node's, or in a fleet every node's
+        self._jwt_keys = jwt_keys or ca.jwt_keys
         self._keys = keys
         self._exchange = exchange
         self._introspector = introspector
@@ -177,7 +181,7 @@ class HttpApi:
                                  headers={"Cache-Control": "public, max-age=60"})
 
     async def spiffe_bundle(self, request: web.Request) -> web.Response:
-        body = self._served.document(self._ca.bundle_certs(), self._ca.jwt_keys())
+        body = self._served.document(self._ca.bundle_certs(), self._jwt_keys())
         return web.Response(body=body, content_type="application/json")
 
     # -- token exchange (RFC 8693 over HTTP, RFC 8705 client authentication) -----------------

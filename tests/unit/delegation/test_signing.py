@@ -4,14 +4,17 @@ keys kept until their tokens expired, and no key shared with the CA's JWT-SVID k
 from __future__ import annotations
 
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import KeySet
 
 from ensign.daemon.config import CaConfig
-from ensign.daemon.delegation import DelegationKeys
+from ensign.daemon.delegation import DelegationKeys, thumbprint, verify_delegated
+from ensign.daemon.delegation.tokens import mint
 from ensign.daemon.issuing import CertificateAuthority
 from ensign.daemon.keys import public_spki
 
@@ -101,3 +104,41 @@ def test_a_corrupt_state_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "delegation" / "keys.json").write_text("{not json")
     with pytest.raises(Exception, match="cannot load delegation keys"):
         _keys(tmp_path, now)
+
+
+def test_a_fleet_nodes_keys_verify_and_are_served_beside_ours(tmp_path: Path) -> None:
+    """In a fleet the other nodes' published keys verify delegated tokens and are served at
+    jwks_uri with ours, until they expire; only our own keys sign; a published key whose kid is
+    not its thumbprint, or of another algorithm, is ignored, and our kid stays our key."""
+    now = [T0]
+    ours = _keys(tmp_path / "a", now)
+    other = _keys(tmp_path / "b", now, "RS256")
+    theirs = other.signing()
+    p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
+    own_kid = ours.signing().kid
+    changed = ours.set_others([
+        (theirs.kid, theirs.key.public_key(), T0 + timedelta(minutes=10)),
+        ("not-a-thumbprint", theirs.key.public_key(), T0 + timedelta(minutes=10)),
+        (thumbprint(p384), p384, T0 + timedelta(minutes=10)),
+        (own_kid, theirs.key.public_key(), T0 + timedelta(minutes=10)),  # a kid that is ours
+    ])
+    assert changed is True
+    assert set(ours.verification_keys()) == {own_kid, theirs.kid}
+    assert public_spki(ours.verification_keys()[own_kid]) == public_spki(
+        ours.signing().key.public_key())
+    served = {k["kid"]: k for k in ours.public_jwks()["keys"]}
+    assert set(served) == {own_kid, theirs.kid}
+    assert (served[theirs.kid]["alg"], served[theirs.kid]["use"]) == ("RS256", "sig")
+    assert ours.algorithms == ["ES256", "RS256"]
+    assert [k.kid for k in ours.published()] == [own_kid]  # what this node publishes: its own
+    issued = int(time.time())  # PyJWT checks exp against the real clock
+    token = mint(theirs, {"iss": "spiffe://example.org", "sub": "alice", "aud": "x",
+                          "exp": issued + 240, "iat": issued, "jti": "j1", "client_id": "c",
+                          "act": {"sub": "spiffe://example.org/agent/a"}})
+    assert verify_delegated(token, "x", ours.verification_keys(), now=T0,
+                            issuer="spiffe://example.org").subject == "alice"
+    assert ours.set_others([(theirs.kid, theirs.key.public_key(),
+                             T0 + timedelta(minutes=10))]) is False  # the same set
+    now[0] = T0 + timedelta(minutes=11)  # their key's tokens can no longer be valid
+    assert set(ours.verification_keys()) == {own_kid}
+    assert [k["kid"] for k in ours.public_jwks()["keys"]] == [own_kid]

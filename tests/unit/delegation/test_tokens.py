@@ -151,3 +151,14 @@ def test_jwt_svid_keys_never_verify_a_delegated_token(tmp_path: Path,
                         headers={"kid": authority.jwt_kid, "typ": "at+jwt"})
     with pytest.raises(TokenInvalid, match="not a delegated-token key"):
         verify_delegated(forged, "https://cal", keys.verification_keys(), now=NOW)
+
+
+def test_expiry_is_judged_at_the_time_given_not_the_wall_clock(keys: DelegationKeys) -> None:
+    token = _token(keys, _decide())
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    just_before = datetime.fromtimestamp(exp - 1, UTC)
+    assert verify_delegated(token, "https://cal", keys.verification_keys(), now=just_before,
+                            issuer=ISS).expires_at == exp
+    with pytest.raises(TokenInvalid, match="token has expired"):
+        verify_delegated(token, "https://cal", keys.verification_keys(),
+                         now=datetime.fromtimestamp(exp, UTC), issuer=ISS)

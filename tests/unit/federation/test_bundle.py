@@ -68,7 +68,7 @@ def test_unknown_uses_and_key_types_are_ignored_and_duplicate_kids_refused() -> 
     ({"http": {"listen": "x", "issuer": "https://a"}}, "host:port"),
     ({"http": {"issuer": "http://a"}}, "https URL"),
     ({"http": {"tls_cert": "/a"}}, "set together"),
-    ({"http": {"node_name": "a/b"}}, "path segment"),
+    ({"http": {"node_name": "a/b"}}, "starting with a letter or digit"),
     ({"federation": {"trust_domains": [{"trust_domain": "p.test", "profile": "https_spiffe",
                                         "bundle_endpoint_url": "https://p"}]}},
      "needs endpoint_spiffe_id"),

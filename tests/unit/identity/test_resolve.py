@@ -12,7 +12,7 @@ from ensign.daemon.identity import Resolver
 from ensign.daemon.models import AttestedCaller, Caller
 from ensign.daemon.registry import Entry, Registry
 from ensign.daemon.tpm.errors import TpmUnavailable
-from tests.support.registry import new_entry, open_registry
+from tests.support.registry import new_entry, open_registry, run
 
 
 class FakeNode:
@@ -32,7 +32,7 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def _register(r: Registry, name: str, *selectors: str) -> Entry:
-    return r.register(new_entry(name, *selectors), 0)
+    return run(r.register(new_entry(name, *selectors), 0))
 
 
 def _caller(*selectors: str) -> AttestedCaller:
@@ -92,7 +92,7 @@ def test_tpm_up_but_policy_failing_is_no_identity(registry: Registry) -> None:
 
 def test_suspended_entries_do_not_make_a_tpm_outage_visible(registry: Registry) -> None:
     e = _register(registry, "on-tpm", "unix:uid:1000", "tpm:policy:pass")
-    registry.transition(e.id, "suspend", "test", "investigating")
+    run(registry.transition(e.id, "suspend", "test", "investigating"))
     resolver = Resolver(registry, FakeNode(available=False, problem="down"))
     with pytest.raises(NoIdentity):
         resolver.resolve(_caller("unix:uid:1000"))

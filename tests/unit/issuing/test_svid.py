@@ -132,6 +132,9 @@ def test_validation_failures() -> None:
         "spiffe://user@example.org/a",
         "spiffe://example.org:8080/a",
         "spiffe://example.org/" + "a" * 2100,
+        "\udcff",  # lone surrogates, as JSON "\udcff" in a token's sub decodes
+        "spiffe://\udcff.org/a",
+        "spiffe://example.org/\ud800",
     ],
 )
 def test_invalid_spiffe_ids(text: str) -> None:

@@ -9,13 +9,13 @@ import pytest
 
 from ensign.daemon.errors import Conflict, InvalidData, InvalidRequest, NotFound
 from ensign.daemon.registry import Entry, ListFilter
-from tests.support.registry import new_entry, open_registry
+from tests.support.registry import new_entry, open_registry, run
 
 
 def test_match_requires_every_selector(tmp_path: Path) -> None:
     r = open_registry(tmp_path)
-    a = r.register(new_entry("a", "unix:uid:1000"), 0)
-    b = r.register(new_entry("b", "unix:uid:1000", "unix:gid:50"), 0)
+    a = run(r.register(new_entry("a", "unix:uid:1000"), 0))
+    b = run(r.register(new_entry("b", "unix:uid:1000", "unix:gid:50"), 0))
     assert [e.id for e in r.match({"unix:uid:1000"})] == [a.id]
     assert [e.id for e in r.match({"unix:uid:1000", "unix:gid:50"})] == sorted([a.id, b.id])
     assert r.match({"unix:gid:50"}) == []
@@ -25,35 +25,35 @@ def test_match_requires_every_selector(tmp_path: Path) -> None:
 
 def test_changes_persist_and_bump_revision(tmp_path: Path) -> None:
     r = open_registry(tmp_path)
-    a = r.register(new_entry("a", "unix:uid:1"), 0)
-    updated = r.update(a.id, 0, selectors=("unix:uid:2",), dns_names=("a.local",))
+    a = run(r.register(new_entry("a", "unix:uid:1"), 0))
+    updated = run(r.update(a.id, 0, selectors=("unix:uid:2",), dns_names=("a.local",)))
     assert updated.revision == 2
-    r._store.close()
+    run(r._store.close())
     r2 = open_registry(tmp_path)
     assert r2.get(a.id).selectors == ("unix:uid:2",)
     assert r2.match({"unix:uid:1"}) == []
     assert stat.S_IMODE((tmp_path / "registry.db").stat().st_mode) == 0o600
-    r2.delete(a.id, 0)
+    run(r2.delete(a.id, 0))
     with pytest.raises(NotFound):
         r2.get(a.id)
 
 
 def test_refusals(tmp_path: Path) -> None:
     r = open_registry(tmp_path)
-    r.register(new_entry("taken", "unix:uid:1"), 0)
+    run(r.register(new_entry("taken", "unix:uid:1"), 0))
     with pytest.raises(Conflict):
-        r.register(new_entry("taken", "unix:uid:2"), 0)
+        run(r.register(new_entry("taken", "unix:uid:2"), 0))
     with pytest.raises(InvalidRequest, match="unknown type"):
-        r.register(new_entry("x", "unx:uid:1"), 0)
+        run(r.register(new_entry("x", "unx:uid:1"), 0))
     with pytest.raises(InvalidRequest, match="at least one selector"):
-        r.register(new_entry("x"), 0)
+        run(r.register(new_entry("x"), 0))
     with pytest.raises(InvalidRequest, match="not in trust domain"):
-        r.register(Entry(id="", name="x", kind="agent", spiffe_id="spiffe://other.org/x",
-                         selectors=("unix:uid:1",), owner="o"), 0)
+        run(r.register(Entry(id="", name="x", kind="agent", spiffe_id="spiffe://other.org/x",
+                             selectors=("unix:uid:1",), owner="o"), 0))
     with pytest.raises(InvalidRequest, match="owner is required"):
-        r.register(new_entry("x", "unix:uid:1", owner=""), 0)
+        run(r.register(new_entry("x", "unix:uid:1", owner=""), 0))
     with pytest.raises(InvalidRequest, match="cannot be changed"):
-        r.update(r.entries()[0].id, 0, id="agt_other")
+        run(r.update(r.entries()[0].id, 0, id="agt_other"))
     assert len(r) == 1  # nothing half-written
 
 
@@ -61,12 +61,12 @@ def test_expired_and_suspended_entries_do_not_match(tmp_path: Path) -> None:
     now = [1_800_000_000.0]
     r = open_registry(tmp_path, clock=lambda: now[0])
     with pytest.raises(InvalidData, match="in the past"):
-        r.register(new_entry("dead", "unix:uid:1", expires_at=int(now[0]) - 1), 0)
-    r.register(new_entry("old", "unix:uid:1", expires_at=int(now[0]) + 10), 0)
+        run(r.register(new_entry("dead", "unix:uid:1", expires_at=int(now[0]) - 1), 0))
+    run(r.register(new_entry("old", "unix:uid:1", expires_at=int(now[0]) + 10), 0))
     assert [e.name for e in r.match({"unix:uid:1"})] == ["old"]
     now[0] += 11
-    s = r.register(new_entry("sus", "unix:uid:1"), 0)
-    r.transition(s.id, "suspend", "uid:0", "test")
+    s = run(r.register(new_entry("sus", "unix:uid:1"), 0))
+    run(r.transition(s.id, "suspend", "uid:0", "test"))
     assert r.match({"unix:uid:1"}) == []
     assert [e.name for e in r.entries(ListFilter(state="suspended"))] == ["sus"]
 
@@ -77,10 +77,11 @@ def test_the_daemons_own_spiffe_ids_cannot_be_registered(tmp_path: Path) -> None
     r = open_registry(tmp_path)
     for sid in ("spiffe://example.org/ensign/node/host1", "spiffe://example.org/ensign"):
         with pytest.raises(InvalidRequest, match="reserved for the daemon"):
-            r.register(Entry(id="", name="x", kind="agent", spiffe_id=sid,
-                             selectors=("unix:uid:1",), owner="o"), 0)
-    ok = r.register(Entry(id="", name="y", kind="agent", spiffe_id="spiffe://example.org/ensigned/x",
-                          selectors=("unix:uid:1",), owner="o"), 0)
+            run(r.register(Entry(id="", name="x", kind="agent", spiffe_id=sid,
+                                 selectors=("unix:uid:1",), owner="o"), 0))
+    ok = run(r.register(Entry(id="", name="y", kind="agent",
+                              spiffe_id="spiffe://example.org/ensigned/x",
+                              selectors=("unix:uid:1",), owner="o"), 0))
     assert [e.id for e in r.by_spiffe_id("spiffe://example.org/ensigned/x")] == [ok.id]
-    r.transition(ok.id, "suspend", "uid:0", "test")
+    run(r.transition(ok.id, "suspend", "uid:0", "test"))
     assert r.by_spiffe_id("spiffe://example.org/ensigned/x") == []  # live entries only

@@ -19,6 +19,7 @@ from ensign.daemon.registry.store import (
     PutRole,
     RecordState,
 )
+from tests.support.registry import run
 
 ENTRY = Entry(id="agt_1", name="builder", kind="agent", spiffe_id="spiffe://example.org/agent/b",
               selectors=("unix:uid:1000", "unix:path:/opt/b"), x509_ttl=600, jwt_ttl=60,
@@ -36,55 +37,56 @@ GRANT = Grant(id="grt_1", subject="alice", issuer="https://idp.example.org", age
 
 def _store(path: Path) -> SqliteStore:
     s = SqliteStore(path / "registry.db")
-    s.open()
+    run(s.open())
     return s
 
 
 def test_every_write_round_trips_through_a_reopen(tmp_path: Path) -> None:
     s = _store(tmp_path)
-    s.write([PutRole(ROLE, new=True), PutEntry(ENTRY, new=True), PutGrant(GRANT, new=True),
-             RecordState("agt_1", 10, "", "active", "registered", "uid:0"),
-             RecordState("agt_1", 11, "active", "suspended", "why", "uid:0")])
-    s.close()
+    run(s.write([PutRole(ROLE, new=True), PutEntry(ENTRY, new=True), PutGrant(GRANT, new=True),
+                 RecordState("agt_1", 10, "", "active", "registered", "uid:0"),
+                 RecordState("agt_1", 11, "active", "suspended", "why", "uid:0")]))
+    run(s.close())
     again = _store(tmp_path)
-    assert again.entries() == [ENTRY]
-    assert again.roles() == [ROLE]
-    assert again.grants() == [GRANT]
-    assert again.history("agt_1") == [StateChange(10, "", "active", "registered", "uid:0"),
-                                      StateChange(11, "active", "suspended", "why", "uid:0")]
+    assert run(again.entries()) == [ENTRY]
+    assert run(again.roles()) == [ROLE]
+    assert run(again.grants()) == [GRANT]
+    assert run(again.history("agt_1")) == [
+        StateChange(10, "", "active", "registered", "uid:0"),
+        StateChange(11, "active", "suspended", "why", "uid:0")]
     assert (tmp_path / "registry.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_updates_replace_and_deletes_remove(tmp_path: Path) -> None:
     s = _store(tmp_path)
-    s.write([PutRole(ROLE, new=True), PutEntry(ENTRY, new=True), PutGrant(GRANT, new=True)])
+    run(s.write([PutRole(ROLE, new=True), PutEntry(ENTRY, new=True), PutGrant(GRANT, new=True)]))
     moved = replace(ENTRY, selectors=("unix:uid:1001",), metadata={}, revision=4)
     wider = replace(ROLE, scopes=("docs:read", "docs:write"), revision=5)
     revoked = replace(GRANT, revoked_at=99)
-    s.write([PutEntry(moved), PutRole(wider), PutGrant(revoked)])
-    assert (s.entries(), s.roles(), s.grants()) == ([moved], [wider], [revoked])
-    s.write([DeleteEntry("agt_1", at=100), DeleteRole("reader")])
-    assert (s.entries(), s.roles()) == ([], [])
-    assert s.history("agt_1") == []
+    run(s.write([PutEntry(moved), PutRole(wider), PutGrant(revoked)]))
+    assert (run(s.entries()), run(s.roles()), run(s.grants())) == ([moved], [wider], [revoked])
+    run(s.write([DeleteEntry("agt_1", at=100), DeleteRole("reader")]))
+    assert (run(s.entries()), run(s.roles())) == ([], [])
+    assert run(s.history("agt_1")) == []
 
 
 def test_one_write_is_all_or_nothing(tmp_path: Path) -> None:
     s = _store(tmp_path)
-    s.write([PutEntry(ENTRY, new=True)])
+    run(s.write([PutEntry(ENTRY, new=True)]))
     other = Entry(id="agt_2", name="other", kind="agent", spiffe_id="spiffe://example.org/o",
                   selectors=("unix:uid:2",))
     clash = Entry(id="agt_3", name="builder", kind="agent", spiffe_id="spiffe://example.org/c",
                   selectors=("unix:uid:3",))  # an active entry holds this name
     with pytest.raises(Conflict, match="an active entry with that name already exists"):
-        s.write([PutRole(ROLE, new=True), PutEntry(other, new=True),
-                 RecordState("agt_2", 1, "", "active", "registered", "uid:0"),
-                 PutEntry(clash, new=True)])
-    assert s.entries() == [ENTRY] and s.roles() == [] and s.history("agt_2") == []
+        run(s.write([PutRole(ROLE, new=True), PutEntry(other, new=True),
+                     RecordState("agt_2", 1, "", "active", "registered", "uid:0"),
+                     PutEntry(clash, new=True)]))
+    assert run(s.entries()) == [ENTRY] and run(s.roles()) == [] and run(s.history("agt_2")) == []
     with pytest.raises(Conflict, match="a role with that name already exists"):
-        s.write([PutRole(ROLE, new=True), PutRole(ROLE, new=True)])
-    assert s.roles() == []
-    s.write([PutRole(ROLE, new=True), PutEntry(other, new=True)])  # and the store still works
-    assert sorted(e.id for e in s.entries()) == ["agt_1", "agt_2"]
+        run(s.write([PutRole(ROLE, new=True), PutRole(ROLE, new=True)]))
+    assert run(s.roles()) == []
+    run(s.write([PutRole(ROLE, new=True), PutEntry(other, new=True)]))  # and the store still works
+    assert sorted(e.id for e in run(s.entries())) == ["agt_1", "agt_2"]
 
 
 def test_a_locked_database_is_a_store_error_and_nothing_is_written(tmp_path: Path) -> None:
@@ -94,23 +96,23 @@ def test_a_locked_database_is_a_store_error_and_nothing_is_written(tmp_path: Pat
     try:
         s._db.execute("PRAGMA busy_timeout=50")  # type: ignore[union-attr]
         with pytest.raises(StoreError, match="registry write failed"):
-            s.write([PutEntry(ENTRY, new=True)])
+            run(s.write([PutEntry(ENTRY, new=True)]))
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert s.entries() == []
+    assert run(s.entries()) == []
 
 
 def test_a_closed_store_refuses_reads_and_writes(tmp_path: Path) -> None:
     s = _store(tmp_path)
-    s.close()
+    run(s.close())
     with pytest.raises(StoreError, match="registry is closed"):
-        s.entries()
+        run(s.entries())
     with pytest.raises(StoreError, match="registry is closed"):
-        s.write([PutRole(ROLE, new=True)])
+        run(s.write([PutRole(ROLE, new=True)]))
 
 
 def test_an_unopenable_file_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "registry.db").mkdir()  # a directory where the database should be
     with pytest.raises(StoreError, match="cannot open registry"):
-        SqliteStore(tmp_path / "registry.db").open()
+        run(SqliteStore(tmp_path / "registry.db").open())

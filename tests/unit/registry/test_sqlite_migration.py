@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -35,16 +36,16 @@ def test_a_version_3_registry_is_upgraded_in_place(tmp_path: Path) -> None:
     db.executescript(_V3)
     db.close()
     store = SqliteStore(path)
-    store.open()
+    asyncio.run(store.open())
     try:
-        [entry] = store.entries()
+        [entry] = asyncio.run(store.entries())
         assert (entry.id, entry.selectors, entry.federates_with) == ("agt_01", ("unix:uid:7",), ())
-        [role] = store.roles()
+        [role] = asyncio.run(store.roles())
         assert (role.name, role.may_introspect) == ("r", False)
     finally:
-        store.close()
-    store.open()  # a second start changes nothing
+        asyncio.run(store.close())
+    asyncio.run(store.open())  # a second start changes nothing
     try:
-        assert [e.id for e in store.entries()] == ["agt_01"]
+        assert [e.id for e in asyncio.run(store.entries())] == ["agt_01"]
     finally:
-        store.close()
+        asyncio.run(store.close())
