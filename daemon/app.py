@@ -53,6 +53,11 @@ class Daemon:
         self._wake = asyncio.Event()
 
     async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> int:
+        if self.node.fleet is not None:
+            # First of all: a bad database URL, host, credential or schema stops the start
+            # (exit 78) before anything is written, here (not even the lock below, which
+            # creates data_dir) or in the database. The check only reads.
+            await self.node.fleet.check()
         # One daemon per data_dir, checked before anything is touched: a second one would
         # stop the first's swtpm, fork its audit chain and unlink its sockets.
         lock = self._lock or DirLock.take(self.config.data_dir, "data_dir")
@@ -64,10 +69,6 @@ class Daemon:
     async def _run_locked(self, ready: Callable[[], Awaitable[None]] | None) -> int:
         n = self.node
         _raise_fd_limit()
-        if n.fleet is not None:
-            # First of all: a bad database URL, host, credential or schema stops the start
-            # (exit 78) before anything is written, here or in the database.
-            await n.fleet.check()
         # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
         os.umask(0o077)
         os.chmod(self.config.data_dir, 0o700)

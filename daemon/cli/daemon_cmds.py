@@ -60,10 +60,11 @@ def run_daemon(args: argparse.Namespace) -> int:
                          "data_dir)")
     state_dir = args.state_dir or Path(".ensign")
     cfg = config_mod.dev_config(state_dir) if args.dev else config_mod.load(args.config)
-    # Held until exit, taken before anything is written (even a log line): a second daemon on
-    # the same directories would rewrite the env file, stop the swtpm, fork the audit chain.
+    # Held until exit, taken before anything is written: a second daemon on the same
+    # directories would rewrite the env file, stop the swtpm, fork the audit chain. The
+    # data_dir lock is Daemon.run's, taken first thing (after a fleet's database check, which
+    # writes nothing: a node that cannot reach its database leaves no data_dir behind).
     state_lock = DirLock.take(state_dir, "state directory") if args.dev else None
-    data_lock = DirLock.take(cfg.data_dir, "data_dir")
     logs.setup(cfg.log_level)
     if args.dev:
         dev.forget_env(state_dir)
@@ -73,7 +74,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     async def serve() -> int:
         # Built inside the running loop: grpclib binds its server to the loop it sees.
         daemon = Daemon(cfg, config_path=None if args.dev else
-                        (args.config or config_mod.resolve_path()), lock=data_lock)
+                        (args.config or config_mod.resolve_path()))
 
         async def ready() -> None:  # both sockets serve
             if args.dev:
@@ -86,7 +87,6 @@ def run_daemon(args: argparse.Namespace) -> int:
         return asyncio.run(serve())
     finally:
         notify("STOPPING=1")
-        data_lock.release()
         if state_lock is not None:
             state_lock.release()
 
