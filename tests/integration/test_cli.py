@@ -6,10 +6,13 @@ import json
 import os
 import pwd
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import jwt as pyjwt
@@ -17,6 +20,7 @@ import pytest
 
 from tests.support.cli import one_line_error
 from tests.support.daemon import ENSIGN, NOBODY, Daemon, make_daemon
+from tests.support.net import free_port
 from tests.support.scripts import raw_as
 
 LIST_AGENTS = "/ensign.admin.v1.Admin/ListAgents"
@@ -99,6 +103,12 @@ def test_jwt_fetch_and_validate_via_cli(daemon: Daemon) -> None:
     assert ok.stdout.startswith("valid: spiffe://example.org/agent/")
     wrong = daemon.cli("validate", "jwt", "--audience", "other", "--token", token, check=False)
     assert "audience" in one_line_error(wrong, 65)
+    # JSON numbers are numbers: exp and iat as the token holds them, not floats
+    doc = json.loads(daemon.cli("validate", "jwt", "--audience", "svc", "--token", token,
+                                "-o", "json").stdout)
+    claims = pyjwt.decode(token, options={"verify_signature": False})
+    assert type(doc["claims"]["exp"]) is int and doc["claims"]["exp"] == claims["exp"]
+    assert type(doc["claims"]["iat"]) is int and doc["claims"]["iat"] == claims["iat"]
     bundles = json.loads(daemon.cli("fetch", "bundles", "-o", "json").stdout)
     td = bundles["spiffe://example.org"]
     assert td["x509_authorities"] and all("kid" in k for k in td["jwt_authorities"]["keys"])
@@ -226,8 +236,6 @@ print(json.dumps({c.__name__: c.exit_code for c in classes(EnsignError)}))
 
 
 def test_the_readme_exit_code_table_is_the_one_the_cli_uses() -> None:
-    import re
-
     from ensign.daemon.errors import EXIT_CODES
     from tests.support.daemon import REPO
 
@@ -285,7 +293,6 @@ def test_unreadable_inputs_exit_66_and_bad_content_65(daemon: Daemon, tmp_path: 
 
 
 def test_json_has_rfc3339_times_and_numbers_and_text_tables_fit(daemon: Daemon) -> None:
-    import re
     from datetime import datetime
 
     daemon.cli("role", "create", "reader", "--audience", "a", "--max-ttl", "30d")
@@ -363,7 +370,8 @@ def test_a_failing_attestor_fails_config_check_and_health(short_tmp: Path) -> No
     check = _run("config", "check", "--config", str(cfg))
     line = one_line_error(check, 78)
     assert "attestors.sigstore.trusted_root" in line and str(missing) in line
-    d = make_daemon(short_tmp, section)
+    port = free_port()
+    d = make_daemon(short_tmp, f'[metrics]\nlisten = "127.0.0.1:{port}"\n' + section)
     try:
         health = d.cli("healthcheck", check=False)
         assert health.returncode == 1
@@ -371,5 +379,45 @@ def test_a_failing_attestor_fails_config_check_and_health(short_tmp: Path) -> No
         status = json.loads(d.cli("status", "-o", "json").stdout)
         assert status["attestor_state"]["sigstore"].startswith("failing: trusted_root")
         assert "sigstore" in status["problem"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                         timeout=10).read().decode()
+        assert re.search(r"^ensign_attestors_failing 1\.0$", metrics, re.M), metrics
+        assert re.search(r"^ensign_serving 0\.0$", metrics, re.M), metrics
+        # and a warning in the log naming the attestor and why (the first at once, then
+        # one a minute): waited for, since the maintenance loop starts after the sockets
+        deadline = time.monotonic() + 60
+        warned: list[dict[str, str]] = []
+        while not warned and time.monotonic() < deadline:
+            warned = [r for r in map(json.loads, filter(
+                lambda line: line.startswith("{"), d.log.read_text().splitlines()))
+                if r.get("msg") == "attestor failing: callers get no selectors from it"]
+            time.sleep(0.1)
+        assert warned and warned[0]["attestor"] == "sigstore", d.log.read_text()[-2000:]
+        assert str(missing) in warned[0]["reason"]
     finally:
         d.stop()
+
+
+_WARNS_FROM_A_LIBRARY = """
+import sys, warnings
+import grpclib.client
+
+# A library that warns while the command runs, as cryptography and others do: a
+# DeprecationWarning, and a deprecation notice that is a UserWarning (cryptography's).
+_init = grpclib.client.Channel.__init__
+def init(self, *args, **kwargs):
+    warnings.warn("Channel option x is deprecated", DeprecationWarning, stacklevel=1)
+    warnings.warn("this call is deprecated, use y", UserWarning, stacklevel=1)
+    _init(self, *args, **kwargs)
+grpclib.client.Channel.__init__ = init
+from ensign.daemon.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_library_deprecation_warnings_stay_off_the_terminal(daemon: Daemon) -> None:
+    out = subprocess.run([sys.executable, "-W", "default", "-c", _WARNS_FROM_A_LIBRARY,
+                          "status", "--admin-socket", str(daemon.admin_socket)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "serving" in out.stdout, out.stderr
+    assert out.stderr == ""
