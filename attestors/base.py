@@ -24,6 +24,12 @@ class Attestor(Protocol):
         """One line for `ensign status`: is this attestor able to vouch for callers now?"""
         ...
 
+    def problem(self) -> str | None:
+        """Why this enabled attestor cannot vouch for any caller now (None: it can), naming
+        the config key at fault (`trusted_root: cannot load ...`). `ensign config check` fails
+        on it, and health reports NOT_SERVING while it lasts."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from .base import value
 
 CACHE_SIZE = 1024
 THREADS, THREADS_PER_UID = 4, 2
+RETRY = 30.0  # seconds between attempts to load a trusted root that failed
 
 _Key = tuple[int, int, int, int, int]
 
@@ -86,13 +88,21 @@ class SigstoreAttestor:
         self._interpreters = {os.path.realpath(p) for p in config.interpreters}
         self._verifier: Any = None
         self._verifier_error: str | None = None
+        self._tried = 0.0
         self._cache: OrderedDict[tuple[_Key, _Key], Verified | CheckFailed] = OrderedDict()
         self._lock = threading.Lock()
         self._bound = Bounded("sigstore", total=THREADS, per_uid=THREADS_PER_UID)
+        self._load_root()
+
+    def _load_root(self) -> None:
+        """Load the trusted root. A failure is loud (health NOT_SERVING, `config check` fails)
+        and retried every RETRY seconds, so fixing the file needs no restart."""
+        self._tried = time.monotonic()
         try:
-            self._verifier = load_verifier(config.trusted_root)
+            self._verifier = load_verifier(self._cfg.trusted_root)
+            self._verifier_error = None
         except CheckFailed as e:
-            self._verifier_error = str(e)  # reported on every attestation; daemon keeps serving
+            self._verifier_error = e.detail
 
     async def attest(self, caller: Caller) -> Attestation:
         return await self._bound.run(caller.uid, self._attest_sync, caller)
@@ -147,8 +157,11 @@ class SigstoreAttestor:
         return _Artifact("script", fd, st, launch.script, (dir_fd, os.path.basename(launch.script)))
 
     def _check(self, art: _Artifact, evidence: dict[str, str]) -> Attestation:
+        if self._verifier is None and time.monotonic() - self._tried >= RETRY:
+            self._load_root()
         if self._verifier is None:
-            evidence["error"] = self._verifier_error or "no trusted root"
+            evidence["error"] = f"trusted-root: {self._verifier_error or 'not loaded'}"
+            evidence["failed_check"] = "trusted-root"
             return Attestation(evidence=evidence)
         bundle = self._bundle_beside(art)
         digest = ""
@@ -221,9 +234,15 @@ class SigstoreAttestor:
             raise
 
     def state(self) -> str:
-        if self._verifier_error is not None:
-            return f"failing: {self._verifier_error}"
+        problem = self.problem()
+        if problem is not None:
+            return f"failing: {problem}"
         return f"ready, {len(self._cache)} verdicts cached, {self._bound.busy} busy"
+
+    def problem(self) -> str | None:
+        if self._verifier is None and time.monotonic() - self._tried >= RETRY:
+            self._load_root()
+        return None if self._verifier_error is None else f"trusted_root: {self._verifier_error}"
 
     async def aclose(self) -> None:
         self._cache.clear()

@@ -120,5 +120,8 @@ class SystemdAttestor:
     def state(self) -> str:
         return "ready"
 
+    def problem(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         return None

@@ -162,5 +162,9 @@ class TpmAttestor:
         when = "no quote yet" if age is None else f"last quote {age:.0f}s ago"
         return f"ready, {when}, digest {self._service.quote_digest[:16]}"
 
+    def problem(self) -> str | None:
+        # The node's TPM is reported by the daemon's health as it is (state.py), not here.
+        return None
+
     async def aclose(self) -> None:
         return None  # the service owns the TPM connection

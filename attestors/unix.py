@@ -148,6 +148,9 @@ class UnixAttestor:
     def state(self) -> str:
         return f"ready, {len(self._hashes)} executable hashes cached"
 
+    def problem(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         self._hashes.clear()
         self._bound.close()

@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from ensign.daemon.audit.event import AuditEvent
 from ensign.daemon.config import Config
 from ensign.daemon.config import load as load_config
 from ensign.daemon.errors import ConfigError, EnsignError
+from ensign.daemon.files import DirLock
 from ensign.daemon.issuing import utcnow
 from ensign.daemon.observe import metrics
 from ensign.daemon.wiring import Node, build
@@ -29,6 +31,7 @@ from ensign.daemon.wiring import Node, build
 log = logging.getLogger(__name__)
 
 MAX_TICK = 1.0  # seconds between maintenance passes at most
+WARN_EVERY = 60.0  # seconds between log warnings about a failing attestor
 
 
 def _raise_fd_limit() -> None:
@@ -41,8 +44,9 @@ def _raise_fd_limit() -> None:
 
 class Daemon:
     def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, lock: DirLock | None = None) -> None:
         self.config = config
+        self._lock = lock  # the data_dir lock, if the caller took it already
         self._config_path = config_path
         self.node: Node = build(config, clock)
         self._metrics_server: Any = None
@@ -50,15 +54,24 @@ class Daemon:
         self._wake = asyncio.Event()
 
     async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> int:
+        if self.node.fleet is not None:
+            # First of all: a bad database URL, host, credential or schema stops the start
+            # (exit 78) before anything is written, here (not even the lock below, which
+            # creates data_dir) or in the database. The check only reads.
+            await self.node.fleet.check()
+        # One daemon per data_dir, checked before anything is touched: a second one would
+        # stop the first's swtpm, fork its audit chain and unlink its sockets.
+        lock = self._lock or DirLock.take(self.config.data_dir, "data_dir")
+        try:
+            return await self._run_locked(ready)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, ready: Callable[[], Awaitable[None]] | None) -> int:
         n = self.node
         _raise_fd_limit()
-        if n.fleet is not None:
-            # First of all: a bad database URL, host, credential or schema stops the start
-            # (exit 78) before anything is written, here or in the database.
-            await n.fleet.check()
         # Whatever the daemon creates (SQLite WAL files, state) is private unless made otherwise.
         os.umask(0o077)
-        self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.config.data_dir, 0o700)
         await n.store.open()
         await n.roles.load()
@@ -68,23 +81,27 @@ class Daemon:
             raise ConfigError("ca.seal_with_tpm needs attestors.tpm.enabled")
         n.audit.open()  # first: the TPM and the CA record events as they start
         n.audit.observers.append(n.issuances.observe)  # from the first record on
-        if n.tpm is not None:
-            await n.tpm.start()
-        n.ca.load_or_create()
-        n.delegation_keys.load_or_create()
-        if n.fleet is not None:
-            # node row, published keys (JWT-SVID and delegated-token), listener, heartbeat,
-            # shipping: after both key sets exist
-            await n.fleet.start()
-        if n.https_tls is not None:
-            n.https_tls.refresh()  # a certificate that cannot load is a config error at start
-        await n.federation.start()
-        n.audit.observers.append(metrics.observe_audit)
-        n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
-        if n.responder is not None:
-            n.responder.start()
-        await n.issuers.start()
-        await self._load_issuances()
+        try:
+            if n.tpm is not None:
+                await n.tpm.start()
+            n.ca.load_or_create()
+            n.delegation_keys.load_or_create()
+            if n.fleet is not None:
+                # node row, published keys (JWT-SVID and delegated-token), listener, heartbeat,
+                # shipping: after both key sets exist
+                await n.fleet.start()
+            if n.https_tls is not None:
+                n.https_tls.refresh()  # a certificate that cannot load: a config error now
+            await n.federation.start()
+            n.audit.observers.append(metrics.observe_audit)
+            n.audit.write_timer = metrics.AUDIT_WRITE_SECONDS.observe
+            if n.responder is not None:
+                n.responder.start()
+            await n.issuers.start()
+            await self._load_issuances()
+        except BaseException as e:
+            await self._abort_start(e)
+            raise
         n.audit.record_nowait(AuditEvent(type="daemon.start", details={
             "trust_domain": self.config.trust_domain, "attestors": n.pipeline.names}))
         loop = asyncio.get_running_loop()
@@ -153,7 +170,13 @@ class Daemon:
     async def _maintain_until_stopped(self) -> None:
         """Rotate the CA and SVIDs when due and wake the streams that must see it."""
         n = self.node
+        warned = -WARN_EVERY
         while not self._stop.is_set():
+            if time.monotonic() - warned >= WARN_EVERY:
+                warned = time.monotonic()
+                for name, why in sorted(n.pipeline.problems().items()):
+                    log.warning("attestor failing: callers get no selectors from it",
+                                extra={"attestor": name, "reason": why})
             try:
                 await n.registry.expire_due()
             except EnsignError as e:  # the store is unreachable: entries stopped issuing anyway
@@ -187,6 +210,30 @@ class Daemon:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _abort_start(self, err: BaseException) -> None:
+        """A start refused once the audit log is open (an unsealable CA key, a bad upstream CA):
+        the records made so far and the reason are written, and the writer thread stops while
+        the loop still runs (else its last batch reports to a closed loop, in the log after
+        the one line that says why)."""
+        n = self.node
+        reason = err.diagnostics() if isinstance(err, EnsignError) else type(err).__name__
+        for step in ((n.federation.aclose, n.issuers.aclose)
+                     + ((n.tpm.aclose,) if n.tpm is not None else ())):
+            try:
+                await step()
+            except Exception:
+                log.exception("cleanup after a failed start")
+        try:
+            await n.audit.close(failure=reason)
+        except Exception:
+            log.exception("closing the audit log after a failed start")
+        if n.fleet is not None:
+            try:
+                await n.fleet.stop()  # ships the records made so far, when it can
+            except Exception:
+                log.exception("stopping the fleet after a failed start")
+        await n.store.close()
 
     async def _shutdown(self) -> None:
         n = self.node

@@ -10,22 +10,35 @@ exits with the same code for an error raised in the daemon as for one raised loc
 |---------------------|---------------------|------|------------------------------------------------
 | UsageError          | (CLI only)          | 64   | a command line that cannot be carried out
 | InvalidRequest      | INVALID_ARGUMENT    | 64   | a request missing or misusing a field
+| WrongSocket         | UNIMPLEMENTED       | 64   | a call to a socket that does not serve its API
+| InvalidData         | INVALID_ARGUMENT    | 65   | bad content: a file, a certificate, a past time
 | TokenInvalid        | INVALID_ARGUMENT    | 65   | bad signature, expired, wrong audience
+| AudienceMismatch    | INVALID_ARGUMENT    | 65   | ... a genuine token for another audience
+| HolderInactive      | INVALID_ARGUMENT    | 65   | ... a token whose agent is no longer live
 | Conflict            | ALREADY_EXISTS      | 65   | a name is taken
-| InvalidTransition   | FAILED_PRECONDITION | 65   | the current state does not allow it
+| FailedPrecondition  | FAILED_PRECONDITION | 65   | the current state does not allow it
+| InvalidTransition   | FAILED_PRECONDITION | 65   | ... a lifecycle change in particular
 | NotFound            | NOT_FOUND           | 66   | no such agent, role, grant or file
 | AttestationError    | UNAVAILABLE         | 69   | attestation failed or timed out
+| TpmUnavailable      | UNAVAILABLE         | 69   | ... the TPM cannot be reached (tpm/errors.py)
+| NoTpm               | UNAVAILABLE         | 69   | this node has no TPM (api/attestation.py)
 | StoreError          | UNAVAILABLE         | 74   | the registry cannot be read or written
 | DatabaseUnavailable | UNAVAILABLE         | 69   | fleet database down: registry writes refused
 | SigningError        | INTERNAL            | 70   | a CA or signing key is unusable
+| TpmSealError        | INTERNAL            | 78   | ... a TPM-sealed CA key: the operator must act
 | AuditUnavailable    | UNAVAILABLE         | 74   | the audit log cannot be written: not issuing
 | RateLimited         | UNAVAILABLE         | 75   | over a per-uid limit; retry with backoff
 | RequestTooLarge     | RESOURCE_EXHAUSTED  | 75   | a request message over the bound or budget
 | PermissionDenied    | PERMISSION_DENIED   | 77   | the caller may not do this
 | NoIdentity          | PERMISSION_DENIED   | 77   | no registry entry matches the caller
 | CallerGone          | UNAUTHENTICATED     | 77   | the caller exited, exec'd or its pid was reused
-| ConfigError         | (startup only)      | 78   | a bad config key or value
+| ConfigError         | (startup only)      | 78   | a bad config key or value; an upstream CA,
+|                     |                     |      | [http] address or certificate that cannot
+|                     |                     |      | be used
 | EnsignError (other) | INTERNAL            | 70   | a bug: logged with its traceback
+
+`EXIT_CODES` below says what each exit code means to a user; the README's table is that table
+(a test compares them).
 """
 
 from __future__ import annotations
@@ -36,6 +49,28 @@ from grpclib.const import Status
 
 #: Trailing metadata key naming the error class of a refused call.
 ERROR_KEY = "ensign-error"
+
+#: Every exit code of the `ensign` command and what it means (sysexits.h where one fits).
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "`healthcheck` only: the daemon answers but is not serving (the reason is printed)",
+    64: "usage: a bad flag or argument, a request missing or misusing a field, a wrong socket",
+    65: "data: invalid content (a file, a certificate, a time in the past, a token that is "
+        "bad, meant for another audience or held by an agent no longer active), a name taken, "
+        "a state that does not allow it, an audit trail or artifact that does not verify",
+    66: "not found: no such agent, role or grant, or an input file that cannot be read",
+    69: "unavailable: the daemon cannot be reached, attestation failed, the TPM is unavailable "
+        "or the node has none",
+    70: "internal: a bug or a CA key that fails to sign (details in the daemon's log)",
+    74: "I/O: a file cannot be written, or the daemon cannot write its registry or audit log",
+    75: "temporary: over a per-uid limit or the bound on request size, or no answer in time; "
+        "retry with backoff",
+    77: "permission: the caller may not do this, has no identity, or is not the process that "
+        "connected",
+    78: "config: a bad config key or file (an [http] address or certificate, an upstream CA, a "
+        "CA key the TPM cannot unseal), or the data directory is in use by another daemon",
+    130: "interrupted (Ctrl-C)",
+}
 
 
 class EnsignError(Exception):
@@ -72,6 +107,23 @@ class InvalidRequest(EnsignError):
     grpc_status = Status.INVALID_ARGUMENT
     exit_code = 64
     public_message = "invalid request"
+    detailed = True
+
+
+class InvalidData(InvalidRequest):
+    """Input whose form is right but whose content is not: a registry file, a certificate, a
+    time already past, a document that does not verify."""
+
+    exit_code = 65  # EX_DATAERR
+    public_message = "invalid data"
+
+
+class WrongSocket(EnsignError):
+    """A call to a socket that serves another API (an admin command at the Workload API)."""
+
+    grpc_status = Status.UNIMPLEMENTED
+    exit_code = 64
+    public_message = "not served on this socket"
     detailed = True
 
 
@@ -154,13 +206,20 @@ class SigningError(EnsignError):
     public_message = "signing failed"
 
 
-class InvalidTransition(EnsignError):
-    """A lifecycle change that the entry's current state does not allow."""
+class FailedPrecondition(EnsignError):
+    """The record's or the node's current state does not allow it (a role still held, a grant
+    to a decommissioned agent, delegation turned off)."""
 
     grpc_status = Status.FAILED_PRECONDITION
     exit_code = 65
-    public_message = "invalid state transition"
+    public_message = "not allowed in the current state"
     detailed = True
+
+
+class InvalidTransition(FailedPrecondition):
+    """A lifecycle change that the entry's current state does not allow."""
+
+    public_message = "invalid state transition"
 
 
 class AuditRecordRejected(EnsignError):
@@ -192,7 +251,7 @@ def exit_code_for(status: Status, error_class: str = "") -> int:
 
 
 def _first_by_status() -> dict[Status, int]:
-    table: dict[Status, int] = {Status.DEADLINE_EXCEEDED: 75, Status.UNIMPLEMENTED: 69,
+    table: dict[Status, int] = {Status.DEADLINE_EXCEEDED: 75, Status.UNIMPLEMENTED: 64,
                                 Status.RESOURCE_EXHAUSTED: 75}
     for cls in (InvalidRequest, NotFound, Conflict, InvalidTransition, AttestationError,
                 CallerGone, PermissionDenied, SigningError):

@@ -48,6 +48,12 @@ class NodeState:
             return self.audit.problem
         if self.tpm is not None and not self.tpm.available:
             return f"TPM unavailable: {self.tpm.problem or 'not connected'}"
+        # Like the TPM: callers whose entries need this attestor's selectors get no identity,
+        # so the node says so instead of looking healthy.
+        failing = self.pipeline.problems()
+        if failing:
+            name = min(failing)
+            return f"attestor {name} failing: attestors.{name}.{failing[name]}"
         try:
             self.ca.current()
         except EnsignError as e:
@@ -67,7 +73,8 @@ class NodeState:
             roles=len(self.roles.all), grants=len(self.grants.entries()),
             connections=len(self.tracker), ca_not_after=int(current.not_after.timestamp()),
             ca_next_event=int(self.ca.next_event_at().timestamp()),
-            attestors=self.pipeline.names, audit_sequence=self.audit.seq,
+            attestors=self.pipeline.names + (["tpm"] if self.tpm is not None else []),
+            audit_sequence=self.audit.seq,
             problem=self.problem() or "", attestor_state=self.attestor_states(),
             log_level=logging.getLevelName(logging.getLogger().level).lower(),
             federation=self.federation.status(),
@@ -97,6 +104,7 @@ class NodeState:
             "cache_jwt_svids": float(jwts),
             "tpm_available": 1.0 if self.tpm is not None and self.tpm.available else 0.0,
             "audit_writable": 0.0 if self.audit.problem else 1.0,
+            "attestors_failing": float(len(self.pipeline.problems())),
             "serving": 0.0 if self.problem() else 1.0,
         }
         if self.tpm is not None and (age := self.tpm.quote_age) is not None:

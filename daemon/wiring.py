@@ -177,16 +177,17 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
         front.serve(AttestationBase, AttestationApi(tpm)),
         front.serve(ActionsBase, ActionsApi(recorder, audit)),
         translated(HealthService(state.problem, state.notice).__mapping__()),
-    ]), tracker)
+    ]), tracker, label="the Workload API socket")
     admin_gid = _group_id(config.admin_group)
-    admin = AdminApi(registry=registry, roles=roles, grants=grants, audit_dir=audit.dir,
-                     status=state.status, admin_gid=admin_gid)
+    admin = AdminApi(registry=registry, roles=roles, grants=grants, audit=audit,
+                     status=state.status, admin_gid=admin_gid,
+                     delegation_enabled=config.delegation.enabled)
     admin_server = UnixServer(
         config.admin_socket_path, ADMIN_SOCKET_MODE if admin_gid is None else 0o660,
         [front.serve(AdminBase, admin, Policy(
             header=False, audit="auth", authorize=admin.authorize, prefix="admin.",
             max_request_bytes=ADMIN_MAX_REQUEST_BYTES))],
-        tracker, gid=admin_gid)
+        tracker, gid=admin_gid, label="the admin socket")
     node = Node(config=config, clock=clock, events=events, store=store, roles=roles,
                 registry=registry, grants=grants, issuers=issuers, tpm=tpm, ca=ca,
                 delegation_keys=delegation_keys,

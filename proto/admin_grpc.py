@@ -75,6 +75,14 @@ class AdminBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def ExportAuditArchive(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.ExportAuditArchiveRequest, ensign.proto.admin_pb2.ArchiveChunk]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def DropArchivedAudit(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.DropArchivedAuditRequest, ensign.proto.admin_pb2.DropArchivedAuditResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def GetStatus(self, stream: 'grpclib.server.Stream[ensign.proto.admin_pb2.StatusRequest, ensign.proto.admin_pb2.StatusResponse]') -> None:
         pass
 
@@ -185,6 +193,18 @@ class AdminBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ensign.proto.admin_pb2.AuditQuery,
                 ensign.proto.admin_pb2.AuditRecords,
+            ),
+            '/ensign.admin.v1.Admin/ExportAuditArchive': grpclib.const.Handler(
+                self.ExportAuditArchive,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ensign.proto.admin_pb2.ExportAuditArchiveRequest,
+                ensign.proto.admin_pb2.ArchiveChunk,
+            ),
+            '/ensign.admin.v1.Admin/DropArchivedAudit': grpclib.const.Handler(
+                self.DropArchivedAudit,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ensign.proto.admin_pb2.DropArchivedAuditRequest,
+                ensign.proto.admin_pb2.DropArchivedAuditResponse,
             ),
             '/ensign.admin.v1.Admin/GetStatus': grpclib.const.Handler(
                 self.GetStatus,
@@ -311,6 +331,18 @@ class AdminStub:
             '/ensign.admin.v1.Admin/QueryAudit',
             ensign.proto.admin_pb2.AuditQuery,
             ensign.proto.admin_pb2.AuditRecords,
+        )
+        self.ExportAuditArchive = grpclib.client.UnaryStreamMethod(
+            channel,
+            '/ensign.admin.v1.Admin/ExportAuditArchive',
+            ensign.proto.admin_pb2.ExportAuditArchiveRequest,
+            ensign.proto.admin_pb2.ArchiveChunk,
+        )
+        self.DropArchivedAudit = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/ensign.admin.v1.Admin/DropArchivedAudit',
+            ensign.proto.admin_pb2.DropArchivedAuditRequest,
+            ensign.proto.admin_pb2.DropArchivedAuditResponse,
         )
         self.GetStatus = grpclib.client.UnaryUnaryMethod(
             channel,

@@ -80,6 +80,42 @@ class AuditRecords(_message.Message):
     records: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, records: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ExportAuditArchiveRequest(_message.Message):
+    __slots__ = ("keep",)
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    keep: int
+    def __init__(self, keep: _Optional[int] = ...) -> None: ...
+
+class ArchiveChunk(_message.Message):
+    __slots__ = ("name", "data", "end")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    end: bool
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., end: _Optional[bool] = ...) -> None: ...
+
+class ArchivedSegment(_message.Message):
+    __slots__ = ("name", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DropArchivedAuditRequest(_message.Message):
+    __slots__ = ("segments",)
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[ArchivedSegment]
+    def __init__(self, segments: _Optional[_Iterable[_Union[ArchivedSegment, _Mapping]]] = ...) -> None: ...
+
+class DropArchivedAuditResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Agent(_message.Message):
     __slots__ = ("id", "name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "created_at", "updated_at", "revision", "owner", "purpose", "capabilities", "roles", "metadata", "state", "expires_at", "created_by", "history", "federates_with")
     class MetadataEntry(_message.Message):
@@ -268,7 +304,7 @@ class DeleteRoleResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentSpec(_message.Message):
-    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at", "federates_with")
+    __slots__ = ("name", "kind", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "metadata", "expires_at", "federates_with", "expires_after_seconds")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +327,7 @@ class AgentSpec(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     spiffe_id: str
@@ -306,7 +343,8 @@ class AgentSpec(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     expires_at: int
     federates_with: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Iterable[str]] = ...) -> None: ...
+    expires_after_seconds: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Iterable[str]] = ..., expires_after_seconds: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
     __slots__ = ("spec",)
@@ -350,8 +388,21 @@ class StringList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class StringMap(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class UpdateAgentRequest(_message.Message):
-    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at", "federates_with")
+    __slots__ = ("id", "name", "spiffe_id", "selectors", "x509_ttl_seconds", "jwt_ttl_seconds", "dns_names", "hint", "owner", "purpose", "capabilities", "roles", "expires_at", "federates_with", "kind", "metadata")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +417,8 @@ class UpdateAgentRequest(_message.Message):
     ROLES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     spiffe_id: str
@@ -380,7 +433,9 @@ class UpdateAgentRequest(_message.Message):
     roles: StringList
     expires_at: int
     federates_with: StringList
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+    kind: str
+    metadata: StringMap
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Union[StringList, _Mapping]] = ..., x509_ttl_seconds: _Optional[int] = ..., jwt_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Union[StringList, _Mapping]] = ..., hint: _Optional[str] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., capabilities: _Optional[_Union[StringList, _Mapping]] = ..., roles: _Optional[_Union[StringList, _Mapping]] = ..., expires_at: _Optional[int] = ..., federates_with: _Optional[_Union[StringList, _Mapping]] = ..., kind: _Optional[str] = ..., metadata: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
 
 class DeleteAgentRequest(_message.Message):
     __slots__ = ("id",)

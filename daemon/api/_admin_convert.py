@@ -37,12 +37,14 @@ def update_changes(req: pb.UpdateAgentRequest) -> dict[str, Any]:
     for field, attr in (("name", "name"), ("spiffe_id", "spiffe_id"), ("hint", "hint"),
                         ("owner", "owner"), ("purpose", "purpose"),
                         ("x509_ttl_seconds", "x509_ttl"), ("jwt_ttl_seconds", "jwt_ttl"),
-                        ("expires_at", "expires_at")):
+                        ("expires_at", "expires_at"), ("kind", "kind")):
         if req.HasField(field):
             changes[attr] = getattr(req, field)
     for field in ("selectors", "dns_names", "capabilities", "roles", "federates_with"):
         if req.HasField(field):
             changes[field] = tuple(getattr(req, field).values)
+    if req.HasField("metadata"):
+        changes["metadata"] = dict(req.metadata.values)
     return changes
 
 

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from grpclib.server import Stream
 
@@ -25,8 +24,25 @@ from ensign.daemon.api._admin_convert import (
     update_changes,
 )
 from ensign.daemon.api.front import Call, recv
-from ensign.daemon.audit import AuditFilter, canonical, query
-from ensign.daemon.errors import DatabaseUnavailable, InvalidRequest, PermissionDenied
+from ensign.daemon.audit import (
+    CHECKPOINTS,
+    PUBLIC_KEY,
+    AuditEvent,
+    AuditFilter,
+    AuditLog,
+    canonical,
+    check_drop,
+    plan,
+    query,
+    remove,
+)
+from ensign.daemon.errors import (
+    DatabaseUnavailable,
+    FailedPrecondition,
+    InvalidData,
+    InvalidRequest,
+    PermissionDenied,
+)
 from ensign.daemon.identity import check_alive
 from ensign.daemon.models import Caller
 from ensign.daemon.procfs import read_status
@@ -39,22 +55,26 @@ from ensign.daemon.registry import (
     RoleBook,
     validate_filter,
 )
+from ensign.daemon.units import MAX_TTL_SECONDS
 from ensign.proto import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
 MAX_REASON = 512
 AUDIT_CHUNK = 500
+ARCHIVE_CHUNK = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class AdminApi:
     def __init__(self, *, registry: Registry, roles: RoleBook, grants: GrantBook,
-                 audit_dir: Path, status: Callable[[], pb.StatusResponse] = pb.StatusResponse,
-                 admin_gid: int | None = None) -> None:
+                 audit: AuditLog, status: Callable[[], pb.StatusResponse] = pb.StatusResponse,
+                 admin_gid: int | None = None, delegation_enabled: bool = True) -> None:
+        self._delegation_enabled = delegation_enabled
         self._admin_gid = admin_gid
         self._status = status
         self._grants = grants
-        self._audit_dir = audit_dir
+        self._audit = audit
+        self._audit_dir = audit.dir
         self._registry = registry
         self._roles = roles
         self._own_uid = os.getuid()
@@ -155,16 +175,23 @@ class AdminApi:
         request = await recv(stream)
         uid = call.caller.uid
         desired = [
-            registry_apply.Desired(id=a.id, spec=spec_to_entry(a.spec, uid), state=a.state)
+            registry_apply.Desired(id=a.id, spec=spec_to_entry(a.spec, uid), state=a.state,
+                                   expires_after=a.spec.expires_after_seconds)
             for a in request.agents
         ]
         for d in desired:
             if d.state not in ("", "active", "suspended", "decommissioned"):
-                raise InvalidRequest(f"agent {d.spec.name}: unknown state {d.state!r}")
-        steps = await registry_apply.apply(
-            self._registry, self._roles, desired, [pb_to_role(r) for r in request.roles],
-            actor_uid=uid, prune=request.prune, dry_run=request.dry_run,
-        )
+                raise InvalidData(f"agent {d.spec.name}: unknown state {d.state!r}")
+            if not 0 <= d.expires_after <= MAX_TTL_SECONDS:
+                raise InvalidData(f"agent {d.spec.name}: expires_at must be within 3650 days")
+        try:
+            steps = await registry_apply.apply(
+                self._registry, self._roles, desired, [pb_to_role(r) for r in request.roles],
+                actor_uid=uid, prune=request.prune, dry_run=request.dry_run,
+            )
+        except InvalidRequest as e:
+            # The file's content, not the command line: a data error (exit 65).
+            raise e if isinstance(e, InvalidData) else InvalidData(str(e)) from None
         await stream.send_message(pb.ApplyResponse(
             steps=[pb.PlanStep(action=s.action, target=s.target, detail=s.detail) for s in steps],
             applied=not request.dry_run,
@@ -218,6 +245,49 @@ class AdminApi:
             chunk = [canonical(r).decode() for r in records[i:i + AUDIT_CHUNK]]
             await stream.send_message(pb.AuditRecords(records=chunk))
 
+    async def ExportAuditArchive(
+        self, stream: Stream[pb.ExportAuditArchiveRequest, pb.ArchiveChunk], call: Call
+    ) -> None:
+        request = await recv(stream)
+        if request.keep < 1:
+            raise InvalidRequest("keep must be at least 1: the newest segment is the open one")
+        p = await asyncio.to_thread(plan, self._audit_dir, request.keep)
+        if not p.segments:
+            return
+        await stream.send_message(pb.ArchiveChunk(name=PUBLIC_KEY, data=p.public_key, end=True))
+        for path in p.segments:  # closed segments: they no longer change
+            try:
+                f = open(path, "rb")  # noqa: ASYNC230, SIM115 (read off the loop below)
+            except FileNotFoundError:
+                raise FailedPrecondition(f"{path.name} was archived meanwhile by another "
+                                         "command: run it again") from None
+            with f:
+                while True:
+                    data = await asyncio.to_thread(f.read, ARCHIVE_CHUNK)
+                    end = len(data) < ARCHIVE_CHUNK
+                    await stream.send_message(pb.ArchiveChunk(name=path.name, data=data, end=end))
+                    if end:
+                        break
+        await stream.send_message(pb.ArchiveChunk(name=CHECKPOINTS, data=p.checkpoints, end=True))
+
+    async def DropArchivedAudit(
+        self, stream: Stream[pb.DropArchivedAuditRequest, pb.DropArchivedAuditResponse],
+        call: Call,
+    ) -> None:
+        request = await recv(stream)
+        proofs = {s.name: s.sha256 for s in request.segments}
+        if len(proofs) != len(request.segments):
+            raise InvalidRequest("a segment is named twice")
+        # Hashed off the writer thread (closed segments do not change); removed on it, where
+        # the chain's head is found again after a failed write.
+        await asyncio.to_thread(check_drop, self._audit_dir, proofs, "")
+        removed = await self._audit.with_segments(lambda open_segment: remove(
+            self._audit_dir, check_drop(self._audit_dir, proofs, open_segment, hashes=False)))
+        await self._audit.record(AuditEvent(
+            type="audit.archived", actor=f"uid:{call.caller.uid}",
+            details={"segments": removed}))
+        await stream.send_message(pb.DropArchivedAuditResponse(removed=removed))
+
     # -- operations ------------------------------------------------------------------------
 
     async def GetStatus(
@@ -242,7 +312,13 @@ class AdminApi:
     async def CreateGrant(self, stream: Stream[pb.Grant, pb.Grant], call: Call) -> None:
         request = await recv(stream)
         uid = call.caller.uid
-        self._registry.get(request.agent_id)  # the agent must exist
+        if not self._delegation_enabled:
+            raise FailedPrecondition("delegation is disabled on this node ([delegation] enabled "
+                                     "= false): a grant could never be used")
+        agent = self._registry.get(request.agent_id)  # the agent must exist
+        if agent.state == "decommissioned":
+            raise FailedPrecondition(f"agent {agent.id} is decommissioned: it can never act "
+                                     "for anyone again")
         grant = await self._grants.create(
             Grant(id="", subject=request.subject, issuer=request.issuer,
                   agent_id=request.agent_id, scopes=tuple(request.scopes)),

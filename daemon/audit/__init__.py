@@ -1,12 +1,22 @@
 """The audit trail: typed records, the hash-chained log with group commit and signed checkpoints,
 and offline verify, query, export and archive.
 
-`AuditLog` (log.py) is the only writer; `verify`, `query` and `archive` read the files and work
-with the daemon stopped; `to_ocsf` (export.py) maps a record to an OCSF event. Record builders
-for registry changes are in records.py.
+`AuditLog` (log.py) is the only writer; `verify` and `query` read the files and work with the
+daemon stopped; `to_ocsf` (export.py) maps a record to an OCSF event. `archive` copies old
+segments out and removes them (through the AuditLog's writer thread while the daemon runs).
+Record builders for registry changes are in records.py.
 """
 
-from ensign.daemon.audit.archive import archive
+from ensign.daemon.audit.archive import (
+    Archive,
+    Plan,
+    check_drop,
+    drop,
+    plan,
+    remove,
+    sha256_file,
+    store_plan,
+)
 from ensign.daemon.audit.event import GENESIS, AuditEvent, EventType, Process, canonical
 from ensign.daemon.audit.export import OCSF_VERSION, to_ocsf
 from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, chain_id, segments
@@ -15,8 +25,9 @@ from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm
 from ensign.daemon.audit.verify import ChainCheck, Report, checked_checkpoints, verify
 
 __all__ = [
-    "CHECKPOINTS", "GENESIS", "OCSF_VERSION", "PUBLIC_KEY", "AuditEvent", "AuditFilter",
-    "AuditLog", "ChainCheck", "EventType", "Process", "Report", "archive", "canonical",
-    "chain_id", "change", "checked_checkpoints", "evidence_digest", "process_of", "query",
-    "read_records", "segments", "to_ocsf", "tpm_event", "verify",
+    "CHECKPOINTS", "GENESIS", "OCSF_VERSION", "PUBLIC_KEY", "Archive", "AuditEvent",
+    "AuditFilter", "AuditLog", "ChainCheck", "EventType", "Plan", "Process", "Report",
+    "canonical", "chain_id", "change", "check_drop", "checked_checkpoints", "drop",
+    "evidence_digest", "plan", "process_of", "query", "read_records", "remove", "segments",
+    "sha256_file", "store_plan", "to_ocsf", "tpm_event", "verify",
 ]

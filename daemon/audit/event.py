@@ -30,6 +30,7 @@ EventType = Literal[
     "daemon.start",
     "daemon.stop",
     "audit.recovered",    # an incomplete trailing record from a crash was set aside
+    "audit.archived",     # old segments moved to an archive by an admin
     "tpm",                # node attestation: policy pass/fail, TPM lost/back, measured launch
 ]
 Result = Literal["success", "denied", "failure"]

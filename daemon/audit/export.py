@@ -11,7 +11,7 @@ without `hash` is `hash`, so a SIEM can check each event against the signed chai
                               token.exchanged
   3004 Entity Management      registry.change, role.change, grant.change, ca.rotated
   2004 Detection Finding      anomaly
-  6002 Application Lifecycle  daemon.start, daemon.stop, audit.recovered
+  6002 Application Lifecycle  daemon.start, daemon.stop, audit.recovered, audit.archived
   6003 API Activity           action (an agent's action on a resource, with its delegation chain)
   0    Base Event             tpm, and any type without a mapping
 """
@@ -233,8 +233,9 @@ def action(r: Record) -> Event:
 
 def lifecycle(r: Record) -> Event:
     kind = str(r.get("type"))
-    activity_id, activity = {"daemon.start": (3, "Start"), "daemon.stop": (4, "Stop")}.get(
-        kind, (99, "Audit Recovered" if kind == "audit.recovered" else kind))
+    activity_id, activity = {"daemon.start": (3, "Start"), "daemon.stop": (4, "Stop"),
+                             "audit.recovered": (99, "Audit Recovered"),
+                             "audit.archived": (99, "Audit Archived")}.get(kind, (99, kind))
     e = _event(r, 6002, activity_id, activity, f"Ensign {activity.lower()}")
     e["app"] = dict(PRODUCT)
     return e
@@ -255,6 +256,7 @@ MAPPERS: dict[str, Callable[[Record], Event]] = {
     "grant.change": registry_change, "ca.rotated": ca_rotated,
     "anomaly": anomaly,
     "daemon.start": lifecycle, "daemon.stop": lifecycle, "audit.recovered": lifecycle,
+    "audit.archived": lifecycle,
     "tpm": base_event,
 }
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,6 +60,7 @@ CHECKPOINTS = "checkpoints.jsonl"
 PUBLIC_KEY = "audit-key.pub.pem"
 MAX_LOOKS = 4
 MAX_SEALERS = 256
+T = TypeVar("T")
 MAX_RETAINED = 10_000  # unwritten records nobody waits for, kept across failed writes
 
 # One caller's records, sealed together, and who waits for them (None: nobody).
@@ -174,11 +175,15 @@ class AuditLog:
                 reason=f"set aside {discarded} bytes of an incomplete record left by a crash",
             ))
 
-    async def close(self) -> None:
+    async def close(self, failure: str | None = None) -> None:
+        """Write what is pending, a `daemon.stop` record (a failure with its reason when the
+        daemon could not start) and a checkpoint, then stop the writer thread."""
         if self._thread is None:
             return
+        stop = (AuditEvent(type="daemon.stop") if failure is None else
+                AuditEvent(type="daemon.stop", result="failure", reason=failure))
         with contextlib.suppress(AuditUnavailable):
-            await self.record(AuditEvent(type="daemon.stop"))
+            await self.record(stop)
             try:
                 await self._in_writer(self._checkpoint_sync)
             except OSError as e:
@@ -392,20 +397,26 @@ class AuditLog:
         self._timer = self._loop.call_later(self._cfg.checkpoint_interval.total_seconds(),
                                             self._tick)
 
-    def _in_writer(self, job: Callable[[], None]) -> asyncio.Future[None]:
+    def _in_writer(self, job: Callable[[], T]) -> asyncio.Future[T]:
         assert self._loop is not None
         loop, future = self._loop, self._loop.create_future()
 
         def run() -> None:
             try:
-                job()
+                result = job()
             except Exception as e:  # handed to the waiting coroutine
-                loop.call_soon_threadsafe(_settle, future, e)
+                loop.call_soon_threadsafe(_fail, future, e)
             else:
-                loop.call_soon_threadsafe(_settle, future, None)
+                loop.call_soon_threadsafe(_settle, future, result)
 
         self._jobs.put(run)
         return future
+
+    def with_segments(self, job: Callable[[str], T]) -> asyncio.Future[T]:
+        """Run `job(name of the open segment)` on the writer thread between batches: the one
+        place that may remove closed segments (archive), since the writer reads them when it
+        reopens the log."""
+        return self._in_writer(lambda: job(segment_name(self._segment)))
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -520,10 +531,21 @@ class AuditLog:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def _recover_tail(self) -> int:
-        """Find the head of the chain; set aside an incomplete last record. Returns bytes cut."""
+        """Find the head of the chain; set aside an incomplete last record. Returns bytes cut.
+
+        When no segment holds a record (everything before was archived), the chain resumes
+        after the last signed checkpoint, never from the start: a new chain would reuse
+        sequence numbers and names the archive already holds."""
         found = segments(self.dir)
+        last_cp = self._last_checkpoint()
+        if last_cp is not None:
+            self._cp_seq = int(last_cp["seq"])
         if not found:
             self._segment = 1
+            if last_cp is not None:
+                self._seq, self._head = int(last_cp["seq"]), str(last_cp["hash"])
+                m = SEGMENT.match(str(last_cp.get("segment", "")))
+                self._segment = int(m.group(1)) + 1 if m else 1
             return 0
         self._segment, last = found[-1]
         data = last.read_bytes()
@@ -540,12 +562,16 @@ class AuditLog:
             self._seq, self._head = int(tail["seq"]), str(tail["hash"])
         else:
             self._seq, self._head = self._head_before(found[:-1])
-        cp = self.dir / CHECKPOINTS
-        if cp.exists():
-            cps = [json.loads(x) for x in cp.read_bytes().splitlines() if x.strip()]
-            if cps:
-                self._cp_seq = int(cps[-1]["seq"])
+            if self._seq == 0 and last_cp is not None:
+                self._seq, self._head = int(last_cp["seq"]), str(last_cp["hash"])
         return cut
+
+    def _last_checkpoint(self) -> dict[str, Any] | None:
+        cp = self.dir / CHECKPOINTS
+        if not cp.exists():
+            return None
+        lines = [x for x in cp.read_bytes().splitlines() if x.strip()]
+        return dict(json.loads(lines[-1])) if lines else None
 
     def _head_before(self, earlier: list[tuple[int, Path]]) -> tuple[int, str]:
         for _, path in reversed(earlier):
@@ -582,10 +608,11 @@ class _Moved(Exception):
     """Reopening found the chain's tail elsewhere than where the batch was sealed onto."""
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
+def _settle(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+    if not future.done():
         future.set_exception(error)

@@ -93,13 +93,20 @@ class ChainCheck:
         self.expected_seq: int | None = None
         self.prev = GENESIS
         self.hashes_at: dict[int, str] = {}
+        self.skip_to = 0  # records at or below this seq are not checked (--from-checkpoint)
+        self.start_segment = ""  # that checkpoint's segment: earlier ones hold nothing after it
         report.checkpoints = len(cps)
         if from_checkpoint is not None:
             start = self.by_seq.get(from_checkpoint)
             if start is None:
                 report.fail(f"no valid checkpoint at seq {from_checkpoint}")
             else:
-                self.expected_seq, self.prev = from_checkpoint + 1, str(start["hash"])
+                self.skip_to, self.expected_seq = from_checkpoint, from_checkpoint + 1
+                self.prev = str(start["hash"])
+                self.start_segment = str(start.get("segment", ""))
+                report.first_seq = from_checkpoint + 1
+                report.notes.append(f"checked from checkpoint {from_checkpoint}: records "
+                                    f"1..{from_checkpoint} were not checked")
 
     def add(self, where: str, line: bytes | str) -> bool:
         report = self.report
@@ -109,6 +116,12 @@ class ChainCheck:
         except (ValueError, KeyError, TypeError):
             report.fail(f"{where}: not a valid record (altered or truncated)")
             return False
+        if seq <= self.skip_to:
+            if seq == self.skip_to and record.get("hash") != self.prev:
+                report.fail(f"{where} (seq {seq}): does not match the checkpoint at seq "
+                            f"{seq} (altered)")
+                return False
+            return True
         if self.expected_seq is None:
             self.expected_seq = seq
             if seq != 1:
@@ -144,8 +157,20 @@ class ChainCheck:
         report.last_seq = seq
         return True
 
-    def finish(self) -> Report:
+    def finish(self, first_segment: str | None = None) -> Report:
+        """`first_segment`: the name of the oldest segment read, if they are files."""
         report = self.report
+        if report.records == 0 and self.skip_to:
+            report.last_seq = self.skip_to  # nothing after the checkpoint yet
+        elif report.records == 0 and first_segment is not None:
+            # Only empty segments: fine right after an archive, if every checkpoint names a
+            # segment that was moved away (the log then resumes after the newest of them).
+            moved = [int(cp["seq"]) for cp in self.cps
+                     if str(cp.get("segment", "")) < first_segment]
+            if moved:
+                report.first_seq, report.last_seq = max(moved) + 1, max(moved)
+                report.notes.append(f"no records after checkpoint {max(moved)} yet "
+                                    "(earlier segments archived)")
         for cp in self.cps:
             seq = int(cp["seq"])
             if seq > report.last_seq:
@@ -161,6 +186,9 @@ class ChainCheck:
 
 
 def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
+    """Check the log in `audit_dir`. With `from_checkpoint` N, records up to N are not checked
+    (they may be archived or still present): the chain is checked from the record after the
+    signed checkpoint at N, which must link to it; a record N still present must match it."""
     report = Report()
     key = _load_public_key(audit_dir, report)
     chain = chain_id(key) if key is not None else None
@@ -172,6 +200,7 @@ def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
     check = ChainCheck(report, chain, cps, from_checkpoint)
     if not report.ok and from_checkpoint is not None and check.expected_seq is None:
         return report
+    found = [(n, p) for n, p in found if p.name >= check.start_segment]
     for _, path in found:
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
@@ -179,4 +208,4 @@ def verify(audit_dir: Path, from_checkpoint: int | None = None) -> Report:
         for lineno, line in enumerate(data.splitlines(), 1):
             if not check.add(f"{path.name} line {lineno}", line):
                 return report
-    return check.finish()
+    return check.finish(found[0][1].name if found else None)

@@ -8,20 +8,33 @@ from typing import Any
 
 from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
-from ensign.proto.admin_grpc import AdminStub
 
 from . import anomaly_cmds, apply_file, audit_cmds, ops_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
+    add_admin_flags,
     add_output,
-    admin_socket,
-    channel,
+    admin_call,
     duration_seconds,
-    iso,
+    fmt_duration,
+    fmt_time,
+    message_json,
+    print_fields,
     print_json,
-    proto_dict,
+    print_table,
     timestamp,
 )
+
+#: Lists `agent update` can replace or clear (flag, request field); selectors cannot be cleared.
+LISTS = (("selector", "selectors"), ("dns_name", "dns_names"), ("capability", "capabilities"),
+         ("role", "roles"), ("federates_with", "federates_with"))
+
+
+def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of every admin command: where the admin socket is, and the output format."""
+    add_admin_flags(p)
+    add_output(p)
+    return p
 
 
 def register(sub: Any) -> None:
@@ -29,17 +42,10 @@ def register(sub: Any) -> None:
     asub = agent.add_subparsers(dest="agent_command", required=True, metavar="SUBCOMMAND",
                                 parser_class=type(agent))
 
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--admin-socket", help="admin socket (default $ENSIGN_ADMIN_SOCKET, "
-                       "then the config's admin_socket_path)")
-        p.add_argument("--config", type=Path, help="config file to find the admin socket in")
-        add_output(p)
-        return p
-
     def spec_flags(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--name", required=creating)
-        if creating:
-            p.add_argument("--kind", choices=["agent", "service"], default="agent")
+        p.add_argument("--kind", choices=["agent", "service"],
+                       default="agent" if creating else None)
         p.add_argument("--spiffe-id")
         p.add_argument("--selector", action="append", required=creating, metavar="TYPE:KEY:VALUE",
                        help="all must match the caller (repeatable)")
@@ -49,16 +55,25 @@ def register(sub: Any) -> None:
         p.add_argument("--role", action="append")
         p.add_argument("--x509-ttl", type=duration_seconds, metavar="DURATION")
         p.add_argument("--jwt-ttl", type=duration_seconds, metavar="DURATION")
-        p.add_argument("--expires-at", type=timestamp, metavar="TIME")
+        p.add_argument("--expires-at", type=timestamp, metavar="TIME",
+                       help="RFC 3339, or a duration from now such as 30d; must lie ahead")
         p.add_argument("--dns-name", action="append")
         p.add_argument("--hint")
         p.add_argument("--federates-with", action="append", metavar="TRUST_DOMAIN",
                        help="also hand this entry the bundle of that federated trust domain "
                             "(repeatable)")
-        if creating:
-            p.add_argument("--metadata", action="append", metavar="KEY=VALUE", default=[],
-                           help="free-form labels; anomaly.action=alert|suspend|off overrides "
-                                "anomaly detection for this agent")
+        p.add_argument("--metadata", action="append", metavar="KEY=VALUE",
+                       default=[] if creating else None,
+                       help="free-form labels; anomaly.action=alert|suspend|off overrides "
+                            "anomaly detection for this agent")
+        if not creating:
+            for flag, what in (("capabilities", "capability"), ("roles", "role"),
+                               ("dns-names", "DNS name"),
+                               ("federates-with", "federated trust domain"),
+                               ("metadata", "label")):
+                p.add_argument(f"--clear-{flag}", action="store_true",
+                               help=f"remove every {what}")
+            p.add_argument("--no-expiry", action="store_true", help="never expire")
 
     reg = common(asub.add_parser("register", help="create an entry; prints its id"))
     spec_flags(reg, creating=True)
@@ -69,11 +84,12 @@ def register(sub: Any) -> None:
         ls.add_argument(f"--{flag}", default="")
     ls.set_defaults(func=agent_list)
 
-    show = common(asub.add_parser("show", help="show one entry"))
+    show = common(asub.add_parser("show", help="show one entry with its state history"))
     show.add_argument("id")
     show.set_defaults(func=agent_show)
 
-    upd = common(asub.add_parser("update", help="change fields of an entry"))
+    upd = common(asub.add_parser("update", help="change fields of an entry; a list flag "
+                                 "replaces that list (give it \"\" or --clear-X to empty it)"))
     upd.add_argument("id")
     spec_flags(upd, creating=False)
     upd.set_defaults(func=agent_update)
@@ -107,31 +123,32 @@ def register(sub: Any) -> None:
 
 
 
-def _agent_dict(a: pb.Agent) -> dict[str, Any]:
-    return proto_dict(a)
+def agent_json(a: pb.Agent, *, history: bool = False) -> dict[str, Any]:
+    """An agent as JSON; `history` only where the daemon fills it (`show`)."""
+    return message_json(a, drop=() if history else ("history",))
 
 
 def _print_agent(a: pb.Agent) -> None:
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("id", a.id), ("name", a.name), ("kind", a.kind), ("spiffe_id", a.spiffe_id),
         ("state", a.state), ("selectors", ", ".join(a.selectors)),
         ("owner", a.owner or "-"), ("purpose", a.purpose or "-"),
         ("capabilities", ", ".join(a.capabilities) or "-"), ("roles", ", ".join(a.roles) or "-"),
-        ("x509_ttl", f"{a.x509_ttl_seconds}s" if a.x509_ttl_seconds else "default"),
-        ("jwt_ttl", f"{a.jwt_ttl_seconds}s" if a.jwt_ttl_seconds else "default"),
+        ("x509_ttl", fmt_duration(a.x509_ttl_seconds, "default")),
+        ("jwt_ttl", fmt_duration(a.jwt_ttl_seconds, "default")),
         ("dns_names", ", ".join(a.dns_names) or "-"), ("hint", a.hint or "-"),
         ("federates_with", ", ".join(a.federates_with) or "-"),
-        ("expires_at", iso(a.expires_at)), ("created", iso(a.created_at)),
-        ("updated", iso(a.updated_at)), ("revision", str(a.revision)),
+        ("expires_at", fmt_time(a.expires_at)), ("created", fmt_time(a.created_at)),
+        ("updated", fmt_time(a.updated_at)), ("revision", a.revision),
     ]
     rows += [(f"metadata.{k}", v) for k, v in sorted(a.metadata.items())]
-    for k, v in rows:
-        print(f"{k:14} {v}")
+    print_fields(rows)
     if a.history:
         print("history:")
         for h in a.history:
             reason = f"  ({h.reason})" if h.reason else ""
-            print(f"  {iso(h.at)}  {h.from_state or '-'} -> {h.to_state}  by {h.actor}{reason}")
+            print(f"  {fmt_time(h.at)}  {h.from_state or '-'} -> {h.to_state}  by {h.actor}"
+                  f"{reason}")
 
 
 def _metadata(items: list[str]) -> dict[str, str]:
@@ -144,20 +161,25 @@ def _metadata(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _values(items: list[str] | None) -> list[str]:
+    """A list flag's values; `--role ""` alone means the empty list."""
+    return [v for v in items or [] if v]
+
+
 async def agent_register(args: argparse.Namespace) -> int:
     spec = pb.AgentSpec(
         name=args.name, kind=args.kind, spiffe_id=args.spiffe_id or "",
         selectors=args.selector, owner=args.owner or "", purpose=args.purpose or "",
-        capabilities=args.capability or [], roles=args.role or [],
+        capabilities=_values(args.capability), roles=_values(args.role),
         x509_ttl_seconds=args.x509_ttl or 0, jwt_ttl_seconds=args.jwt_ttl or 0,
-        expires_at=args.expires_at or 0, dns_names=args.dns_name or [], hint=args.hint or "",
-        metadata=_metadata(args.metadata), federates_with=args.federates_with or [],
+        expires_at=args.expires_at or 0, dns_names=_values(args.dns_name),
+        hint=args.hint or "", metadata=_metadata(args.metadata),
+        federates_with=_values(args.federates_with),
     )
-    async with channel(admin_socket(args)) as ch:
-        agent = await AdminStub(ch).RegisterAgent(pb.RegisterAgentRequest(spec=spec),
-                                                  timeout=TIMEOUT)
+    agent = await admin_call(args, lambda s: s.RegisterAgent(
+        pb.RegisterAgentRequest(spec=spec), timeout=TIMEOUT))
     if args.output == "json":
-        print_json(_agent_dict(agent))
+        print_json(agent_json(agent))
     else:
         print(agent.id)
     return 0
@@ -168,54 +190,68 @@ async def agent_list(args: argparse.Namespace) -> int:
         state=args.state, owner=args.owner, capability=args.capability, role=args.role,
         kind=args.kind, selector=args.selector, name_prefix=args.name_prefix,
     )
-    async with channel(admin_socket(args)) as ch:
-        resp = await AdminStub(ch).ListAgents(req, timeout=TIMEOUT)
+    resp = await admin_call(args, lambda s: s.ListAgents(req, timeout=TIMEOUT))
     if args.output == "json":
-        print_json([_agent_dict(a) for a in resp.agents])
+        print_json([agent_json(a) for a in resp.agents])
     else:
-        print(f"{'ID':32} {'NAME':20} {'STATE':10} SPIFFE ID")
-        for a in resp.agents:
-            print(f"{a.id:32} {a.name:20} {a.state:10} {a.spiffe_id}")
+        print_table(("ID", "NAME", "STATE", "OWNER", "SPIFFE ID"),
+                    [(a.id, a.name, a.state, a.owner or "-", a.spiffe_id) for a in resp.agents])
     return 0
 
 
 async def agent_show(args: argparse.Namespace) -> int:
-    async with channel(admin_socket(args)) as ch:
-        agent = await AdminStub(ch).GetAgent(pb.GetAgentRequest(id=args.id), timeout=TIMEOUT)
+    agent = await admin_call(args, lambda s: s.GetAgent(pb.GetAgentRequest(id=args.id),
+                                                        timeout=TIMEOUT))
     if args.output == "json":
-        print_json(_agent_dict(agent))
+        print_json(agent_json(agent, history=True))
     else:
         _print_agent(agent)
     return 0
 
 
-async def agent_update(args: argparse.Namespace) -> int:
+def update_request(args: argparse.Namespace) -> pb.UpdateAgentRequest:
     req = pb.UpdateAgentRequest(id=args.id)
-    for flag, field in (("name", "name"), ("spiffe_id", "spiffe_id"), ("owner", "owner"),
-                        ("purpose", "purpose"), ("hint", "hint"),
+    for flag, field in (("name", "name"), ("kind", "kind"), ("spiffe_id", "spiffe_id"),
+                        ("owner", "owner"), ("purpose", "purpose"), ("hint", "hint"),
                         ("x509_ttl", "x509_ttl_seconds"), ("jwt_ttl", "jwt_ttl_seconds"),
                         ("expires_at", "expires_at")):
         value = getattr(args, flag)
         if value is not None:
             setattr(req, field, value)
-    for flag, field in (("selector", "selectors"), ("dns_name", "dns_names"),
-                        ("capability", "capabilities"), ("role", "roles"),
-                        ("federates_with", "federates_with")):
+    if args.no_expiry:
+        if args.expires_at is not None:
+            raise UsageError("--no-expiry and --expires-at exclude each other")
+        req.expires_at = 0
+    for flag, field in LISTS:
         values = getattr(args, flag)
-        if values is not None:
-            getattr(req, field).values.extend(values)
-    async with channel(admin_socket(args)) as ch:
-        agent = await AdminStub(ch).UpdateAgent(req, timeout=TIMEOUT)
+        cleared = getattr(args, f"clear_{field}", False)
+        if values is not None and cleared:
+            raise UsageError(f"--{flag.replace('_', '-')} and --clear-{field.replace('_', '-')} "
+                             "exclude each other")
+        if values is not None or cleared:
+            getattr(req, field).SetInParent()
+            getattr(req, field).values.extend(_values(values))
+    if args.metadata is not None and args.clear_metadata:
+        raise UsageError("--metadata and --clear-metadata exclude each other")
+    if args.metadata is not None or args.clear_metadata:
+        req.metadata.SetInParent()
+        req.metadata.values.update(_metadata(args.metadata or []))
+    return req
+
+
+async def agent_update(args: argparse.Namespace) -> int:
+    req = update_request(args)
+    agent = await admin_call(args, lambda s: s.UpdateAgent(req, timeout=TIMEOUT))
     if args.output == "json":
-        print_json(_agent_dict(agent))
+        print_json(agent_json(agent))
     else:
         print(f"{agent.id} revision {agent.revision}")
     return 0
 
 
 async def agent_delete(args: argparse.Namespace) -> int:
-    async with channel(admin_socket(args)) as ch:
-        await AdminStub(ch).DeleteAgent(pb.DeleteAgentRequest(id=args.id), timeout=TIMEOUT)
+    await admin_call(args, lambda s: s.DeleteAgent(pb.DeleteAgentRequest(id=args.id),
+                                                   timeout=TIMEOUT))
     if args.output == "json":
         print_json({"deleted": args.id})
     else:
@@ -225,13 +261,15 @@ async def agent_delete(args: argparse.Namespace) -> int:
 
 async def agent_lifecycle(args: argparse.Namespace) -> int:
     req = pb.LifecycleRequest(id=args.id, reason=args.reason)
-    async with channel(admin_socket(args)) as ch:
-        stub = AdminStub(ch)
+
+    def call(stub: Any) -> Any:
         method = {"suspend": stub.SuspendAgent, "resume": stub.ResumeAgent,
                   "decommission": stub.DecommissionAgent}[args.lifecycle]
-        agent = await method(req, timeout=TIMEOUT)
+        return method(req, timeout=TIMEOUT)
+
+    agent = await admin_call(args, call)
     if args.output == "json":
-        print_json(_agent_dict(agent))
+        print_json(agent_json(agent))
     else:
         print(f"{agent.id} {agent.state}")
     return 0
@@ -240,8 +278,7 @@ async def agent_lifecycle(args: argparse.Namespace) -> int:
 async def agent_apply(args: argparse.Namespace) -> int:
     req = apply_file.to_request(apply_file.load(args.file), dry_run=args.dry_run,
                                 prune=args.prune)
-    async with channel(admin_socket(args)) as ch:
-        resp = await AdminStub(ch).Apply(req, timeout=120)
+    resp = await admin_call(args, lambda s: s.Apply(req, timeout=120))
     if args.output == "json":
         print_json({"applied": resp.applied,
                     "steps": [{"action": s.action, "target": s.target, "detail": s.detail}
@@ -250,8 +287,8 @@ async def agent_apply(args: argparse.Namespace) -> int:
     verb = "would" if args.dry_run else "did"
     if not resp.steps:
         print("registry already matches the file: nothing to do")
-    for s in resp.steps:
-        print(f"{s.action:13} {s.target}  {s.detail}")
-    if resp.steps:
-        print(f"# {verb} apply {len(resp.steps)} change(s)")
+        return 0
+    print_table(("ACTION", "TARGET", "DETAIL"),
+                [(s.action, s.target, s.detail) for s in resp.steps])
+    print(f"# {verb} apply {len(resp.steps)} change(s)")
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from .common import admin_socket, channel, count, print_json
+from .common import admin_channel, count, print_json, print_table
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -29,7 +29,7 @@ async def anomaly_list(args: argparse.Namespace) -> int:
     q = pb.AuditQuery(type="anomaly", agent=args.agent, limit=args.limit)
     found: list[dict[str, Any]] = []
     async with (
-        channel(admin_socket(args)) as ch,
+        admin_channel(args) as ch,
         AdminStub(ch).QueryAudit.open(timeout=60) as stream,
     ):
         await stream.send_message(q, end=True)
@@ -37,10 +37,11 @@ async def anomaly_list(args: argparse.Namespace) -> int:
             found.extend(json.loads(r) for r in chunk.records)
     if args.output == "json":
         print_json(found)
+    elif found:
+        print_table(("TIME", "AGENT", "ACTION", "FINDING"),
+                    [(r["time"], r.get("agent_id") or "-",
+                      r.get("details", {}).get("action", "alert"), r.get("reason", ""))
+                     for r in found])
     else:
-        for r in found:
-            action = r.get("details", {}).get("action", "alert")
-            print(f"{r['time']}  {action:8} {r.get('reason', '')}")
-        if not found:
-            print("no findings")
+        print("no findings")
     return 0

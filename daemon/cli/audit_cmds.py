@@ -1,4 +1,12 @@
-"""`ensign audit list|verify|export`: read, check and ship the audit trail."""
+"""`ensign audit list|export|verify|archive`: read, check, ship and retire the audit trail.
+
+`list` and `export` ask the daemon (admin socket). `verify` reads the files, with or without a
+daemon. `archive` goes through the daemon when it runs: the daemon streams the old segments,
+this command stores them in the archive directory with the caller's own permissions and checks
+that the archive verifies on its own, and only then does the daemon remove them (on its audit
+writer thread, so nothing races a write or a rotation). With `--data-dir` and the daemon
+stopped, the same steps run on the files directly.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +20,35 @@ from pathlib import Path
 from typing import Any
 
 from ensign.daemon import config as config_mod
-from ensign.daemon.audit import AuditFilter
-from ensign.daemon.audit.archive import archive
-from ensign.daemon.audit.export import to_ocsf
-from ensign.daemon.audit.verify import verify
-from ensign.daemon.errors import EnsignError
+from ensign.daemon.audit import (
+    PUBLIC_KEY,
+    Archive,
+    AuditFilter,
+    Report,
+    drop,
+    plan,
+    segments,
+    store_plan,
+    to_ocsf,
+    verify,
+)
+from ensign.daemon.errors import EnsignError, InvalidData, NotFound, UsageError
+from ensign.daemon.files import DirLock
 from ensign.daemon.units import parse_duration
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
 from . import fleet_cmds
-from .common import admin_socket, channel, count, print_json
+from .common import (
+    TIMEOUT,
+    add_admin_flags,
+    add_output,
+    admin_call,
+    admin_channel,
+    count,
+    print_json,
+    print_table,
+)
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -72,24 +98,31 @@ def register(sub: Any, common: Common) -> None:
     fleet_cmds.add_database(ls)
     ls.set_defaults(func=audit_list)
 
-    ex = common(asub.add_parser("export", help="records as JSON lines or OCSF (admin socket)"))
+    ex = asub.add_parser("export", help="records as JSON lines or OCSF (admin socket)")
+    add_admin_flags(ex)  # its own output formats, no text|json
     filters(ex)
-    ex.add_argument("--format", choices=["jsonl", "ocsf"], default="jsonl")
+    ex.add_argument("-o", "--output", "--format", dest="output", choices=["jsonl", "ocsf"],
+                    default="jsonl", help="output format (default jsonl)")
     ex.set_defaults(func=audit_export)
 
-    arc = asub.add_parser("archive", help="move old segments and their checkpoints away")
-    arc.add_argument("--to", type=Path, required=True, metavar="DIR")
+    arc = common(asub.add_parser(
+        "archive", help="move old segments to DIR (through the daemon, or with --data-dir "
+                        "when it is stopped); both parts keep verifying"))
+    arc.add_argument("--to", type=Path, required=True, metavar="DIR",
+                     help="the archive directory (created 0700; may hold earlier archives of "
+                          "the same log)")
     arc.add_argument("--keep", type=count, default=1, help="newest segments to keep (default 1)")
-    arc.add_argument("--config", type=Path, help="config naming data_dir")
-    arc.add_argument("--data-dir", type=Path, help="data directory (instead of --config)")
+    arc.add_argument("--data-dir", type=Path,
+                     help="work on these files directly; the daemon must be stopped")
     arc.set_defaults(func=audit_archive)
 
     ver = asub.add_parser("verify", help="recompute the chain and checkpoints (offline)")
     ver.add_argument("--config", type=Path, help="config naming data_dir")
-    ver.add_argument("--data-dir", type=Path, help="data directory (instead of --config)")
+    ver.add_argument("--data-dir", type=Path, metavar="DIR",
+                     help="a data directory, or an archive directory (instead of --config)")
     ver.add_argument("--from-checkpoint", type=count, metavar="SEQ",
-                     help="start at this checkpoint (earlier segments archived)")
-    ver.add_argument("-o", "--output", choices=["text", "json"], default="text")
+                     help="check only the records after this signed checkpoint")
+    add_output(ver)
     ver.add_argument("--fleet", action="store_true",
                      help="every node's chain as shipped to the fleet database, with its "
                           "checkpoints, and how far behind each node is")
@@ -103,7 +136,7 @@ async def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
                       until=args.until or "", limit=args.limit)
     out: list[dict[str, Any]] = []
     async with (
-        channel(admin_socket(args)) as ch,
+        admin_channel(args) as ch,
         AdminStub(ch).QueryAudit.open(timeout=60) as stream,
     ):
         await stream.send_message(q, end=True)
@@ -112,32 +145,50 @@ async def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
-def _summary(r: dict[str, Any]) -> str:
+LIST_HEADER = ("TIME", "SEQ", "TYPE", "RESULT", "WHO", "DETAIL")
+
+
+def _row(r: dict[str, Any]) -> tuple[str, ...]:
     who = r.get("agent_id") or r.get("actor") or "-"
     d = r.get("details", {})
     what = (d.get("serial") or d.get("jti") or d.get("action") or d.get("method") or "")
     aud = ",".join(r.get("audience", []))
     extra = " ".join(x for x in (str(what), aud, r.get("subject", ""), r.get("reason", "")) if x)
-    return f"{r['time']}  {r['seq']:>7}  {r['type']:16} {r['result']:8} {who}  {extra}"
+    return (str(r["time"]), str(r["seq"]), str(r["type"]), str(r["result"]), str(who),
+            extra or "-")
 
 
 async def audit_list(args: argparse.Namespace) -> int:
     if args.fleet:
-        return await fleet_cmds.audit_list_fleet(args, _filter(args), _summary)
+        return await fleet_cmds.audit_list_fleet(args, _filter(args), LIST_HEADER, _row)
     records = await _query(args)
     if args.output == "json":
         print_json(records)
     else:
-        for r in records:
-            print(_summary(r))
+        print_table(LIST_HEADER, [_row(r) for r in records])
     return 0
 
 
 async def audit_export(args: argparse.Namespace) -> int:
     for r in await _query(args):
-        doc = to_ocsf(r) if args.format == "ocsf" else r
+        doc = to_ocsf(r) if args.output == "ocsf" else r
         sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
     return 0
+
+
+def audit_dir_of(path: Path) -> Path:
+    """A data directory holds the log in `audit/`; an archive directory is the log itself."""
+    if (path / "audit").is_dir():
+        return path / "audit"
+    if (path / PUBLIC_KEY).exists() or segments(path):
+        return path
+    return path / "audit"  # verify names what is missing
+
+
+def _report_json(report: Report) -> dict[str, Any]:
+    return {"ok": report.ok, "problems": report.problems, "notes": report.notes,
+            "records": report.records, "checkpoints": report.checkpoints,
+            "first_seq": report.first_seq, "last_seq": report.last_seq}
 
 
 def _filter(args: argparse.Namespace) -> AuditFilter:
@@ -150,11 +201,9 @@ def audit_verify(args: argparse.Namespace) -> int:
     if args.fleet:
         return asyncio.run(fleet_cmds.audit_verify_fleet(args))
     data_dir = args.data_dir or config_mod.load(args.config).data_dir
-    report = verify(data_dir / "audit", args.from_checkpoint)
+    report = verify(audit_dir_of(data_dir), args.from_checkpoint)
     if args.output == "json":
-        print_json({"ok": report.ok, "problems": report.problems, "notes": report.notes,
-                    "records": report.records, "checkpoints": report.checkpoints,
-                    "first_seq": report.first_seq, "last_seq": report.last_seq})
+        print_json(_report_json(report))
     elif report.ok:
         print(f"audit ok: {report.records} records (seq {report.first_seq}..{report.last_seq}), "
               f"{report.checkpoints} signed checkpoints")
@@ -165,8 +214,71 @@ def audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_archive(args: argparse.Namespace) -> int:
-    data_dir = args.data_dir or config_mod.load(args.config).data_dir
-    moved = archive(data_dir / "audit", args.to, args.keep)
-    print(f"archived {len(moved)} segment(s) to {args.to}" if moved else "nothing to archive")
+def _check_archive(dest: Path) -> Report:
+    report = verify(dest)
+    if not report.ok:
+        raise AuditInvalid(f"the archive in {dest} does not verify, so nothing was removed from "
+                           f"the live log: {report.problems[0]}")
+    return report
+
+
+async def audit_archive(args: argparse.Namespace) -> int:
+    dest = args.to.resolve()
+    if args.keep < 1:
+        raise UsageError("--keep must be at least 1: the newest segment is the open one")
+    if args.data_dir is not None:
+        removed, report = _archive_offline(args.data_dir, dest, args.keep)
+    else:
+        removed, report = await _archive_through_daemon(args, dest)
+    if args.output == "json":
+        print_json({"archived": removed, "to": str(dest),
+                    "archive": _report_json(report) if report else None})
+    elif removed and report is not None:
+        print(f"archived {len(removed)} segment(s) to {dest}: records {report.first_seq}.."
+              f"{report.last_seq}; the live log continues from seq {report.last_seq + 1}")
+    else:
+        print(f"nothing to archive: the log has no more than {args.keep} segment(s)")
     return 0
+
+
+def _archive_offline(data_dir: Path, dest: Path, keep: int) -> tuple[list[str], Report | None]:
+    if not (data_dir / "audit").is_dir():
+        raise NotFound(f"{data_dir}: no audit log here (no audit/ directory)")
+    lock = DirLock.take(data_dir, "data_dir", "archive through it instead: `ensign audit "
+                        "archive --to DIR` without --data-dir")
+    try:
+        audit_dir = data_dir / "audit"
+        p = plan(audit_dir, keep)
+        if not p.segments:
+            return [], None
+        written = store_plan(p, dest)
+        report = _check_archive(dest)
+        return drop(audit_dir, written), report
+    finally:
+        lock.release()
+
+
+async def _archive_through_daemon(args: argparse.Namespace,
+                                  dest: Path) -> tuple[list[str], Report | None]:
+    out: Archive | None = None
+    parts: dict[str, list[bytes]] = {}
+    async with (
+        admin_channel(args) as ch,
+        AdminStub(ch).ExportAuditArchive.open(timeout=600) as stream,
+    ):
+        await stream.send_message(pb.ExportAuditArchiveRequest(keep=args.keep), end=True)
+        async for chunk in stream:
+            if out is None:
+                out = Archive(dest)
+            parts.setdefault(chunk.name, []).append(chunk.data)
+            if chunk.end:
+                out.store(chunk.name, b"".join(parts.pop(chunk.name)))
+    if out is None:
+        return [], None
+    if parts:
+        raise InvalidData(f"the daemon's archive stream ended inside {', '.join(parts)}")
+    report = _check_archive(dest)
+    proofs = [pb.ArchivedSegment(name=n, sha256=h) for n, h in sorted(out.written.items())]
+    resp = await admin_call(args, lambda s: s.DropArchivedAudit(
+        pb.DropArchivedAuditRequest(segments=proofs), timeout=TIMEOUT * 6))
+    return list(resp.removed), report

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ensign.daemon import config as config_mod
+from ensign.daemon.errors import ConfigError, UsageError
+from ensign.daemon.files import DirLock
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
 
 from . import dev
+from .common import read_input
 
 
 def register(sub: Any) -> None:
@@ -21,8 +24,8 @@ def register(sub: Any) -> None:
                    "/etc/ensign/ensign.toml)")
     p.add_argument("--dev", action="store_true",
                    help="run on an embedded default config with everything under --state-dir")
-    p.add_argument("--state-dir", type=Path, default=Path(".ensign"),
-                   help="state directory for --dev (default ./.ensign)")
+    p.add_argument("--state-dir", type=Path,
+                   help="state directory for --dev (default ./.ensign); only with --dev")
     p.set_defaults(func=run_daemon)
 
     c = sub.add_parser("config", help="validate or print configuration")
@@ -38,7 +41,8 @@ def register(sub: Any) -> None:
     casub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND",
                               parser_class=type(ca))
     req = casub.add_parser("request-csr", help="make the node CA key and a CSR for the org root")
-    req.add_argument("-o", "--out", type=Path, required=True, help="where to write the CSR (PEM)")
+    req.add_argument("--out", type=Path, metavar="FILE",
+                     help="where to write the CSR (PEM; default: print it)")
     inst = casub.add_parser("install-signed", help="install the certificate the org root signed")
     inst.add_argument("cert", type=Path, help="the signed node CA certificate (PEM)")
     inst.add_argument("--root", type=Path, required=True, help="the org root certificate (PEM)")
@@ -50,12 +54,20 @@ def register(sub: Any) -> None:
 
 def run_daemon(args: argparse.Namespace) -> int:
     if args.dev and args.config:
-        print("ensign: error: --dev and --config exclude each other", file=sys.stderr)
-        return 64
-    cfg = config_mod.dev_config(args.state_dir) if args.dev else config_mod.load(args.config)
+        raise UsageError("--dev and --config exclude each other")
+    if args.state_dir is not None and not args.dev:
+        raise UsageError("--state-dir goes with --dev (a configured daemon keeps its state in "
+                         "data_dir)")
+    state_dir = args.state_dir or Path(".ensign")
+    cfg = config_mod.dev_config(state_dir) if args.dev else config_mod.load(args.config)
+    # Held until exit, taken before anything is written: a second daemon on the same
+    # directories would rewrite the env file, stop the swtpm, fork the audit chain. The
+    # data_dir lock is Daemon.run's, taken first thing (after a fleet's database check, which
+    # writes nothing: a node that cannot reach its database leaves no data_dir behind).
+    state_lock = DirLock.take(state_dir, "state directory") if args.dev else None
     logs.setup(cfg.log_level)
     if args.dev:
-        dev.forget_env(args.state_dir)
+        dev.forget_env(state_dir)
 
     from ensign.daemon.app import Daemon  # the whole daemon: imported only when running one
 
@@ -66,7 +78,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
         async def ready() -> None:  # both sockets serve
             if args.dev:
-                await dev.ready(cfg, args.state_dir, daemon.node.roles, daemon.node.registry)
+                await dev.ready(cfg, state_dir, daemon.node.roles, daemon.node.registry)
             notify(f"READY=1\nSTATUS=serving {cfg.socket_path}")
 
         return await daemon.run(ready)
@@ -75,12 +87,32 @@ def run_daemon(args: argparse.Namespace) -> int:
         return asyncio.run(serve())
     finally:
         notify("STOPPING=1")
+        if state_lock is not None:
+            state_lock.release()
 
 
 def config_check(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    problems = attestor_problems(cfg)
+    if problems:
+        raise ConfigError(f"{args.config or config_mod.resolve_path()}: " + "; ".join(problems))
     print(f"config ok: trust domain {cfg.trust_domain}, socket {cfg.socket_path}")
     return 0
+
+
+def attestor_problems(cfg: config_mod.Config) -> list[str]:
+    """Each enabled attestor built as the daemon builds it, asked what keeps it from working
+    (a trusted_root that cannot be read, ...): `attestors.<name>.<key>: why`."""
+    from ensign.attestors import BUILTIN
+
+    out = []
+    for name, factory in BUILTIN.items():
+        section = getattr(cfg.attestors, name)
+        if section.enabled and name != "tpm":  # the TPM is checked when the daemon opens it
+            problem = factory(section).problem()
+            if problem is not None:
+                out.append(f"attestors.{name}.{problem}")
+    return out
 
 
 def config_defaults(args: argparse.Namespace) -> int:
@@ -92,7 +124,11 @@ def ca_request_csr(args: argparse.Namespace) -> int:
     from ensign.daemon.issuing.ca_offline import request_csr
 
     cfg = config_mod.load(args.config)
-    args.out.write_bytes(request_csr(cfg.data_dir, cfg.trust_domain, cfg.ca.key_type))
+    csr = request_csr(cfg.data_dir, cfg.trust_domain, cfg.ca.key_type)
+    if args.out is None:
+        sys.stdout.write(csr.decode())
+        return 0
+    args.out.write_bytes(csr)
     print(f"wrote {args.out}: have the organisation root sign it, then "
           "`ensign ca install-signed CERT --root ROOT`")
     return 0
@@ -102,11 +138,8 @@ def ca_install_signed(args: argparse.Namespace) -> int:
     from ensign.daemon.issuing.ca_offline import install_signed
 
     cfg = config_mod.load(args.config)
-    try:
-        cert, root = args.cert.read_bytes(), args.root.read_bytes()
-    except OSError as e:
-        print(f"ensign: {e.filename}: {e.strerror}", file=sys.stderr)
-        return 66
+    cert = read_input(args.cert, "certificate")
+    root = read_input(args.root, "root certificate")
     until = install_signed(cfg.data_dir, cfg.trust_domain, cert, root)
     print(f"installed the node CA (valid until {until}); restart the daemon to use it")
     return 0

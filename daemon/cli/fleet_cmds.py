@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ensign.daemon.errors import EnsignError, UsageError
 from ensign.daemon.fleet import SCHEMA_VERSION, init
 from ensign.daemon.fleet import report as fleet_report
 
-from .common import add_output, print_json
+from .common import add_output, print_json, print_table
 
 ENV = "ENSIGN_DATABASE_URL"
 
@@ -129,14 +130,13 @@ async def fleet_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def audit_list_fleet(args: argparse.Namespace, flt: AuditFilter,
-                           summary: Any) -> int:
+async def audit_list_fleet(args: argparse.Namespace, flt: AuditFilter, header: Sequence[str],
+                           row: Callable[[dict[str, Any]], Sequence[str]]) -> int:
     rows = await fleet_report.records(database_url(args), flt, args.limit)
     if args.output == "json":
         print_json([{"node": node, **json.loads(line)} for node, line in rows])
     else:
-        for node, line in rows:
-            print(f"{node:12} {summary(json.loads(line))}")
+        print_table(("NODE", *header), [(node, *row(json.loads(line))) for node, line in rows])
     return 0
 
 

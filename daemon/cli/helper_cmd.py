@@ -19,9 +19,7 @@ import os
 import random
 import shlex
 import signal
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,16 @@ from ensign.daemon.issuing import load_der_chain
 from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
-from .common import DEFAULT_SOCKET, Unreachable, channel, socket_path
+from .common import (
+    DEFAULT_SOCKET,
+    Unreachable,
+    add_workload_flags,
+    channel,
+    fmt_duration,
+    fmt_time,
+    progress,
+    socket_path,
+)
 from .helper_files import CertDir, HelperSettings, load_settings, parse_signal, read_pid
 
 HEADER = {"workload.spiffe.io": "true"}
@@ -52,7 +59,7 @@ TIMEOUT = 10.0  # per unary call
 def register(sub: Any) -> None:
     p = sub.add_parser("helper", help="keep SVID files current for a program (spiffe-helper)")
     p.add_argument("--config", type=Path, help="TOML file with spiffe-helper's keys")
-    p.add_argument("--socket", help="Workload API socket (default $SPIFFE_ENDPOINT_SOCKET)")
+    add_workload_flags(p, timeout=False)  # agent_address in the config file
     p.add_argument("--write", metavar="DIR", help="directory for the files (cert_dir)")
     p.add_argument("--jwt-audience", action="append", metavar="A",
                    help="also keep a JWT-SVID for audience A (jwt_svid.token; repeatable: "
@@ -87,7 +94,7 @@ def _settings(args: argparse.Namespace) -> HelperSettings:
 
 
 def _log(message: str) -> None:
-    print(f"ensign helper: {message}", file=sys.stderr, flush=True)
+    progress("helper", message)
 
 
 class Notifier:
@@ -121,7 +128,7 @@ class Notifier:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            _log(f"{self._argv[0]} ran longer than {HOOK_TIMEOUT:.0f}s and was killed")
+            _log(f"{self._argv[0]} ran longer than {fmt_duration(HOOK_TIMEOUT)} and was killed")
             return
         if code != 0:
             _log(f"{self._argv[0]} exited {code}")
@@ -223,7 +230,7 @@ class Helper:
                        s.cert_file_mode)
         _log(f"wrote {s.svid_file_name}, {s.svid_key_file_name}, {s.svid_bundle_file_name} "
              f"for {svid.spiffe_id} (serial {certs[0].serial_number:x}, valid until "
-             f"{certs[0].not_valid_after_utc.isoformat()}) to {self.out.path}")
+             f"{fmt_time(certs[0].not_valid_after_utc.timestamp())}) to {self.out.path}")
 
     async def _write_jwts(self, stub: SpiffeWorkloadAPIStub) -> float | None:
         """Fetch and write every JWT-SVID and the JWKS; when the next fetch is due."""
@@ -239,7 +246,7 @@ class Helper:
             half = time.time() + max(MIN_JWT_REFRESH, (exp - time.time()) / 2)
             due = half if due is None else min(due, half)
             _log(f"wrote {j.jwt_svid_file_name} for audience {j.jwt_audience} (expires "
-                 f"{datetime.fromtimestamp(exp, UTC).isoformat()})")
+                 f"{fmt_time(exp)})")
         if s.jwt_bundle_file_name:
             async with stub.FetchJWTBundles.open(metadata=HEADER, timeout=TIMEOUT) as st:
                 await st.send_message(pb.JWTBundlesRequest(), end=True)

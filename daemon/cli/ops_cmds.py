@@ -6,14 +6,13 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from ensign.proto import admin_pb2 as pb
-from ensign.proto.admin_grpc import AdminStub
 
-from .common import TIMEOUT, admin_socket, channel, iso, print_json
+from .common import TIMEOUT, admin_call, fmt_time, message_json, print_fields, print_json
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+#: StatusResponse's int64 times that are not named *_at.
+STATUS_TIMES = ("ca_not_after", "ca_next_event")
 
 
 def register(sub: Any, common: Common) -> None:
@@ -26,18 +25,18 @@ def register(sub: Any, common: Common) -> None:
 
 
 async def status(args: argparse.Namespace) -> int:
-    async with channel(admin_socket(args)) as ch:
-        s = await AdminStub(ch).GetStatus(pb.StatusRequest(), timeout=TIMEOUT)
+    s = await admin_call(args, lambda stub: stub.GetStatus(pb.StatusRequest(), timeout=TIMEOUT))
     if args.output == "json":
-        print_json(MessageToDict(s, preserving_proto_field_name=True,
-                                 always_print_fields_with_no_presence=True))
+        print_json(message_json(s, times=STATUS_TIMES))
         return 0
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("trust domain", s.trust_domain), ("serving", s.problem or "yes"),
-        ("started", iso(s.started_at)), ("entries", f"{s.active_entries} active / {s.entries}"),
-        ("roles", str(s.roles)), ("grants", str(s.grants)), ("connections", str(s.connections)),
-        ("CA valid until", iso(s.ca_not_after)), ("next CA event", iso(s.ca_next_event)),
-        ("attestors", ", ".join(s.attestors)), ("audit records", str(s.audit_sequence)),
+        ("started", fmt_time(s.started_at)),
+        ("entries", f"{s.active_entries} active / {s.entries}"),
+        ("roles", s.roles), ("grants", s.grants), ("connections", s.connections),
+        ("CA valid until", fmt_time(s.ca_not_after)),
+        ("next CA event", fmt_time(s.ca_next_event)),
+        ("attestors", ", ".join(s.attestors)), ("audit records", s.audit_sequence),
         ("log level", s.log_level),
     ]
     if s.notice:
@@ -45,14 +44,12 @@ async def status(args: argparse.Namespace) -> int:
     rows += [(f"fleet {k}", v) for k, v in sorted(s.fleet.items())]
     rows += [(f"attestor {k}", v) for k, v in sorted(s.attestor_state.items())]
     rows += [(f"federation {k}", v) for k, v in sorted(s.federation.items())]
-    width = max(16, *(len(k) for k, _ in rows))
-    for k, v in rows:
-        print(f"{k:{width}} {v}")
+    print_fields(rows)
     return 0
 
 
 async def log_level(args: argparse.Namespace) -> int:
-    async with channel(admin_socket(args)) as ch:
-        r = await AdminStub(ch).SetLogLevel(pb.LogLevel(level=args.level), timeout=TIMEOUT)
-    print(r.level)
+    r = await admin_call(args, lambda stub: stub.SetLogLevel(pb.LogLevel(level=args.level),
+                                                             timeout=TIMEOUT))
+    print_json({"level": r.level}) if args.output == "json" else print(r.level)
     return 0

@@ -6,12 +6,19 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from ensign.proto import admin_pb2 as pb
-from ensign.proto.admin_grpc import AdminStub
 
-from .common import TIMEOUT, admin_socket, channel, duration_seconds, iso, print_json
+from .common import (
+    TIMEOUT,
+    admin_call,
+    duration_seconds,
+    fmt_duration,
+    fmt_time,
+    message_json,
+    print_fields,
+    print_json,
+    print_table,
+)
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -24,7 +31,8 @@ def register(sub: Any, common: Common) -> None:
     def flags(p: argparse.ArgumentParser, creating: bool) -> None:
         p.add_argument("--audience", action="append", required=creating,
                        help="allowed audience; a trailing * is a prefix wildcard (repeatable)")
-        p.add_argument("--scope", action="append", help="scope it may be delegated (repeatable)")
+        p.add_argument("--scope", action="append",
+                       help="scope it may be delegated (repeatable; --scope \"\" clears)")
         p.add_argument("--max-ttl", type=duration_seconds, metavar="DURATION")
         p.add_argument("--may-act-for-users", action=argparse.BooleanOptionalAction,
                        default=False if creating else None)
@@ -52,64 +60,63 @@ def register(sub: Any, common: Common) -> None:
     rm.set_defaults(func=role_delete)
 
 
-def _dict(r: pb.Role) -> dict[str, Any]:
-    return MessageToDict(r, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True)
+def role_json(r: pb.Role) -> dict[str, Any]:
+    return message_json(r)
 
 
 def _print(r: pb.Role) -> None:
-    print(f"name              {r.name}")
-    print(f"audiences         {', '.join(r.audiences)}")
-    print(f"scopes            {', '.join(r.scopes) or '-'}")
-    print(f"max_ttl           {f'{r.max_ttl_seconds}s' if r.max_ttl_seconds else '-'}")
-    print(f"may_act_for_users {str(r.may_act_for_users).lower()}")
-    print(f"may_redelegate    {str(r.may_redelegate).lower()}")
-    print(f"may_introspect    {str(r.may_introspect).lower()}")
-    print(f"updated           {iso(r.updated_at)}  (revision {r.revision})")
+    rows: list[tuple[str, object]] = [
+        ("name", r.name), ("audiences", ", ".join(r.audiences)),
+        ("scopes", ", ".join(r.scopes) or "-"), ("max_ttl", fmt_duration(r.max_ttl_seconds)),
+        ("may_act_for_users", str(r.may_act_for_users).lower()),
+        ("may_redelegate", str(r.may_redelegate).lower()),
+        ("may_introspect", str(r.may_introspect).lower()),
+        ("updated", f"{fmt_time(r.updated_at)}  (revision {r.revision})"),
+    ]
     if r.holders:
-        print(f"holders           {', '.join(r.holders)}")
+        rows.append(("holders", ", ".join(r.holders)))
+    print_fields(rows)
 
 
-def _sock(args: argparse.Namespace) -> str:
-    return admin_socket(args)
+def _values(items: list[str] | None) -> list[str]:
+    return [v for v in items or [] if v]
 
 
 async def role_create(args: argparse.Namespace) -> int:
-    req = pb.Role(name=args.name, audiences=args.audience, scopes=args.scope or [],
+    req = pb.Role(name=args.name, audiences=_values(args.audience), scopes=_values(args.scope),
                   max_ttl_seconds=args.max_ttl or 0, may_act_for_users=args.may_act_for_users,
                   may_redelegate=args.may_redelegate, may_introspect=args.may_introspect)
-    async with channel(_sock(args)) as ch:
-        role = await AdminStub(ch).CreateRole(req, timeout=TIMEOUT)
-    print_json(_dict(role)) if args.output == "json" else print(role.name)
+    role = await admin_call(args, lambda s: s.CreateRole(req, timeout=TIMEOUT))
+    print_json(role_json(role)) if args.output == "json" else print(role.name)
     return 0
 
 
 async def role_list(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
-        resp = await AdminStub(ch).ListRoles(pb.ListRolesRequest(), timeout=TIMEOUT)
+    resp = await admin_call(args, lambda s: s.ListRoles(pb.ListRolesRequest(), timeout=TIMEOUT))
     if args.output == "json":
-        print_json([_dict(r) for r in resp.roles])
+        print_json([role_json(r) for r in resp.roles])
     else:
-        print(f"{'NAME':24} {'MAX TTL':8} AUDIENCES")
-        for r in resp.roles:
-            ttl = f"{r.max_ttl_seconds}s" if r.max_ttl_seconds else "-"
-            print(f"{r.name:24} {ttl:8} {', '.join(r.audiences)}")
+        print_table(("NAME", "MAX TTL", "AUDIENCES", "SCOPES"),
+                    [(r.name, fmt_duration(r.max_ttl_seconds), ", ".join(r.audiences),
+                      ", ".join(r.scopes) or "-") for r in resp.roles])
     return 0
 
 
 async def role_show(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
-        role = await AdminStub(ch).GetRole(pb.GetRoleRequest(name=args.name), timeout=TIMEOUT)
-    print_json(_dict(role)) if args.output == "json" else _print(role)
+    role = await admin_call(args, lambda s: s.GetRole(pb.GetRoleRequest(name=args.name),
+                                                      timeout=TIMEOUT))
+    print_json(role_json(role)) if args.output == "json" else _print(role)
     return 0
 
 
 async def role_update(args: argparse.Namespace) -> int:
     req = pb.UpdateRoleRequest(name=args.name)
     if args.audience is not None:
-        req.audiences.values.extend(args.audience)
+        req.audiences.SetInParent()
+        req.audiences.values.extend(_values(args.audience))
     if args.scope is not None:
-        req.scopes.values.extend(args.scope)
+        req.scopes.SetInParent()
+        req.scopes.values.extend(_values(args.scope))
     if args.max_ttl is not None:
         req.max_ttl_seconds = args.max_ttl
     if args.may_act_for_users is not None:
@@ -118,17 +125,16 @@ async def role_update(args: argparse.Namespace) -> int:
         req.may_redelegate = args.may_redelegate
     if args.may_introspect is not None:
         req.may_introspect = args.may_introspect
-    async with channel(_sock(args)) as ch:
-        role = await AdminStub(ch).UpdateRole(req, timeout=TIMEOUT)
+    role = await admin_call(args, lambda s: s.UpdateRole(req, timeout=TIMEOUT))
     if args.output == "json":
-        print_json(_dict(role))
+        print_json(role_json(role))
     else:
         print(f"{role.name} revision {role.revision}")
     return 0
 
 
 async def role_delete(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
-        await AdminStub(ch).DeleteRole(pb.DeleteRoleRequest(name=args.name), timeout=TIMEOUT)
+    await admin_call(args, lambda s: s.DeleteRole(pb.DeleteRoleRequest(name=args.name),
+                                                  timeout=TIMEOUT))
     print_json({"deleted": args.name}) if args.output == "json" else print(f"deleted {args.name}")
     return 0

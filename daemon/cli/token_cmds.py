@@ -13,26 +13,27 @@ from typing import Any
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from google.protobuf.json_format import MessageToDict
 
 from ensign.daemon.delegation.idp import parse_jwks
 from ensign.daemon.delegation.tokens import verify_delegated
-from ensign.daemon.errors import TokenInvalid, UsageError
+from ensign.daemon.errors import InvalidData, TokenInvalid
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import delegation_pb2 as dpb
-from ensign.proto.admin_grpc import AdminStub
 from ensign.proto.delegation_grpc import DelegationStub
 
 from .common import (
-    DEFAULT_SOCKET,
     TIMEOUT,
     add_output,
-    admin_socket,
-    channel,
+    add_workload_flags,
+    admin_call,
     duration_seconds,
-    iso,
+    fmt_time,
+    json_time,
+    message_json,
     print_json,
-    socket_path,
+    print_table,
+    read_input,
+    workload_channel,
 )
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
@@ -50,7 +51,7 @@ def register(sub: Any, common: Common) -> None:
     ex.add_argument("--ttl", type=duration_seconds, default=0, metavar="DURATION")
     ex.add_argument("--allow-narrowing", action="store_true",
                     help="grant what is allowed instead of refusing a wider request")
-    ex.add_argument("--socket", help="Workload API socket (default $SPIFFE_ENDPOINT_SOCKET)")
+    add_workload_flags(ex)
     add_output(ex)
     ex.set_defaults(func=token_exchange)
     ver = tsub.add_parser("verify", help="verify a delegated token offline (resource servers)")
@@ -61,7 +62,7 @@ def register(sub: Any, common: Common) -> None:
     ver.add_argument("--issuer", help="expected iss")
     ver.add_argument("--cert", type=Path, metavar="PEM",
                      help="the certificate the token was presented with: check its cnf binding")
-    ver.add_argument("--socket")
+    add_workload_flags(ver)
     add_output(ver)
     ver.set_defaults(func=token_verify)
     ins = tsub.add_parser("inspect", help="decode a token without verifying it")
@@ -95,9 +96,9 @@ def _read_token(value: str) -> str:
     if value.count(".") == 2 and "/" not in value:
         return value.strip()  # a compact JWT, not a file name
     try:
-        return Path(value).read_text().strip()
-    except OSError as e:
-        raise UsageError(f"cannot read token file {value}: {e.strerror}") from None
+        return read_input(Path(value), "token file").decode().strip()
+    except UnicodeDecodeError:
+        raise InvalidData(f"{value}: not a token (not UTF-8 text)") from None
 
 
 async def token_exchange(args: argparse.Namespace) -> int:
@@ -105,11 +106,10 @@ async def token_exchange(args: argparse.Namespace) -> int:
         subject_token=_read_token(args.subject_token),
         subject_token_type="urn:ietf:params:oauth:token-type:jwt", audience=args.audience,
         scopes=args.scope, requested_ttl_seconds=args.ttl, allow_narrowing=args.allow_narrowing)
-    sock = socket_path(args.socket, "SPIFFE_ENDPOINT_SOCKET", DEFAULT_SOCKET)
-    async with channel(sock) as ch:
-        resp = await DelegationStub(ch).ExchangeToken(req, metadata=HEADER, timeout=TIMEOUT)
+    async with workload_channel(args) as ch:
+        resp = await DelegationStub(ch).ExchangeToken(req, metadata=HEADER, timeout=args.timeout)
     if args.output == "json":
-        print_json(MessageToDict(resp, preserving_proto_field_name=True))
+        print_json(message_json(resp))
     else:
         print(resp.access_token)
     return 0
@@ -117,25 +117,26 @@ async def token_exchange(args: argparse.Namespace) -> int:
 
 async def _jwks(args: argparse.Namespace) -> dict[str, Any]:
     if args.bundle:
+        data = read_input(args.bundle, "JWKS")
         try:
-            return parse_jwks(args.bundle.read_bytes())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read JWKS {args.bundle}: {e}") from None
+            return parse_jwks(data)
+        except ValueError as e:
+            raise InvalidData(f"{args.bundle}: not a JWKS: {e}") from None
     # The delegated-token keys: never the JWT bundle, whose keys sign JWT-SVIDs only.
-    sock = socket_path(args.socket, "SPIFFE_ENDPOINT_SOCKET", DEFAULT_SOCKET)
-    async with channel(sock) as ch:
+    async with workload_channel(args) as ch:
         resp = await DelegationStub(ch).TokenKeys(dpb.TokenKeysRequest(), metadata=HEADER,
-                                                  timeout=TIMEOUT)
+                                                  timeout=args.timeout)
     return parse_jwks(resp.jwks)
 
 
 def _presenter(path: Path | None) -> bytes | None:
     if path is None:
         return None
+    data = read_input(path, "certificate")
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(Encoding.DER)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read certificate {path}: {e}") from None
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    except ValueError as e:
+        raise InvalidData(f"{path}: not a PEM certificate: {e}") from None
 
 
 async def token_verify(args: argparse.Namespace) -> int:
@@ -146,10 +147,10 @@ async def token_verify(args: argparse.Namespace) -> int:
     if args.output == "json":
         print_json({"valid": True, "subject": t.subject, "actors": list(t.actors),
                     "scopes": list(t.scopes), "audience": list(t.audience),
-                    "expires_at": t.expires_at, "claims": t.claims})
+                    "expires_at": json_time(t.expires_at), "claims": t.claims})
     else:
         print(f"valid: {t.subject} via {' <- '.join(t.actors)}; scope {' '.join(t.scopes)}; "
-              f"expires {iso(t.expires_at)}")
+              f"expires {fmt_time(t.expires_at)}")
     return 0
 
 
@@ -165,39 +166,39 @@ def token_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grant_dict(g: apb.Grant) -> dict[str, Any]:
-    return MessageToDict(g, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True)
+def grant_json(g: apb.Grant) -> dict[str, Any]:
+    # ttl_seconds is an input of CreateGrant only; the grant's end is expires_at.
+    return message_json(g, drop=("ttl_seconds",))
 
 
 async def grant_create(args: argparse.Namespace) -> int:
     req = apb.Grant(subject=args.subject, issuer=args.issuer, agent_id=args.agent,
                     scopes=args.scope, ttl_seconds=args.ttl)
-    async with channel(admin_socket(args)) as ch:
-        grant = await AdminStub(ch).CreateGrant(req, timeout=TIMEOUT)
-    print_json(_grant_dict(grant)) if args.output == "json" else print(grant.id)
+    grant = await admin_call(args, lambda s: s.CreateGrant(req, timeout=TIMEOUT))
+    print_json(grant_json(grant)) if args.output == "json" else print(grant.id)
     return 0
 
 
 async def grant_revoke(args: argparse.Namespace) -> int:
-    async with channel(admin_socket(args)) as ch:
-        grant = await AdminStub(ch).RevokeGrant(
-            apb.RevokeGrantRequest(id=args.grant, reason=args.reason), timeout=TIMEOUT)
-    print_json(_grant_dict(grant)) if args.output == "json" else print(f"revoked {grant.id}")
+    grant = await admin_call(args, lambda s: s.RevokeGrant(
+        apb.RevokeGrantRequest(id=args.grant, reason=args.reason), timeout=TIMEOUT))
+    print_json(grant_json(grant)) if args.output == "json" else print(f"revoked {grant.id}")
     return 0
 
 
 async def grant_list(args: argparse.Namespace) -> int:
     req = apb.ListGrantsRequest(agent_id=args.agent, subject=args.subject,
                                 include_revoked=args.all)
-    async with channel(admin_socket(args)) as ch:
-        resp = await AdminStub(ch).ListGrants(req, timeout=TIMEOUT)
+    resp = await admin_call(args, lambda s: s.ListGrants(req, timeout=TIMEOUT))
     if args.output == "json":
-        print_json([_grant_dict(g) for g in resp.grants])
-    else:
-        for g in resp.grants:
-            state = f"revoked {iso(g.revoked_at)}" if g.revoked_at else "active"
-            print(f"{g.id}  {g.subject} -> {g.agent_id}  [{' '.join(g.scopes)}]  {state}")
+        print_json([grant_json(g) for g in resp.grants])
+        return 0
+
+    def state(g: apb.Grant) -> str:
+        return f"revoked {fmt_time(g.revoked_at)}" if g.revoked_at else "active"
+
+    print_table(("ID", "SUBJECT", "AGENT", "SCOPES", "EXPIRES", "STATE"),
+                [(g.id, g.subject, g.agent_id, " ".join(g.scopes),
+                  fmt_time(g.expires_at) if g.expires_at else "never", state(g))
+                 for g in resp.grants])
     return 0
-
-

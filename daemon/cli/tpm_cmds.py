@@ -5,13 +5,15 @@
 
 Verifying a node from scratch, anchored in the TPM manufacturer's CA:
 
-    node$     ensign tpm quote --nonce $(openssl rand -hex 32) -o first.json
-    verifier$ ensign tpm challenge first.json --ek-ca mfr.pem -o chal.json --secret-out chal.key
-    node$     ensign tpm quote --nonce N --challenge chal.json -o ev.json
+    node$     ensign tpm quote --nonce $(openssl rand -hex 32) --out first.json
+    verifier$ ensign tpm challenge first.json --ek-ca mfr.pem --out chal.json \\
+                  --secret-out chal.key
+    node$     ensign tpm quote --nonce N --challenge chal.json --out ev.json
     verifier$ ensign tpm verify-evidence ev.json --nonce N --ek-ca mfr.pem \\
                   --challenge-secret chal.key --policy golden.json --ak-pub-out node-ak.pem
 
 After that enrolment, `--ak-pub node-ak.pem` verifies later evidence without a challenge.
+Documents (evidence, challenges, policies) go to stdout, or to `--out FILE`.
 """
 
 from __future__ import annotations
@@ -28,19 +30,27 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_public_key,
 )
-from google.protobuf.json_format import MessageToDict
 
 from ensign.daemon.api.attestation import evidence_from_pb
-from ensign.daemon.errors import UsageError
+from ensign.daemon.errors import ConfigError, InvalidData, UsageError
 from ensign.daemon.files import write_private
 from ensign.daemon.tpm import structs as ts
 from ensign.daemon.tpm.ekcert import load_certificates
+from ensign.daemon.tpm.errors import TpmUnavailable
 from ensign.daemon.tpm.evidence import Evidence, Verdict, spki, verify_evidence
 from ensign.daemon.tpm.policy import PcrPolicy
 from ensign.proto import attestation_pb2 as pb
 from ensign.proto.attestation_grpc import AttestationStub
 
-from .common import DEFAULT_SOCKET, TIMEOUT, add_output, channel, print_json, socket_path
+from .common import (
+    add_output,
+    add_workload_flags,
+    message_json,
+    print_fields,
+    print_json,
+    read_input,
+    workload_channel,
+)
 
 HEADER = {"workload.spiffe.io": "true"}
 
@@ -51,9 +61,12 @@ def register(sub: Any) -> None:
                               parser_class=type(tpm))
 
     def daemon_side(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--socket", help="Workload API socket (default $SPIFFE_ENDPOINT_SOCKET)")
-        p.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds (default 10)")
+        add_workload_flags(p)
         return p
+
+    def out(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--out", type=Path, metavar="FILE",
+                       help=f"write the {what} to FILE (default: print it)")
 
     st = daemon_side(tsub.add_parser("status", help="connection, keys, handles, PCRs, last quote"))
     add_output(st)
@@ -63,21 +76,21 @@ def register(sub: Any) -> None:
 
     q = daemon_side(tsub.add_parser("quote", help="fresh evidence for a verifier's nonce"))
     q.add_argument("--nonce", type=_hex, required=True, help="the verifier's nonce (hex)")
-    q.add_argument("-o", "--out", type=Path, required=True, metavar="FILE")
+    out(q, "evidence (JSON)")
     q.add_argument("--challenge", type=Path, metavar="FILE",
                    help="a credential challenge from `ensign tpm challenge`")
     q.set_defaults(func=tpm_quote)
 
     pol = daemon_side(tsub.add_parser("policy", help="write the node's current PCR values as "
                                                      "a golden-value policy"))
-    pol.add_argument("-o", "--out", type=Path, required=True, metavar="FILE")
+    out(pol, "policy (JSON)")
     pol.set_defaults(func=tpm_policy)
 
     ch = tsub.add_parser("challenge", help="make a credential challenge for a node's EK and AK")
     ch.add_argument("evidence", type=Path, help="earlier evidence from the node")
     ch.add_argument("--ek-ca", type=Path, action="append", required=True, metavar="FILE",
                     help="manufacturer CA certificate(s) the EK must chain to (repeatable)")
-    ch.add_argument("-o", "--out", type=Path, required=True, metavar="FILE")
+    out(ch, "challenge (JSON)")
     ch.add_argument("--secret-out", type=Path, required=True, metavar="FILE",
                     help="where to keep the secret (0600); never send it to the node")
     ch.set_defaults(func=tpm_challenge)
@@ -106,24 +119,45 @@ def _hex(text: str) -> bytes:
 
 
 def _read(path: Path) -> bytes:
+    return read_input(path)
+
+
+def _policy(path: Path) -> PcrPolicy:
+    data = read_input(path, "PCR policy")
     try:
-        return path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror}") from None
+        return PcrPolicy.parse(json.loads(data), str(path))
+    except ValueError as e:
+        raise InvalidData(f"{path}: PCR policy is not valid JSON: {e}") from None
+    except ConfigError as e:
+        raise InvalidData(str(e)) from None
 
 
-def _stub_call(args: argparse.Namespace) -> tuple[str, float]:
-    return socket_path(args.socket, "SPIFFE_ENDPOINT_SOCKET", DEFAULT_SOCKET), args.timeout
+def _certificates(paths: list[Path]) -> list[Any]:
+    for path in paths:
+        read_input(path, "certificate file")  # missing: 66; unparsable: 65 below
+    try:
+        return load_certificates(paths)
+    except ConfigError as e:
+        raise InvalidData(str(e)) from None
+
+
+def _emit(args: argparse.Namespace, document: bytes, summary: str) -> None:
+    """A document to `--out FILE` (and a summary line), or to stdout."""
+    if args.out is None:
+        text = document.decode()  # JSON documents: UTF-8
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    args.out.write_bytes(document)
+    print(f"wrote {args.out}: {summary}")
 
 
 # -- daemon side ---------------------------------------------------------------------------
 
 
 async def _status(args: argparse.Namespace) -> pb.TpmStatus:
-    path, timeout = _stub_call(args)
-    async with channel(path) as ch:
+    async with workload_channel(args) as ch:
         status: pb.TpmStatus = await AttestationStub(ch).GetStatus(
-            pb.GetStatusRequest(), metadata=HEADER, timeout=timeout)
+            pb.GetStatusRequest(), metadata=HEADER, timeout=args.timeout)
         return status
 
 
@@ -133,16 +167,21 @@ async def tpm_status(args: argparse.Namespace) -> int:
         ev = await _evidence(args, os.urandom(32), None)
         args.ak_pub_out.write_bytes(_pem(ev.ak_public))
     if args.output == "json":
-        print_json(MessageToDict(s, preserving_proto_field_name=True,
-                                 always_print_fields_with_no_presence=True))
+        print_json(message_json(s))
         return 0 if s.available else 69
-    rows = [("available", "yes" if s.available else f"no: {s.problem}"), ("tcti", s.tcti)]
+
+    def handles(values: Any) -> str:
+        return " ".join(values) or "none"  # the daemon writes them in hex
+
+    rows: list[tuple[str, object]] = [
+        ("available", "yes" if s.available else f"no: {s.problem}"), ("tcti", s.tcti)]
     if s.emulator_pid:
         rows.append(("emulator pid", str(s.emulator_pid)))
     rows += [("EK", f"{s.ek_kind} sha256:{s.ek_sha256}"), ("EK certificate", s.ek_check),
              ("AK name", s.ak_name),
-             ("handles", f"transient {list(s.transient_handles)} persistent "
-                         f"{list(s.persistent_handles)} sessions {list(s.session_handles)}"),
+             ("transient handles", handles(s.transient_handles)),
+             ("persistent handles", handles(s.persistent_handles)),
+             ("session handles", handles(s.session_handles)),
              ("flushed at connect", ", ".join(s.flushed_at_connect) or "none"),
              ("last quote", f"{s.last_quote_at or '-'} (reset {s.reset_count}, restart "
                             f"{s.restart_count}, verified)" if s.last_quote_at else "-"),
@@ -151,9 +190,7 @@ async def tpm_status(args: argparse.Namespace) -> int:
                           f"(epoch: {s.epoch_reason or '-'})")]
     if s.problem and s.available:
         rows.append(("problem", s.problem))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k.ljust(width)}  {v}")
+    print_fields(rows)
     for i in sorted(s.pcrs):
         print(f"  PCR {i:>2}  {s.pcrs[i]}")
     return 0 if s.available else 69
@@ -161,11 +198,10 @@ async def tpm_status(args: argparse.Namespace) -> int:
 
 async def _evidence(args: argparse.Namespace, nonce: bytes,
                     challenge: pb.CredentialChallenge | None) -> Evidence:
-    path, timeout = _stub_call(args)
-    async with channel(path) as ch:
+    async with workload_channel(args) as ch:
         msg = await AttestationStub(ch).GetEvidence(
             pb.GetEvidenceRequest(nonce=nonce, challenge=challenge), metadata=HEADER,
-            timeout=timeout)
+            timeout=args.timeout)
     return evidence_from_pb(msg)
 
 
@@ -180,9 +216,8 @@ async def tpm_quote(args: argparse.Namespace) -> int:
         challenge = pb.CredentialChallenge(credential_blob=c.credential_blob,
                                            encrypted_secret=c.encrypted_secret)
     ev = await _evidence(args, args.nonce, challenge)
-    args.out.write_bytes(ev.to_json())
     n = len(ev.log.entries) if ev.log else 0
-    print(f"wrote {args.out}: quote over PCRs {sorted(ev.pcrs)}, {n} measured executables"
+    _emit(args, ev.to_json(), f"quote over PCRs {sorted(ev.pcrs)}, {n} measured executables"
           + (", with activation proof" if ev.activation_proof else ""))
     return 0
 
@@ -190,10 +225,10 @@ async def tpm_quote(args: argparse.Namespace) -> int:
 async def tpm_policy(args: argparse.Namespace) -> int:
     s = await _status(args)
     if not s.available:
-        raise UsageError(f"TPM unavailable: {s.problem}")
+        raise TpmUnavailable(f"TPM unavailable: {s.problem}")
     values = {i: bytes.fromhex(v) for i, v in s.pcrs.items() if i != s.measure_pcr}
-    args.out.write_text(json.dumps(PcrPolicy.document(values), indent=1) + "\n")
-    print(f"wrote {args.out}: golden values of PCRs {sorted(values)} (review before use)")
+    _emit(args, (json.dumps(PcrPolicy.document(values), indent=1) + "\n").encode(),
+          f"golden values of PCRs {sorted(values)} (review before use)")
     return 0
 
 
@@ -206,10 +241,9 @@ def tpm_challenge(args: argparse.Namespace) -> int:
     )
 
     ev = Evidence.from_json(_read(args.evidence))
-    challenge, secret = make_challenge(ev, load_certificates(args.ek_ca))
+    challenge, secret = make_challenge(ev, _certificates(args.ek_ca))
     write_private(args.secret_out.resolve(), secret.hex().encode() + b"\n")
-    args.out.write_bytes(challenge.to_json())
-    print(f"wrote {args.out} for EK sha256:{challenge.ek_sha256} and AK "
+    _emit(args, challenge.to_json(), f"challenge for EK sha256:{challenge.ek_sha256} and AK "
           f"{challenge.ak_name.hex()}; secret in {args.secret_out} (keep it here)")
     return 0
 
@@ -220,7 +254,7 @@ def _trusted_ak(path: Path) -> bytes:
         try:
             return spki(load_pem_public_key(data))
         except ValueError as e:
-            raise UsageError(f"{path}: not a PEM public key: {e}") from None
+            raise InvalidData(f"{path}: not a PEM public key: {e}") from None
     return spki(ts.parse_public(data).key)
 
 
@@ -240,12 +274,12 @@ def tpm_verify(args: argparse.Namespace) -> int:
         try:
             secret = bytes.fromhex(_read(args.challenge_secret).decode().strip())
         except (ValueError, UnicodeDecodeError):
-            raise UsageError(f"{args.challenge_secret}: not a hex secret") from None
+            raise InvalidData(f"{args.challenge_secret}: not a hex secret") from None
     ev = Evidence.from_json(_read(args.file))
     verdict = verify_evidence(
-        ev, args.nonce, policy=PcrPolicy.load(args.policy),
+        ev, args.nonce, policy=_policy(args.policy),
         trusted_ak=_trusted_ak(args.ak_pub) if args.ak_pub else None,
-        ek_anchors=load_certificates(args.ek_ca) if args.ek_ca else None,
+        ek_anchors=_certificates(args.ek_ca) if args.ek_ca else None,
         challenge_secret=secret)
     if args.ak_pub_out:
         args.ak_pub_out.write_bytes(_pem(ev.ak_public))

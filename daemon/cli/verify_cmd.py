@@ -29,7 +29,7 @@ from ensign.attestors import (
 )
 from ensign.daemon.errors import EnsignError, NotFound, UsageError
 
-from .common import add_output, print_json
+from .common import add_output, fmt_time, json_time, print_json, read_input, shown
 
 SYSTEM_ROOT = Path("/etc/ensign/sigstore/trusted_root.json")
 _DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
@@ -82,11 +82,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=verify_artifact)
 
 
-def _show(value: object) -> str:
-    """A name from the command line, on one printable line."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))
-
-
 def _policy(args: argparse.Namespace) -> Any:
     identities = [x for x in (args.cert_identity, args.cert_identity_regexp) if x is not None]
     issuers = [x for x in (args.cert_oidc_issuer, args.cert_oidc_issuer_regexp) if x is not None]
@@ -132,26 +127,15 @@ class _opened:
         try:
             self._f = open(path, "rb")  # noqa: SIM115 (closed in __exit__)
         except OSError as e:
-            raise NotFound(f"cannot read {_show(path)}: {e.strerror or e}") from None
+            raise NotFound(f"cannot read {shown(path)}: {e.strerror or e}") from None
         except ValueError as e:
-            raise UsageError(f"{_show(path)}: {e}") from None
+            raise UsageError(f"{shown(path)}: {e}") from None
 
     def __enter__(self) -> Any:
         return self._f
 
     def __exit__(self, *exc: object) -> None:
         self._f.close()
-
-
-def _read(path: Path, limit: int) -> bytes:
-    with _opened(path) as f:
-        try:
-            data: bytes = f.read(limit + 1)
-        except OSError as e:
-            raise NotFound(f"cannot read {_show(path)}: {e.strerror or e}") from None
-    if len(data) > limit:
-        raise ArtifactInvalid(f"{_show(path)}: larger than {limit} bytes")
-    return data
 
 
 def _default_bundle(file: Path | None) -> Path:
@@ -161,7 +145,7 @@ def _default_bundle(file: Path | None) -> Path:
         candidate = file.with_name(file.name + suffix)
         if os.path.exists(candidate):
             return candidate
-    raise NotFound(f"no bundle given and none beside {_show(file)} (.sigstore.json or "
+    raise NotFound(f"no bundle given and none beside {shown(file)} (.sigstore.json or "
                    ".sigstore)")
 
 
@@ -174,10 +158,10 @@ def verify_artifact(args: argparse.Namespace) -> int:
     root = args.trusted_root or (SYSTEM_ROOT if SYSTEM_ROOT.exists() else production_root())
     digest, file = _artifact(args.file)
     bundle_path = args.bundle or _default_bundle(file)
-    bundle = _read(bundle_path, MAX_BUNDLE_BYTES)
+    bundle = read_input(bundle_path, "bundle", MAX_BUNDLE_BYTES)
     if not os.path.exists(root):
-        raise NotFound(f"no trusted root at {_show(root)}")
-    key_pem = _read(args.key, _MAX_KEY_BYTES) if args.key is not None else None
+        raise NotFound(f"no trusted root at {shown(root)}")
+    key_pem = read_input(args.key, "key", _MAX_KEY_BYTES) if args.key is not None else None
     try:
         key = load_public_key(key_pem) if key_pem is not None else None
         result = verify_sigstore_bundle(
@@ -186,14 +170,15 @@ def verify_artifact(args: argparse.Namespace) -> int:
             predicate_types=DEFAULT_PREDICATE_TYPES if args.provenance else None,
             require_provenance=args.provenance)
     except CheckFailed as e:
-        raise ArtifactInvalid(f"{_show(args.file)}: verification failed at {e.check}: "
+        raise ArtifactInvalid(f"{shown(args.file)}: verification failed at {e.check}: "
                               f"{e.detail}") from None
-    when = result.signed_time.isoformat().replace("+00:00", "Z") if result.signed_time else ""
+    signed = result.signed_time.timestamp() if result.signed_time else None
     signer = result.identity if not result.key_id else f"key sha256:{result.key_id}"
     doc = {"file": args.file, "sha256": digest, "bundle": str(bundle_path),
            "kind": result.kind, "signer": signer, "issuer": result.issuer,
            "log_index": result.log_index, "log_entry": result.log_entry,
-           "signed_time": when, "time_source": result.time_source, **result.facts}
+           "signed_time": json_time(signed), "time_source": result.time_source,
+           **result.facts}
     if result.builder_id or result.predicate_type:
         doc["builder"] = result.builder_id
         doc["predicate_type"] = result.predicate_type
@@ -201,6 +186,6 @@ def verify_artifact(args: argparse.Namespace) -> int:
         print_json(doc)
     else:
         by = f"{signer} ({result.issuer})" if result.issuer else signer
-        print(f"OK: {_show(args.file)} signed by {by}, log index {result.log_index}"
-              + (f", signed {when} ({result.time_source})" if when else ""))
+        print(f"OK: {shown(args.file)} signed by {by}, log index {result.log_index}"
+              + (f", signed {fmt_time(signed)} ({result.time_source})" if signed else ""))
     return 0

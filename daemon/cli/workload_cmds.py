@@ -25,13 +25,13 @@ from ensign.proto import workload_pb2 as pb
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIStub
 
 from .common import (
-    DEFAULT_SOCKET,
-    TIMEOUT,
     add_output,
-    channel,
-    iso,
+    add_workload_flags,
+    fmt_time,
+    plain_numbers,
     print_json,
-    socket_path,
+    workload_channel,
+    workload_socket,
 )
 from .helper_files import CertDir
 
@@ -39,9 +39,8 @@ HEADER = {"workload.spiffe.io": "true"}
 
 
 def register(sub: Any) -> None:
-    def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--socket", help="Workload API socket (default $SPIFFE_ENDPOINT_SOCKET)")
-        p.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds (default 10)")
+    def with_socket(p: argparse.ArgumentParser, timeout: bool = True) -> argparse.ArgumentParser:
+        add_workload_flags(p, timeout=timeout)
         add_output(p)
         return p
 
@@ -67,16 +66,14 @@ def register(sub: Any) -> None:
     v.add_argument("--token", required=True, help="the JWT-SVID, or - to read it from stdin")
     v.set_defaults(func=validate_jwt)
 
-    w = with_socket(sub.add_parser("watch", help="print each X.509-SVID update as it arrives"))
+    # No --timeout: watch runs until interrupted (or until the daemon ends the stream).
+    w = with_socket(sub.add_parser("watch", help="print each X.509-SVID update as it arrives "
+                                                 "(until interrupted)"), timeout=False)
     w.set_defaults(func=watch)
 
     h = with_socket(sub.add_parser("healthcheck", help="check the daemon is serving"))
     h.add_argument("--verbose", action="store_true", help="also print the socket and the reason")
     h.set_defaults(func=healthcheck)
-
-
-def _sock(args: argparse.Namespace) -> str:
-    return socket_path(args.socket, "SPIFFE_ENDPOINT_SOCKET", DEFAULT_SOCKET)
 
 
 def _describe(resp: pb.X509SVIDResponse) -> list[dict[str, Any]]:
@@ -86,8 +83,8 @@ def _describe(resp: pb.X509SVIDResponse) -> list[dict[str, Any]]:
         out.append({
             "spiffe_id": s.spiffe_id,
             "serial": format(leaf.serial_number, "x"),
-            "not_before": leaf.not_valid_before_utc.isoformat(),
-            "not_after": leaf.not_valid_after_utc.isoformat(),
+            "not_before": fmt_time(leaf.not_valid_before_utc.timestamp()),
+            "not_after": fmt_time(leaf.not_valid_after_utc.timestamp()),
             "hint": s.hint,
         })
     return out
@@ -96,7 +93,7 @@ def _describe(resp: pb.X509SVIDResponse) -> list[dict[str, Any]]:
 async def fetch_x509(args: argparse.Namespace) -> int:
     out = _open_out_dir(args.write) if args.write else None  # refused before a key is asked
     try:
-        async with channel(_sock(args)) as ch:
+        async with workload_channel(args) as ch:
             stub = SpiffeWorkloadAPIStub(ch)
             async with stub.FetchX509SVID.open(metadata=HEADER, timeout=args.timeout) as stream:
                 await stream.send_message(pb.X509SVIDRequest(), end=True)
@@ -143,7 +140,7 @@ def _write_svids(resp: pb.X509SVIDResponse, out: CertDir) -> None:
 
 async def fetch_jwt(args: argparse.Namespace) -> int:
     audience = [a for item in args.audience for a in item.split(",")]
-    async with channel(_sock(args)) as ch:
+    async with workload_channel(args) as ch:
         resp = await SpiffeWorkloadAPIStub(ch).FetchJWTSVID(
             pb.JWTSVIDRequest(audience=audience, spiffe_id=args.spiffe_id or ""),
             metadata=HEADER, timeout=args.timeout,
@@ -160,7 +157,7 @@ async def fetch_jwt(args: argparse.Namespace) -> int:
 
 
 async def fetch_bundles(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
+    async with workload_channel(args) as ch:
         stub = SpiffeWorkloadAPIStub(ch)
         async with stub.FetchX509Bundles.open(metadata=HEADER, timeout=args.timeout) as s1:
             await s1.send_message(pb.X509BundlesRequest(), end=True)
@@ -190,24 +187,24 @@ async def fetch_bundles(args: argparse.Namespace) -> int:
 
 async def validate_jwt(args: argparse.Namespace) -> int:
     token = sys.stdin.read().strip() if args.token == "-" else args.token
-    async with channel(_sock(args)) as ch:
+    async with workload_channel(args) as ch:
         resp = await SpiffeWorkloadAPIStub(ch).ValidateJWTSVID(
             pb.ValidateJWTSVIDRequest(audience=args.audience, svid=token),
             metadata=HEADER, timeout=args.timeout,
         )
-    claims = MessageToDict(resp.claims)
+    claims = plain_numbers(MessageToDict(resp.claims))
     if args.output == "json":
         print_json({"spiffe_id": resp.spiffe_id, "claims": claims})
     else:
         print(f"valid: {resp.spiffe_id}")
         exp = claims.get("exp")
-        if isinstance(exp, int | float):
-            print(f"expires {iso(exp)}")
+        if isinstance(exp, int):
+            print(f"expires {fmt_time(exp)}")
     return 0
 
 
 async def watch(args: argparse.Namespace) -> int:
-    async with channel(_sock(args)) as ch:
+    async with workload_channel(args) as ch:
         stub = SpiffeWorkloadAPIStub(ch)
         async with stub.FetchX509SVID.open(metadata=HEADER) as stream:
             await stream.send_message(pb.X509SVIDRequest(), end=True)
@@ -223,7 +220,7 @@ async def watch(args: argparse.Namespace) -> int:
 
 async def healthcheck(args: argparse.Namespace) -> int:
     async with (
-        channel(_sock(args)) as ch,
+        workload_channel(args) as ch,
         HealthStub(ch).Check.open(timeout=args.timeout) as stream,
     ):
         await stream.send_message(HealthCheckRequest(), end=True)
@@ -242,5 +239,5 @@ async def healthcheck(args: argparse.Namespace) -> int:
         print(("healthy" + (f" (degraded: {notice})" if notice else "")) if serving
               else f"unhealthy: {name}" + (f" ({reason})" if reason else ""))
         if args.verbose:
-            print(f"socket: {_sock(args)}\nstatus: {name}\nreason: {reason or '-'}")
+            print(f"socket: {workload_socket(args)}\nstatus: {name}\nreason: {reason or '-'}")
     return 0 if serving else 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -109,7 +110,8 @@ def verify_delegated(
         raise TokenInvalid(f"key id {header.get('kid')!r} is not a delegated-token key")
     if keys.jws_algorithm(key) != alg:
         raise TokenInvalid(f"token algorithm {alg} does not match its key")
-    # Expiry is checked against `now` below (PyJWT would read the wall clock instead).
+    # Expiry (and nbf) against `now` (the daemon's clock), not PyJWT's own reading of the wall
+    # clock.
     options: Options = {"require": ["exp", "sub", "aud", "act", "iat"],
                         "verify_aud": audience is not None, "verify_exp": False,
                         "verify_nbf": False, "verify_iat": False}
@@ -117,15 +119,13 @@ def verify_delegated(
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[alg], audience=audience, issuer=issuer, options=options,
             leeway=0)
-    except jwt.ExpiredSignatureError:
-        raise TokenInvalid("token has expired") from None
     except jwt.InvalidAudienceError:
         raise TokenInvalid(f"token audience does not include {audience!r}") from None
     except jwt.PyJWTError as e:
         raise TokenInvalid(f"token is not valid: {e}") from None
     exp = claims["exp"]
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
-        raise TokenInvalid("token is not valid: exp is not a number")
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+        raise TokenInvalid("token is not valid: exp must be a number")
     if check_expiry and exp <= now.timestamp():
         raise TokenInvalid("token has expired")
     nbf = claims.get("nbf")

@@ -57,6 +57,11 @@ class AttestationPipeline:
     def states(self) -> dict[str, str]:
         return {a.name: a.state() for a in self._attestors}
 
+    def problems(self) -> dict[str, str]:
+        """Enabled attestors that cannot vouch for anyone now, and why."""
+        found = {a.name: a.problem() for a in self._attestors}
+        return {name: p for name, p in found.items() if p is not None}
+
     def cached(self, caller: Caller) -> AttestedCaller | None:
         """The cached result for this very process image if still fresh, without awaiting."""
         return self._hit(caller, self._cache_key(caller))

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from ensign.daemon import keys
-from ensign.daemon.errors import SigningError, UsageError
+from ensign.daemon.errors import InvalidData, SigningError, UsageError
 from ensign.daemon.files import ensure_private_dir, write_private
 from ensign.daemon.spiffe_id import SpiffeId
 
@@ -32,6 +32,7 @@ EXTERNAL = "external.json"
 
 def request_csr(data_dir: Path, trust_domain: str, key_type: keys.KeyType) -> bytes:
     ca_dir = data_dir / "ca"
+    ensure_private_dir(data_dir)  # 0700 like the daemon makes it, even before its first start
     ensure_private_dir(ca_dir)
     key = keys.generate(key_type)
     write_private(ca_dir / PENDING, keys.to_pem(key))
@@ -61,26 +62,26 @@ def install_signed(data_dir: Path, trust_domain: str, cert_pem: bytes, root_pem:
         cert = x509.load_pem_x509_certificate(cert_pem)
         root = x509.load_pem_x509_certificate(root_pem)
     except ValueError as e:
-        raise UsageError(f"not a PEM certificate: {e}") from None
+        raise InvalidData(f"not a PEM certificate: {e}") from None
     spki = keys.public_spki(key)
     if keys.public_spki(cert.public_key()) != spki:
-        raise UsageError("the certificate is not for the pending CA key (wrong CSR?)")
+        raise InvalidData("the certificate is not for the pending CA key (wrong CSR?)")
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         bc = None
     if bc is None or not bc.ca:
-        raise UsageError("the certificate is not a CA certificate (BasicConstraints CA=true)")
+        raise InvalidData("the certificate is not a CA certificate (BasicConstraints CA=true)")
     try:
         cert.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature) as e:
-        raise UsageError(f"the certificate was not issued by that root: {e}") from None
+        raise InvalidData(f"the certificate was not issued by that root: {e}") from None
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
         .get_values_for_type(x509.UniformResourceIdentifier)
     if str(SpiffeId.for_trust_domain(trust_domain)) not in sans:
-        raise UsageError(f"the certificate does not name spiffe://{trust_domain}")
+        raise InvalidData(f"the certificate does not name spiffe://{trust_domain}")
     if cert.not_valid_after_utc <= datetime.now(UTC):
-        raise UsageError("the certificate has already expired")
+        raise InvalidData("the certificate has already expired")
     jwt_key = keys.generate("ec-p256")
     doc = {"cert": cert_pem.decode(), "root": root.public_bytes(Encoding.PEM).decode(),
            "key": keys.to_pem(key).decode(), "jwt_key": keys.to_pem(jwt_key).decode(),

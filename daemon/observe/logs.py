@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,3 +36,9 @@ def setup(level: str) -> None:
     root.setLevel(level.upper())
     # grpclib logs every refused request at INFO/ERROR with tracebacks; ours are enough.
     logging.getLogger("grpclib").setLevel(logging.CRITICAL)
+    # The HTTP/2 internals log every frame and header at DEBUG: noise that would bury ours.
+    for name in ("h2", "hpack", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Libraries' warnings (deprecations) go to the log as JSON, never raw to the terminal.
+    logging.captureWarnings(True)
+    warnings.simplefilter("ignore", DeprecationWarning)

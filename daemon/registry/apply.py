@@ -30,6 +30,9 @@ class Desired:
     id: str
     spec: Entry  # id empty; spiffe_id empty means "default" (keep the existing one)
     state: str  # "" means active
+    # Seconds after the agent's registration it expires (a file's `expires_at = "30d"`):
+    # relative to registration, not to now, so applying the same file again changes nothing.
+    expires_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +109,15 @@ async def apply(
             current: Entry | None = registry.get(d.id)
         else:
             current = live_by_name.get(d.spec.name)
+        spec = d.spec
+        if d.expires_after:
+            born = current.created_at if current is not None else now
+            spec = replace(spec, expires_at=born + d.expires_after)
         if current is None:
             if wanted == "decommissioned":
                 continue
-            new = registry.prepare_register(d.spec, actor_uid, planned)
-            steps.append(Step("create", d.spec.name, ", ".join(new.selectors)))
+            new = registry.prepare_register(spec, actor_uid, planned)
+            steps.append(Step("create", spec.name, ", ".join(new.selectors)))
             writes += [PutEntry(new, new=True),
                        RecordState(new.id, now, "", "active", "apply", actor)]
             changes.append(("register", new.id, actor, None, new, "apply"))
@@ -120,7 +127,7 @@ async def apply(
         else:
             seen.add(current.id)
             prior = current
-            diff = _diff(current, d.spec) if current.state != "decommissioned" else {}
+            diff = _diff(current, spec) if current.state != "decommissioned" else {}
             if diff:
                 old, new = registry.prepare_update(current.id, planned, **diff)
                 steps.append(Step("update", current.id, ", ".join(sorted(diff))))

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
-from ensign.daemon.errors import InvalidRequest
+from ensign.daemon.errors import InvalidData, InvalidRequest
 from ensign.daemon.registry.events import Action
 from ensign.daemon.spiffe_id import SpiffeId, validate_trust_domain
 from ensign.daemon.units import MAX_TIMESTAMP, MAX_TTL_SECONDS
@@ -21,6 +22,9 @@ MAX_SELECTORS = 64
 MAX_NAME = 128
 DAEMON_ACTOR = "ensign"
 RESERVED_PATH = "/ensign"  # spiffe://<td>/ensign/node/<name>: the daemon's own SVIDs
+#: Metadata keys the daemon reads, and the values each may take.
+METADATA_VALUES = {"anomaly.action": ("alert", "suspend", "off")}
+MAX_METADATA = 64
 
 #: (from, action) -> to. Decommissioned is terminal.
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -110,8 +114,10 @@ class ListFilter:
 
 def validate_selector(text: str) -> str:
     kind, sep, rest = text.partition(":")
-    if not sep or not rest:
-        raise InvalidRequest(f"invalid selector {text!r}: write type:value, e.g. unix:uid:1000")
+    key, sep2, value = rest.partition(":")
+    if not sep or not key or not sep2 or not value:
+        raise InvalidRequest(f"invalid selector {text[:80]!r}: write type:key:value, "
+                             "e.g. unix:uid:1000")
     if kind not in SELECTOR_TYPES:
         raise InvalidRequest(
             f"invalid selector {text!r}: unknown type {kind!r} "
@@ -120,7 +126,6 @@ def validate_selector(text: str) -> str:
     if len(text) > 1024 or any(c in text for c in "\n\r\0"):
         raise InvalidRequest(f"invalid selector {text[:40]!r}: too long or control characters")
     # Values the attestor can only ever emit in one form: a typo here would never match.
-    key, _, value = rest.partition(":")
     if kind == "unix" and key in ("uid", "gid") and not (
             value.isascii() and value.isdigit() and int(value) < 2**32):
         raise InvalidRequest(f"invalid selector {text!r}: {key} must be a number below 2^32")
@@ -168,6 +173,7 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
         raise InvalidRequest(f"unknown state {e.state!r}")
     if len(e.hint.encode()) > 1024:
         raise InvalidRequest("hint is limited to 1024 bytes")
+    validate_metadata(e.metadata)
     for td in e.federates_with:
         try:
             validate_trust_domain(td)
@@ -177,6 +183,28 @@ def validate_entry(e: Entry, trust_domain: str) -> Entry:
             raise InvalidRequest(f"federates_with: {td} is this node's own trust domain")
     return replace(e, selectors=tuple(sorted(set(e.selectors))),
                    federates_with=tuple(sorted(set(e.federates_with))))
+
+
+def validate_metadata(metadata: dict[str, str]) -> None:
+    if len(metadata) > MAX_METADATA:
+        raise InvalidRequest(f"at most {MAX_METADATA} metadata keys per entry")
+    for key, value in metadata.items():
+        if not key or len(key) > 128 or len(value) > 1024 or not (key + value).isprintable():
+            raise InvalidRequest(f"metadata {key[:40]!r}: keys are 1..128 and values at most "
+                                 "1024 printable characters")
+        allowed = METADATA_VALUES.get(key)
+        if allowed is not None and value not in allowed:
+            raise InvalidRequest(f"metadata {key}={value!r}: must be one of "
+                                 f"{', '.join(allowed)}")
+
+
+def check_expiry(expires_at: int, now: float) -> None:
+    """A new or changed expiry must lie ahead: one already past would make an entry that is
+    decommissioned the moment it is written."""
+    if expires_at and expires_at <= now:
+        when = datetime.fromtimestamp(max(expires_at, 0), UTC).isoformat().replace("+00:00", "Z")
+        raise InvalidData(f"expires_at {when} is in the past: give a later time or a "
+                          "duration such as 30d")
 
 
 @dataclass(frozen=True, slots=True)

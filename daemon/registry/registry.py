@@ -27,6 +27,7 @@ from ensign.daemon.registry.model import (
     Entry,
     ListFilter,
     StateChange,
+    check_expiry,
     validate_entry,
 )
 from ensign.daemon.registry.roles import RoleBook
@@ -120,6 +121,7 @@ class Registry:
         entry_id = f"agt_{ULID()}"
         spiffe_id = entry.spiffe_id or f"spiffe://{self._td}/agent/{entry_id}"
         self._roles.check_exist(r for r in entry.roles if r not in planned_roles)
+        check_expiry(entry.expires_at, self._clock())
         return validate_entry(
             replace(entry, id=entry_id, spiffe_id=spiffe_id, created_at=now, updated_at=now,
                     revision=1, state="active", created_by=actor_uid),
@@ -144,6 +146,8 @@ class Registry:
             raise InvalidTransition(f"entry {entry_id} is decommissioned; it cannot change")
         if "roles" in changes:
             self._roles.check_exist(r for r in changes["roles"] if r not in planned_roles)
+        if "expires_at" in changes:
+            check_expiry(changes["expires_at"], self._clock())
         new = validate_entry(
             replace(old, **changes, updated_at=int(self._clock()), revision=old.revision + 1),
             self._td,

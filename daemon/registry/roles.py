@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ensign.daemon.errors import InvalidRequest, NotFound
+from ensign.daemon.errors import FailedPrecondition, InvalidRequest, NotFound
 from ensign.daemon.registry.events import Action, ChangeEvent, EventHub
 from ensign.daemon.registry.policy import Role, validate_role
 from ensign.daemon.registry.store import DeleteRole, PutRole, RegistryStore
@@ -78,7 +78,7 @@ class RoleBook:
         holders = self.holders(name)
         if holders:
             shown = ", ".join(holders[:10]) + (" ..." if len(holders) > 10 else "")
-            raise InvalidRequest(f"role {name} is held by {len(holders)} agent(s): {shown}")
+            raise FailedPrecondition(f"role {name} is held by {len(holders)} agent(s): {shown}")
         await self._store.write([DeleteRole(name)])
         self._roles.pop(name, None)
         self._emit("role_delete", name, actor, old, None)

@@ -148,7 +148,10 @@ class SwtpmEmulator:
         return rc
 
     def _stop_leftover(self) -> None:
-        """Stop an swtpm on *our* state dir left running by a daemon that was killed."""
+        """Stop an swtpm on *our* state dir left running by a daemon that was killed.
+
+        Safe only because the daemon holds the data_dir lock (app.py) before it starts the
+        TPM: no live daemon can own an swtpm on this state dir, so this one is an orphan."""
         try:
             pid = int(self.pidfile.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -33,7 +33,7 @@ def test_config_check_defaults_pass(fuzzed: Daemon) -> None:
     assert assert_cli_result(r) == 0, r
 
 
-# Every command but the ones that run forever by design (`daemon`, `watch`).
+# Every command but the ones that run forever by design (`daemon`, `watch`, `helper`).
 COMMANDS = [
     ["config", "check"], ["config", "defaults"], ["fetch", "x509"], ["fetch", "jwt"],
     ["fetch", "bundles"], ["validate", "jwt"], ["healthcheck"], ["agent", "register"],
@@ -50,7 +50,8 @@ FLAGS = ["--name", "--selector", "--owner", "--audience", "--token", "--spiffe-i
          "--scope", "--ttl", "--x509-ttl", "--jwt-ttl", "--expires-at", "--since", "--until",
          "--limit", "--type", "--format", "--output", "-o", "--data-dir", "--config",
          "--reason", "--bundle", "--nonce", "--file", "--subject-token", "--metadata",
-         "--max-ttl", "--agent", "--subject", "--issuer", "--from-checkpoint", "--timeout"]
+         "--max-ttl", "--agent", "--subject", "--issuer", "--from-checkpoint", "--timeout",
+         "--cert", "--federates-with", "--clear-roles", "--no-expiry"]
 _ARG = st.one_of(
     st.sampled_from(FLAGS),
     st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
@@ -74,8 +75,8 @@ def test_cli_arguments(fuzzed: Daemon, batch: list[list[str]]) -> None:
     serving(fuzzed)
 
 
-@pytest.mark.parametrize("argv", [["tpm", "status"], ["tpm", "policy", "-o", "/dev/null"],
-                                  ["tpm", "quote", "--nonce", "00" * 16, "-o", "/dev/null"]])
+@pytest.mark.parametrize("argv", [["tpm", "status"], ["tpm", "policy", "--out", "/dev/null"],
+                                  ["tpm", "quote", "--nonce", "00" * 16, "--out", "/dev/null"]])
 def test_tpm_commands_without_a_tpm_exit_cleanly(fuzzed: Daemon, argv: list[str],
                                                  tmp_path: Path) -> None:
     [r] = cli_batch(fuzzed, [argv], tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -82,7 +83,7 @@ def test_roles_limit_audiences_and_ttl(strict_daemon: Daemon) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "https://billing.example.org" in details
     held = d.cli("role", "delete", "reader", check=False)
-    assert str(rec["id"]) in one_line_error(held, 64)
+    assert str(rec["id"]) in one_line_error(held, 65)  # data, not usage
     # Widening the role takes effect at once.
     d.cli("role", "update", "reader", "--audience", "https://api.example.org/*",
           "--audience", "https://billing.example.org")
@@ -186,12 +187,14 @@ def test_apply_rejects_bad_files_whole(daemon: Daemon, tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(_FILE + '\n[[agent]]\nname = "broken"\nowner = "x"\nselectors = ["nope"]\n')
     result = daemon.cli("agent", "apply", "-f", str(path), check=False)
-    assert "invalid selector" in one_line_error(result, 64)
+    assert "invalid selector" in one_line_error(result, 65)  # data error
     assert json.loads(daemon.cli("agent", "list", "-o", "json").stdout) == []
     assert json.loads(daemon.cli("role", "list", "-o", "json").stdout) == []  # roles too
     path.write_text('[[agent]]\nname = "x"\nselektors = []\n')
     result = daemon.cli("agent", "apply", "-f", str(path), check=False)
-    assert "unknown key" in one_line_error(result, 64)
+    assert "unknown key" in one_line_error(result, 65)
+    missing = daemon.cli("agent", "apply", "-f", str(tmp_path / "nope.toml"), check=False)
+    assert "nope.toml" in one_line_error(missing, 66)
 
 
 def test_list_filters(daemon: Daemon) -> None:
@@ -213,3 +216,64 @@ def test_list_filters(daemon: Daemon) -> None:
     assert ids("--state", "suspended") == []
     typo = daemon.cli("agent", "list", "--state", "suspnded", check=False)
     assert "unknown state 'suspnded'" in one_line_error(typo, 64)
+
+
+def test_an_expiry_in_the_past_is_refused(daemon: Daemon) -> None:
+    past = daemon.cli("agent", "register", "--name", "born-dead", "--owner", "o", "--selector",
+                      "unix:uid:7", "--expires-at", "2020-01-01T00:00:00Z", check=False)
+    assert "in the past" in one_line_error(past, 65)
+    assert json.loads(daemon.cli("agent", "list", "-o", "json").stdout) == []
+    rec = daemon.register("alive", "unix:uid:7")
+    late = daemon.cli("agent", "update", str(rec["id"]), "--expires-at", "2020-01-01T00:00:00Z",
+                      check=False)
+    assert "in the past" in one_line_error(late, 65)
+    shown = json.loads(daemon.cli("agent", "show", str(rec["id"]), "-o", "json").stdout)
+    assert shown["state"] == "active" and shown["expires_at"] is None
+
+
+def test_apply_takes_durations_and_stays_idempotent(daemon: Daemon, tmp_path: Path) -> None:
+    path = tmp_path / "agents.toml"
+    path.write_text('[[agent]]\nname = "temp"\nowner = "o"\nselectors = ["unix:uid:8"]\n'
+                    'expires_at = "30d"\n')
+    daemon.cli("agent", "apply", "-f", str(path))
+    [agent] = json.loads(daemon.cli("agent", "list", "-o", "json").stdout)
+    created = datetime.fromisoformat(agent["created_at"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(agent["expires_at"].replace("Z", "+00:00"))
+    assert (expires - created).total_seconds() == 30 * 86400
+    assert "nothing to do" in daemon.cli("agent", "apply", "-f", str(path)).stdout
+
+
+def test_update_clears_lists_and_takes_every_register_flag(daemon: Daemon) -> None:
+    daemon.cli("role", "create", "ops", "--audience", "ops")
+    rec = daemon.register("editable", "unix:uid:9", extra=(
+        "--role", "ops", "--capability", "a", "--capability", "b", "--dns-name", "x.example",
+        "--metadata", "team=blue", "--expires-at", "30d"))
+    rid = str(rec["id"])
+    daemon.cli("agent", "update", rid, "--role", "", "--clear-capabilities", "--kind",
+               "service", "--metadata", "team=red", "--no-expiry")
+    shown = json.loads(daemon.cli("agent", "show", rid, "-o", "json").stdout)
+    assert shown["roles"] == [] and shown["capabilities"] == []
+    assert shown["kind"] == "service" and shown["metadata"] == {"team": "red"}
+    assert shown["expires_at"] is None and shown["dns_names"] == ["x.example"]
+    daemon.cli("agent", "update", rid, "--clear-dns-names", "--clear-metadata")
+    shown = json.loads(daemon.cli("agent", "show", rid, "-o", "json").stdout)
+    assert shown["dns_names"] == [] and shown["metadata"] == {} and shown["revision"] == 3
+    assert daemon.cli("role", "delete", "ops").returncode == 0  # no longer held
+
+
+def test_unknown_anomaly_action_is_refused(daemon: Daemon) -> None:
+    bogus = daemon.cli("agent", "register", "--name", "a", "--owner", "o", "--selector",
+                       "unix:uid:3", "--metadata", "anomaly.action=bogus", check=False)
+    assert "alert, suspend, off" in one_line_error(bogus, 64)
+    rec = daemon.register("b", "unix:uid:3", extra=("--metadata", "anomaly.action=suspend"))
+    later = daemon.cli("agent", "update", str(rec["id"]), "--metadata", "anomaly.action=nap",
+                       check=False)
+    assert "anomaly.action" in one_line_error(later, 64)
+
+
+def test_grants_are_refused_when_delegation_is_off(daemon: Daemon) -> None:
+    rec = daemon.register("helper", "unix:uid:0")
+    off = daemon.cli("delegation", "grant", "--subject", "alice", "--issuer", "https://idp",
+                     "--agent", str(rec["id"]), "--scope", "read", check=False)
+    assert "delegation is disabled" in one_line_error(off, 65)
+    assert json.loads(daemon.cli("delegation", "list", "--all", "-o", "json").stdout) == []

@@ -206,6 +206,25 @@ def test_agent_to_agent_chain(world: Any, idp: Idp) -> None:
     assert ok["details"]["act"] == [b["spiffe_id"], a["spiffe_id"]]
 
 
+def test_grant_json_and_grants_to_decommissioned_agents(world: Any) -> None:
+    d, a, _, c = world
+    made = json.loads(d.cli("delegation", "grant", "--subject", "bob", "--issuer", IDP,
+                            "--agent", a["id"], "--scope", "calendar.read", "--ttl", "1h",
+                            "-o", "json").stdout)
+    assert "ttl_seconds" not in made and made["revoked_at"] is None
+    created = datetime.fromisoformat(made["created_at"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(made["expires_at"].replace("Z", "+00:00"))
+    assert (expires - created).total_seconds() == 3600
+    table = d.cli("delegation", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "SUBJECT", "AGENT", "SCOPES", "EXPIRES", "STATE"]
+    d.cli("agent", "decommission", c["id"], "--reason", "retired")
+    refused = d.cli("delegation", "grant", "--subject", "bob", "--issuer", IDP, "--agent",
+                    c["id"], "--scope", "calendar.read", check=False)
+    assert refused.returncode == 65 and "decommissioned" in refused.stderr
+    assert [g["agent_id"] for g in json.loads(d.cli("delegation", "list", "--all", "-o",
+                                                    "json").stdout)] == [a["id"]]
+
+
 def test_a_jwt_svid_key_never_vouches_for_a_delegated_token(world: Any, idp: Idp) -> None:
     """Whoever holds a JWT-SVID signing key cannot make a token the delegation chain or
     `token verify` accepts: only the delegated-token keys sign those."""

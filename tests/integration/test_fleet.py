@@ -291,6 +291,11 @@ def test_fleet_status_and_audit_list_over_every_node(trio: Trio) -> None:
                                "--type", "daemon.", "-o", "json").stdout)
     assert sorted({r["node"] for r in listed}) == list(NODES)
     assert {r["type"] for r in listed} == {"daemon.start"}
+    table = n1.cli("audit", "list", "--fleet", "--database-url", url,
+                   "--type", "daemon.").stdout.splitlines()
+    assert table[0].split() == ["NODE", "TIME", "SEQ", "TYPE", "RESULT", "WHO", "DETAIL"]
+    assert sorted({line.split()[0] for line in table[1:]}) == list(NODES)
+    assert all(line.index("daemon.start") == table[0].index("TYPE") for line in table[1:])
 
 
 @pytest.mark.timeout(300)

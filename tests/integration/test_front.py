@@ -84,7 +84,9 @@ def _cases(idp: Idp) -> list[tuple[str, str, bytes, Metadata, grpc.StatusCode]]:
         # (ValidateJWTSVID serves callers without an entry: its refusals are svid.validated
         # records, see test_workload_api.)
         ("delegation", "ExchangeToken", _exchange(idp), HEADER, denied),
-        # requests that cannot be carried out
+        # requests that cannot be carried out (a validator needs no identity: the token is
+        # what is wrong)
+        ("workload", "ValidateJWTSVID", validate, HEADER, bad),
         ("workload", "FetchJWTSVID", pb.JWTSVIDRequest().SerializeToString(), HEADER, bad),
         ("workload", "ValidateJWTSVID", pb.ValidateJWTSVIDRequest(svid="x").SerializeToString(),
          HEADER, bad),
@@ -96,7 +98,7 @@ def _cases(idp: Idp) -> list[tuple[str, str, bytes, Metadata, grpc.StatusCode]]:
 
 # (ExchangeToken's own refusals come after the agent is known: those are token.exchanged
 # records, see test_delegation.)
-_IDS = ["header"] * 8 + ["identity"] * 5 + ["request"] * 2 + ["no-tpm"] * 2
+_IDS = ["header"] * 8 + ["identity"] * 5 + ["request"] * 3 + ["no-tpm"] * 2
 
 
 @pytest.mark.parametrize("case", range(len(_IDS)),

@@ -85,7 +85,7 @@ def test_sighup_reloads_log_level_and_keeps_registry(daemon: Daemon) -> None:
 def test_status(daemon: Daemon) -> None:
     daemon.register("one", "unix:uid:0")
     st = json.loads(daemon.cli("status", "-o", "json").stdout)
-    assert st["trust_domain"] == "example.org" and st["entries"] == "1"
+    assert st["trust_domain"] == "example.org" and st["entries"] == 1
     assert st["problem"] == "" and "unix" in st["attestors"]
     assert st["attestor_state"]["unix"].startswith("ready"), st
     assert "serving" in daemon.cli("status").stdout

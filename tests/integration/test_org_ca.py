@@ -109,7 +109,7 @@ def test_offline_root_signs_a_node_ca_through_a_csr(short_tmp: Path, tmp_path: P
     d = Daemon(root=short_tmp)
     d.write_config()
     csr = tmp_path / "node.csr"
-    d.cli("ca", "request-csr", "--config", str(d.config_path), "-o", str(csr))
+    d.cli("ca", "request-csr", "--config", str(d.config_path), "--out", str(csr))
     signed = tmp_path / "node.pem"
     signed.write_bytes(_sign_csr(csr.read_bytes(), key, org))
     # A certificate for some other key is refused; the right one installs.
@@ -117,7 +117,14 @@ def test_offline_root_signs_a_node_ca_through_a_csr(short_tmp: Path, tmp_path: P
     other.write_bytes(org.public_bytes(serialization.Encoding.PEM))
     bad = d.cli("ca", "install-signed", str(other), "--root", str(cert), "--config",
                 str(d.config_path), check=False)
-    assert bad.returncode == 64 and "not for the pending CA key" in bad.stderr
+    assert bad.returncode == 65 and "not for the pending CA key" in bad.stderr
+    # The right certificate with another organisation's root: a data error too (issue 23).
+    (tmp_path / "other-org").mkdir()
+    other_root, _, _ = _org_ca(tmp_path / "other-org")
+    wrong_root = d.cli("ca", "install-signed", str(signed), "--root", str(other_root),
+                       "--config", str(d.config_path), check=False)
+    assert wrong_root.returncode == 65 and "not issued by that root" in wrong_root.stderr
+    assert len(wrong_root.stderr.strip().splitlines()) == 1, wrong_root.stderr
     d.cli("ca", "install-signed", str(signed), "--root", str(cert), "--config",
           str(d.config_path))
     d.start()

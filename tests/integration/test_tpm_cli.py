@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -133,15 +134,18 @@ def test_status_policy_and_fresh_evidence_verify(node: Node, tmp_path: Path) -> 
     out = node.cli("status", subprocess_=True).stdout  # the console entry point, for real
     assert "available           yes" in out and "chains to CN=swtpm-localca-rootca" in out
     assert "2 executables in PCR 23" in out and "PCR 23" in out
+    assert re.search(r"^transient handles +0x8[0-9a-f]{7}$", out, re.M), out  # hex, no list
     status = json.loads(node.cli("status", "-o", "json", "--ak-pub-out",
                                  str(tmp_path / "ak.pem")).stdout)
     assert status["available"] and len(status["transient_handles"]) == 1
-    node.cli("policy", "-o", str(tmp_path / "golden.json"))
+    node.cli("policy", "--out", str(tmp_path / "golden.json"))
     golden = json.loads((tmp_path / "golden.json").read_text())
     assert sorted(golden["pcrs"], key=int) == [str(i) for i in range(8)]
 
     nonce = secrets.token_hex(32)
-    node.cli("quote", "--nonce", nonce, "-o", str(tmp_path / "ev.json"))
+    printed = node.cli("quote", "--nonce", nonce).stdout  # no --out: the evidence is printed
+    (tmp_path / "ev.json").write_text(printed)
+    assert json.loads(printed)["nonce"] == nonce
     result = node.cli("verify-evidence", str(tmp_path / "ev.json"), "--nonce", nonce,
                       "--ak-pub", str(tmp_path / "ak.pem"), "--policy",
                       str(tmp_path / "golden.json"), "-o", "json")
@@ -172,10 +176,10 @@ def _flip(b64: str, index: int) -> str:
 
 def test_verify_evidence_refuses_replays_and_every_tampering(node: Node, tmp_path: Path) -> None:
     node.cli("status", "--ak-pub-out", str(tmp_path / "ak.pem"))
-    node.cli("policy", "-o", str(tmp_path / "golden.json"))
+    node.cli("policy", "--out", str(tmp_path / "golden.json"))
     nonce = secrets.token_hex(32)
     ev = tmp_path / "ev.json"
-    node.cli("quote", "--nonce", nonce, "-o", str(ev))
+    node.cli("quote", "--nonce", nonce, "--out", str(ev))
     trust = ["--ak-pub", str(tmp_path / "ak.pem"), "--policy", str(tmp_path / "golden.json")]
 
     def log_edit(log: dict[str, Any]) -> dict[str, Any]:
@@ -207,10 +211,10 @@ def test_verify_evidence_refuses_replays_and_every_tampering(node: Node, tmp_pat
 def test_ek_rooted_verification_needs_the_ak_bound_to_the_ek(
         node: Node, tmp_path: Path, manufactured_tpm: Path) -> None:
     ca = str(manufactured_tpm / "localca" / "state" / "swtpm-localca-rootca-cert.pem")
-    node.cli("policy", "-o", str(tmp_path / "golden.json"))
+    node.cli("policy", "--out", str(tmp_path / "golden.json"))
     first = tmp_path / "first.json"
-    node.cli("quote", "--nonce", secrets.token_hex(16), "-o", str(first))
-    node.cli("challenge", str(first), "--ek-ca", ca, "-o", str(tmp_path / "chal.json"),
+    node.cli("quote", "--nonce", secrets.token_hex(16), "--out", str(first))
+    node.cli("challenge", str(first), "--ek-ca", ca, "--out", str(tmp_path / "chal.json"),
              "--secret-out", str(tmp_path / "chal.key"))
     assert (tmp_path / "chal.key").stat().st_mode & 0o777 == 0o600
     secret = (tmp_path / "chal.key").read_text().strip()
@@ -218,7 +222,7 @@ def test_ek_rooted_verification_needs_the_ak_bound_to_the_ek(
     nonce = secrets.token_hex(32)
     ev = tmp_path / "ev.json"
     out = node.cli("quote", "--nonce", nonce, "--challenge", str(tmp_path / "chal.json"),
-                   "-o", str(ev)).stdout
+                   "--out", str(ev)).stdout
     assert "with activation proof" in out
     ek_trust = ["--ek-ca", ca, "--policy", str(tmp_path / "golden.json")]
     ok = node.cli("verify-evidence", str(ev), "--nonce", nonce, *ek_trust, "--challenge-secret",
@@ -253,8 +257,8 @@ def test_ek_rooted_verification_needs_the_ak_bound_to_the_ek(
     first_doc = json.loads(first.read_text())
     first_doc["ak_public"] = base64.b64encode(ecc_public(fake)).decode()
     (tmp_path / "fake-first.json").write_text(json.dumps(first_doc))
-    node.cli("challenge", str(tmp_path / "fake-first.json"), "--ek-ca", ca, "-o",
+    node.cli("challenge", str(tmp_path / "fake-first.json"), "--ek-ca", ca, "--out",
              str(tmp_path / "chal2.json"), "--secret-out", str(tmp_path / "chal2.key"))
     refused = node.cli("quote", "--nonce", nonce, "--challenge", str(tmp_path / "chal2.json"),
-                       "-o", str(tmp_path / "x.json"), ok=False)
+                       "--out", str(tmp_path / "x.json"), ok=False)
     assert refused.returncode == 64 and "does not activate on this TPM" in refused.stderr

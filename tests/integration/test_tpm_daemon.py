@@ -20,6 +20,7 @@ import grpc
 import jwt as pyjwt
 import pytest
 
+from ensign.daemon.audit import read_records
 from ensign.daemon.tpm.emulator import SwtpmEmulator
 from ensign.proto import workload_pb2 as pb
 from tests.support.cli import one_line_error
@@ -92,7 +93,9 @@ def test_swtpm_outage_fails_only_tpm_identities_and_recovers(
         d.register("on-tpm", "unix:uid:0", "tpm:policy:pass")  # this process (root)
         d.register("plain", f"unix:uid:{NOBODY}")  # another agent, no TPM selector
         assert len(fetch_jwt(str(d.socket), "a").svids) == 1
-        state = json.loads(d.cli("status", "-o", "json").stdout)["attestor_state"]
+        status = json.loads(d.cli("status", "-o", "json").stdout)
+        assert "tpm" in status["attestors"]  # the node's attestor is listed with the others
+        state = status["attestor_state"]
         assert state["tpm"].startswith("ready, last quote"), state
         os.kill(emu.pid or 0, signal.SIGKILL)
         emu.reap()
@@ -128,7 +131,7 @@ def test_remote_evidence_lists_exactly_the_attested_executables(
     fetch_jwt(str(d.socket), "a")  # attests this process: its executable is measured
     nonce = secrets.token_hex(32)
     d.cli("tpm", "status", "--ak-pub-out", str(tmp_path / "ak.pem"))
-    d.cli("tpm", "quote", "--nonce", nonce, "-o", str(tmp_path / "ev.json"))
+    d.cli("tpm", "quote", "--nonce", nonce, "--out", str(tmp_path / "ev.json"))
     verdict = json.loads(d.cli(
         "tpm", "verify-evidence", str(tmp_path / "ev.json"), "--nonce", nonce, "--ak-pub",
         str(tmp_path / "ak.pem"), "--policy", str(_golden(d.root)), "-o", "json").stdout)
@@ -160,6 +163,11 @@ def test_sealed_ca_key_refuses_to_issue_after_a_pcr_change(
         last = result.stderr.strip().splitlines()[-1]  # after the daemon's own log lines
         assert last.startswith("ensign: cannot unseal") and "PCR 7" in last, result.stderr
         assert result.returncode == 78, result.stderr
+        # the refused start is in the trail, with its reason, and the trail still verifies
+        final = list(read_records(d.data_dir / "audit"))[-1]
+        assert (final["type"], final["result"]) == ("daemon.stop", "failure")
+        assert final["reason"].startswith("cannot unseal the TPM-sealed key"), final
+        assert d.cli("audit", "verify", "--data-dir", str(d.data_dir)).returncode == 0
     finally:
         try:
             if d is not None and d.alive():

@@ -6,7 +6,8 @@ its end from a plain test."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,12 +24,13 @@ def run(aw: Awaitable[T]) -> T:
     return asyncio.run(wrapped())
 
 
-def open_registry(path: Path, trust_domain: str = "example.org") -> Registry:
-    """A loaded registry whose database is `path`/registry.db."""
+def open_registry(path: Path, trust_domain: str = "example.org",
+                  clock: Callable[[], float] = time.time) -> Registry:
+    """A loaded registry whose database is `path`/registry.db, reading the time from `clock`."""
     store = SqliteStore(path / "registry.db")
     run(store.open())
     events = EventHub()
-    r = Registry(store, RoleBook(store, events), events, trust_domain)
+    r = Registry(store, RoleBook(store, events), events, trust_domain, clock=clock)
     run(r.load())
     return r
 

@@ -245,7 +245,7 @@ def test_root_with_only_log_keys_serves_key_bundles_and_fails_loudly_for_certifi
         load_sigstore_trust(path)  # the attestor's use: certificate bundles
     assert e.value.check == "trusted-root"
     attestor = SigstoreAttestor(SigstoreConfig(enabled=True, trusted_root=path))
-    assert attestor.state().startswith("failing: trusted-root")
+    assert attestor.state().startswith(f"failing: trusted_root: {path} cannot verify certificate")
     key = ec.generate_private_key(ec.SECP256R1())
     trust = load_sigstore_trust(path, certificates=False)
     assert _verify(trust, fulcio.sign_with_key(DATA, key, rekor="v2"),

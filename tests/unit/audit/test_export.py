@@ -110,6 +110,8 @@ EVENTS: dict[str, AuditEvent] = {
     "daemon.stop": AuditEvent(type="daemon.stop"),
     "audit.recovered": AuditEvent(type="audit.recovered", result="failure",
                                   reason="set aside 12 bytes"),
+    "audit.archived": AuditEvent(type="audit.archived", actor="uid:0", details={
+        "segments": ["segment-00000001.jsonl", "segment-00000002.jsonl"]}),
     "tpm": AuditEvent(type="tpm", result="failure", reason="PCR 7 changed",
                       details={"event": "tpm.policy", "pcrs": [7]}),
 }

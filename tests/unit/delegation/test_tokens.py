@@ -77,6 +77,20 @@ def test_rfc9068_typ_values_are_accepted(keys: DelegationKeys, typ: str) -> None
     assert t.subject == "alice" and t.actors == (AGENT.spiffe_id,)
 
 
+def test_expiry_is_judged_by_the_clock_it_is_given(keys: DelegationKeys) -> None:
+    """The daemon's clock, not the wall clock: a token minted an hour ago by that clock is
+    expired although the wall clock says otherwise, and one valid at `now` stays valid."""
+    claims = _decide()
+    token = _token(keys, {**claims, "exp": int(NOW.timestamp()) + 60})
+    jwks = keys.verification_keys()
+    assert verify_delegated(token, "https://cal", jwks, now=NOW).subject == "alice"
+    with pytest.raises(TokenInvalid, match="token has expired"):
+        verify_delegated(token, "https://cal", jwks, now=NOW + timedelta(seconds=60))
+    for exp in ("soon", True):
+        with pytest.raises(TokenInvalid, match="exp must be a number"):
+            verify_delegated(_token(keys, {**claims, "exp": exp}), "https://cal", jwks, now=NOW)
+
+
 @pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt2", ""])
 def test_other_typ_values_are_refused(keys: DelegationKeys, typ: str) -> None:
     with pytest.raises(TokenInvalid, match="not a delegated token"):

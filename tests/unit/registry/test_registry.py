@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ensign.daemon.errors import Conflict, InvalidRequest, NotFound
+from ensign.daemon.errors import Conflict, InvalidData, InvalidRequest, NotFound
 from ensign.daemon.registry import Entry, ListFilter
 from tests.support.registry import new_entry, open_registry, run
 
@@ -58,8 +58,13 @@ def test_refusals(tmp_path: Path) -> None:
 
 
 def test_expired_and_suspended_entries_do_not_match(tmp_path: Path) -> None:
-    r = open_registry(tmp_path)
-    run(r.register(new_entry("old", "unix:uid:1", expires_at=1), 0))
+    now = [1_800_000_000.0]
+    r = open_registry(tmp_path, clock=lambda: now[0])
+    with pytest.raises(InvalidData, match="in the past"):
+        run(r.register(new_entry("dead", "unix:uid:1", expires_at=int(now[0]) - 1), 0))
+    run(r.register(new_entry("old", "unix:uid:1", expires_at=int(now[0]) + 10), 0))
+    assert [e.name for e in r.match({"unix:uid:1"})] == ["old"]
+    now[0] += 11
     s = run(r.register(new_entry("sus", "unix:uid:1"), 0))
     run(r.transition(s.id, "suspend", "uid:0", "test"))
     assert r.match({"unix:uid:1"}) == []

@@ -128,7 +128,7 @@ def test_handlers_keep_their_cardinality_and_types() -> None:
     (Status.INVALID_ARGUMENT, 64), (Status.NOT_FOUND, 66), (Status.ALREADY_EXISTS, 65),
     (Status.FAILED_PRECONDITION, 65), (Status.UNAVAILABLE, 69), (Status.UNAUTHENTICATED, 77),
     (Status.PERMISSION_DENIED, 77), (Status.INTERNAL, 70), (Status.DEADLINE_EXCEEDED, 75),
-    (Status.UNIMPLEMENTED, 69), (Status.RESOURCE_EXHAUSTED, 75), (Status.DATA_LOSS, 70),
+    (Status.UNIMPLEMENTED, 64), (Status.RESOURCE_EXHAUSTED, 75), (Status.DATA_LOSS, 70),
 ])
 def test_exit_code_without_a_known_error_class_follows_the_status(status: Status,
                                                                   expect: int) -> None:
