@@ -173,6 +173,16 @@ class Fleet:
         for this node's own keys and unknown ones."""
         return self._owners.get(kid, "")
 
+    async def issuance(self, node: str, jti: str) -> dict[str, Any] | None:
+        """The attribution fields of `node`'s issuance record of `jti` as shipped to the
+        database (None: not there, or not yet); raises when the database cannot be asked. Read
+        through `issuance_attribution()`: this node's role reads no other node's raw records."""
+        async with self.store.connection() as conn:
+            cur = await conn.execute("SELECT issuance_attribution(%s, %s)", (node, jti))
+            row = await cur.fetchone()
+        found = row[0] if row else None
+        return found if isinstance(found, dict) else None
+
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
