@@ -437,3 +437,23 @@ def test_an_issuance_shipped_moments_after_the_report_is_attributed_on_another_n
     assert never.found is None
     assert never.reason == ("not in the fleet database yet (node node-1 ships its trail in the "
                             "background; waited 0.3 s)")
+
+
+def test_fleet_init_upgrades_a_version_1_fleet_and_attributes_what_was_shipped_before(
+        pg: Cluster, tmp_path: Path) -> None:
+    """A fleet created by the previous release (schema version 1) with a trail already shipped:
+    `ensign fleet init` applies version 2 only, and the records shipped before are found."""
+    fdb = FleetDb(pg, "fleetv1")
+    pg.sql(f"CREATE DATABASE {fdb.name}", db="postgres")
+    assert asyncio.run(schema.init(fdb.owner_url, NODES, (ADMIN,),
+                                   migrations=schema.MIGRATIONS[:1])) == (0, 1)
+    asyncio.run(_write_and_ship(fdb, "node-1", tmp_path / "n1", [_exchanged("before")]))
+    with pytest.raises(pg_errors.UndefinedFunction):
+        _attribution(fdb, "node-2", "node-1", "before")
+    out = ensign("fleet", "init", "--database-url", fdb.owner_url)
+    assert out.returncode == 0, out.stderr
+    assert fdb.rows("SELECT version FROM ensign_schema") == [(SCHEMA_VERSION,)] == [(2,)]
+    got = _attribution(fdb, "node-2", "node-1", "before")
+    assert got is not None and (got["agent_id"], got["delegator"]) == ("agt_B", "alice")
+    again = ensign("fleet", "init", "--database-url", fdb.owner_url)
+    assert "already current" in again.stdout, again.stdout
