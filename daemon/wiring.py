@@ -16,7 +16,7 @@ from datetime import datetime
 
 from ensign.attestors import BUILTIN
 from ensign.attestors.base import Attestor
-from ensign.daemon.actions import ActionRecorder, IssuanceIndex, TokenCheck
+from ensign.daemon.actions import ActionRecorder, FleetIssuances, IssuanceIndex, TokenCheck
 from ensign.daemon.anomaly import Responder
 from ensign.daemon.api import (
     ActionsApi,
@@ -159,13 +159,16 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
                              clock=clock)
     issuances = IssuanceIndex(clock)
     # In a fleet a token any node issued verifies here (every node's published JWT-SVID and
-    # delegated-token keys); its issuance record is on the node that issued it.
+    # delegated-token keys); its issuance record is on the node that issued it, and read here
+    # as that node shipped it to the fleet database.
     recorder = ActionRecorder(tokens=TokenCheck(
         trust_domain=config.trust_domain, issuer_names=issuer_names(config),
         delegation_keys=delegation_keys.verification_keys,
         jwt_keys=fleet.keys.jwt_keys if fleet else ca.jwt_keys, clock=clock,
         key_owner=fleet.key_owner if fleet else None),
-        index=issuances, clock=clock)
+        index=issuances, clock=clock,
+        fleet=(FleetIssuances(fleet.issuance, down=lambda: fleet.down if fleet else None,
+                              clock=clock) if fleet else None))
     # reflection lists what this socket serves: add services above it, never after
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),

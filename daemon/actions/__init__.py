@@ -3,7 +3,8 @@
 A reporter (a resource server, an agent, a script) names the token an action was done with;
 `TokenCheck` says whether this trust domain issued it, `IssuanceIndex` holds Ensign's own
 issuance records by `jti` (fed by the audit log as it writes, rebuilt from the segments at
-start), and `ActionRecorder` builds the `action` audit record from both, with the reporter's
+start), `FleetIssuances` finds in the fleet database the issuance record of a token another node
+issued, and `ActionRecorder` builds the `action` audit record from them, with the reporter's
 words kept apart from the attribution. `checked` validates what the reporter sent.
 """
 
@@ -17,10 +18,12 @@ from ensign.daemon.actions.detail import (
 )
 from ensign.daemon.actions.index import KEEP_AFTER_EXPIRY, Attribution, IssuanceIndex, entry_of
 from ensign.daemon.actions.recorder import ActionRecorder, Reporter
+from ensign.daemon.actions.remote import FleetIssuances, Remote
 from ensign.daemon.actions.tokens import Checked, TokenCheck
 
 __all__ = [
     "KEEP_AFTER_EXPIRY", "MAX_DETAIL_BYTES", "OUTCOMES", "ActionRecorder", "Attribution",
-    "Checked", "IssuanceIndex", "Outcome", "Reported", "Reporter", "TokenCheck", "checked",
+    "Checked", "FleetIssuances", "IssuanceIndex", "Outcome", "Remote", "Reported", "Reporter",
+    "TokenCheck", "checked",
     "entry_of", "parse_detail",
 ]

@@ -46,6 +46,7 @@ class Checked:
     jti: str = ""
     subject: str = ""      # verified: the JWT-SVID's sub, or the delegated token's current actor
     expires_at: int = 0
+    issued_at: int = 0     # verified: its iat (0 when absent)
     fingerprint: str = ""  # SHA-256 of the token (hex, 32 characters): the token is never kept
     node: str = ""         # verified, in a fleet: the other node whose key signed it
 
@@ -111,7 +112,8 @@ class TokenCheck:
                 reason = f"delegated token does not verify against this trust domain's keys: {e}"
             return Checked("delegated", False, reason[:512], fingerprint=fingerprint)
         return Checked("delegated", True, jti=_jti(t.claims), subject=t.actors[0],
-                       expires_at=t.expires_at, fingerprint=fingerprint)
+                       expires_at=t.expires_at, issued_at=_iat(t.claims),
+                       fingerprint=fingerprint)
 
     def _jwt_svid(self, token: str, claims: dict[str, Any], fingerprint: str) -> Checked:
         td = _trust_domain(claims.get("sub"))
@@ -126,12 +128,18 @@ class TokenCheck:
                            f"not a token of this trust domain: {e}"[:512],
                            fingerprint=fingerprint)
         return Checked("jwt-svid", True, jti=_jti(verified), subject=str(sub),
-                       expires_at=int(verified["exp"]), fingerprint=fingerprint)
+                       expires_at=int(verified["exp"]), issued_at=_iat(verified),
+                       fingerprint=fingerprint)
 
 
 def _jti(claims: dict[str, Any]) -> str:
     jti = claims.get("jti")
     return jti[:128] if isinstance(jti, str) else ""
+
+
+def _iat(claims: dict[str, Any]) -> int:
+    iat = claims.get("iat")
+    return iat if isinstance(iat, int) and not isinstance(iat, bool) else 0  # ours are ints
 
 
 def _trust_domain(sub: Any) -> str:

@@ -43,7 +43,7 @@ class ActionsApi:
     async def Record(self, stream: Stream[pb.ActionRecord, pb.RecordResult], call: Call) -> None:
         request = await recv(stream)
         reporter = await _reporter(call)
-        event = self._recorder.event(_reported(request), reporter)
+        event = await self._recorder.event(_reported(request), reporter)
         seq = await self._audit.record(event)
         await stream.send_message(_result(event, seq))
 
@@ -73,19 +73,19 @@ class ActionsApi:
             raise InvalidRequest(f"at most {MAX_BATCH} records per batch, "
                                  f"got {len(batch.records)}")
         reporter = await _reporter(call)  # still there, still holding an identity
-        results: list[pb.RecordResult] = []
-        events: list[AuditEvent] = []
+        results: list[pb.RecordResult | None] = []
+        reported: list[Reported] = []
         for request in batch.records:
             try:
-                event = self._recorder.event(_reported(request), reporter)
+                reported.append(_reported(request))
+                results.append(None)  # filled in below, in order
             except InvalidRequest as err:
                 self._audit.record_nowait(_records.denied(
                     "RecordStream", call.caller, err, reporter.attested))
                 results.append(pb.RecordResult(error=err.diagnostics()[:512]))
-                continue
-            results.append(_result(event, 0))
-            events.append(event)
-        return results, events
+        events = await self._recorder.events(reported, reporter)
+        made = iter(events)
+        return [r if r is not None else _result(next(made), 0) for r in results], events
 
     @staticmethod
     async def _answer(stream: Stream[pb.ActionBatch, pb.BatchResult],

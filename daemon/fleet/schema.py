@@ -9,7 +9,9 @@ Roles (cluster-wide, created once): `ensign_node` (every node's login role is a 
 registry, every node's row and published keys, and writes only its own node row, keys and audit
 rows (row-level security: `node = current_user`, so a node's login role is named after the node);
 `ensign_admin` writes the registry and reads every node's audit trail. Audit rows are never
-updated or deleted by either.
+updated or deleted by either. A node reads another node's audit trail only through
+`issuance_attribution(node, jti)` (version 2): the attribution fields of one issuance record, for
+a node that holds the token (action attribution in a fleet).
 """
 
 from __future__ import annotations
@@ -206,9 +208,49 @@ CREATE POLICY audit_checkpoints_insert_own ON audit_checkpoints FOR INSERT TO en
     WITH CHECK (node = current_user);
 """
 
+# Version 2: who a token was issued to, for any node that holds the token (issue 20 in a fleet).
+# A node reads another node's issuance attribution by (issuing node, jti) through one SECURITY
+# DEFINER function, never its raw records: the function returns only the attribution fields of
+# that node's first successful issuance record of the jti (no process, no line, no other record),
+# and only to ensign_node. The attribution is what the issuing node shipped in its own
+# hash-chained trail (RLS: only it writes rows under its name), so no node can write or alter
+# another's, and `audit verify --fleet` covers it. The caller names the node whose key signed the
+# token: another node shipping a record with the same jti changes nothing. search_path is pinned
+# to the table's schema, pg_temp last, so a caller's temporary table cannot stand in for it.
+_V2 = """
+CREATE INDEX IF NOT EXISTS audit_records_issuance
+    ON audit_records (node, (record #>> '{details,jti}'))
+    WHERE type IN ('token.exchanged', 'svid.issued');
+
+DO $do$ BEGIN
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION issuance_attribution(issuer text, token_jti text) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = %I, pg_temp AS $body$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'type', r.type, 'time', r.time, 'result', r.result,
+        'agent_id', r.record -> 'agent_id', 'spiffe_id', r.record -> 'spiffe_id',
+        'entry_id', r.record -> 'entry_id', 'roles', r.record -> 'roles',
+        'delegator', r.record -> 'delegator', 'audience', r.record -> 'audience',
+        'scopes', r.record -> 'scopes',
+        'details', jsonb_strip_nulls(jsonb_build_object(
+            'jti', d -> 'jti', 'kind', d -> 'kind', 'not_after', d -> 'not_after',
+            'expires_in', d -> 'expires_in', 'act', d -> 'act', 'grant', d -> 'grant',
+            'consent', jsonb_strip_nulls(jsonb_build_object(
+                'grant', d -> 'consent' -> 'grant', 'may_act', d -> 'consent' -> 'may_act'))))))
+    FROM audit_records r, LATERAL (SELECT r.record -> 'details') AS x(d)
+    WHERE r.node = issuer AND r.record #>> '{details,jti}' = token_jti
+        AND r.type IN ('token.exchanged', 'svid.issued') AND r.result IN ('success', '')
+    ORDER BY r.seq LIMIT 1
+$body$$f$, (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = 'audit_records'::regclass));
+END $do$;
+REVOKE ALL ON FUNCTION issuance_attribution(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION issuance_attribution(text, text) TO ensign_node;
+"""
+
 #: Migration n (1-based) brings the schema from version n-1 to n. Append only: a release never
 #: edits one that has shipped.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -28,7 +28,7 @@ from ensign.daemon.errors import ConfigError
 from ensign.daemon.fleet import keys as fleet_keys
 from ensign.daemon.fleet.schema import ADMIN_ROLE, NODE_ROLE, check_version, connect
 from ensign.daemon.fleet.schema import current_version as schema_version
-from ensign.daemon.fleet.ship import Shipper
+from ensign.daemon.fleet.ship import Shipper, issuance
 from ensign.daemon.issuing import CertificateAuthority
 from ensign.daemon.registry import GrantBook, Registry, RoleBook
 from ensign.daemon.registry.postgres import REGISTRY_CHANNEL, PgStore, describe, one_line
@@ -172,6 +172,12 @@ class Fleet:
         """The other node whose published key `kid` is (JWT-SVID or delegated-token key); ""
         for this node's own keys and unknown ones."""
         return self._owners.get(kid, "")
+
+    async def issuance(self, node: str, jti: str) -> dict[str, Any] | None:
+        """`node`'s issuance record of `jti` as shipped (its attribution fields only); None when
+        not (yet) there; raises when the database cannot be asked."""
+        async with self.store.connection() as conn:
+            return await issuance(conn, node, jti)
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))

@@ -6,7 +6,8 @@ segment files the writer has made durable (up to `AuditLog.seq`, which moves onl
 is on disk), never a record still being written. Inserts are idempotent on (node, seq), so a
 batch sent again after a crash or a lost connection changes nothing; each batch and the node's
 `audit_shipped` mark are one transaction, and batches go in order, so the highest shipped seq
-has every record below it. A checkpoint is shipped once the records it covers are.
+has every record below it. A checkpoint is shipped once the records it covers are. `issuance()`
+reads back, for another node, the attribution of one shipped issuance record.
 """
 
 from __future__ import annotations
@@ -129,6 +130,17 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+async def issuance(conn: psycopg.AsyncConnection[Any], node: str,
+                   jti: str) -> dict[str, Any] | None:
+    """The attribution fields of `node`'s shipped issuance record of `jti` (None: not shipped,
+    or none), read through `issuance_attribution()`: a node's role reads no other node's raw
+    records."""
+    cur = await conn.execute("SELECT issuance_attribution(%s, %s)", (node, jti))
+    row = await cur.fetchone()
+    found = row[0] if row else None
+    return found if isinstance(found, dict) else None
 
 
 class Shipper:

@@ -88,6 +88,12 @@ def _caught_up(db: FleetDb, n: Node) -> bool:
     return _shipped_lines(db, n.name) == _local_lines(n.daemon)
 
 
+def _shipped(db: FleetDb, node: str, jti: str) -> None:
+    """Wait until `node` has shipped its issuance record of `jti` to the fleet database."""
+    wait_until(lambda: db.rows("SELECT 1 FROM audit_records WHERE node = %s AND "
+                               "record #>> '{details,jti}' = %s", node, jti), timeout=30)
+
+
 def _get(n: Node, path: str, web_ca: Path | None) -> Any:
     """GET a JSON document from the node's HTTPS endpoint."""
     tls = ssl.create_default_context(cafile=str(web_ca))
@@ -170,20 +176,31 @@ def test_a_delegated_token_from_one_node_verifies_and_chains_on_another(
     chain_refused = exchange(n3.daemon, GID_B, forged, "--audience", CAL, "--scope",
                              "calendar.read")
     assert chain_refused.returncode == 77, chain_refused.stderr
-    # Actions done with these tokens (issue 20): every node recognises a token its trust domain
-    # issued; the node that issued it attributes it from its issuance record, another node
-    # names the issuing node (the record is in that node's trail, which it cannot read).
+    # Actions done with these tokens (issue 20): every node attributes a token any node of the
+    # trust domain issued, the issuing node from memory, the others from its issuance record as
+    # shipped to the fleet database (read by jti; a report before it is shipped waits for it,
+    # within a bound: test_fleet_security.py; here the record is shipped first).
     here = _action(n1.daemon, GID_B, token)
     assert (here["attribution"], here["agent_id"], here["delegator"]) == ("issued", a["id"],
                                                                           "alice")
+    _shipped(trio.db, "node-1", claims["jti"])
     there = _action(n2.daemon, GID_B, token)
-    assert there["attribution"] == "unknown" and there["agent_id"] == ""
-    assert "issued by node node-1 of this trust domain" in there["reason"], there
+    assert (there["attribution"], there["agent_id"], there["delegator"], there["reason"]) == (
+        "issued", a["id"], "alice", "")
     record = next(r for r in n2.daemon.audit("--type", "action") if r["seq"] == there["seq"])
     assert record["details"]["token"]["node"] == "node-1"
-    assert record["details"]["token"]["jti"] == claims["jti"]  # to find it in node-1's trail
+    assert record["details"]["token"]["jti"] == claims["jti"]
+    assert (record["details"]["chain"], record["details"]["consent"]) == ([a["spiffe_id"]],
+                                                                          "may_act")
     mine = _action(n2.daemon, GID_B, chained)  # node 2 issued the chained token itself
     assert (mine["attribution"], mine["agent_id"]) == ("issued", b["id"])
+    _shipped(trio.db, "node-2", pyjwt.decode(chained, options={"verify_signature": False})["jti"])
+    far = _action(n3.daemon, GID_A, chained)  # node 2's chain, reported on node 3: both hops
+    assert (far["attribution"], far["agent_id"], far["delegator"]) == ("issued", b["id"],
+                                                                       "alice")
+    record = next(r for r in n3.daemon.audit("--type", "action") if r["seq"] == far["seq"])
+    assert record["details"]["chain"] == [b["spiffe_id"], a["spiffe_id"]]
+    assert record["details"]["token"]["node"] == "node-2"
     forged_here = _action(n2.daemon, GID_B, forged)
     assert forged_here["attribution"] == "unknown"
     assert "does not verify against this trust domain's keys" in forged_here["reason"]
@@ -313,8 +330,16 @@ def test_database_down_nodes_keep_issuing_refuse_writes_and_catch_up(
             # SVIDs keep coming from the copy: a new JWT (not cached) and an X.509-SVID
             jwts = fetch_jwt(str(n.daemon.socket), f"offline-{n.name}").svids
             assert rec["spiffe_id"] in [j.spiffe_id for j in jwts]
+            if n is n1:
+                offline = next(j.svid for j in jwts if j.spiffe_id == rec["spiffe_id"])
             x509 = json.loads(n.cli("fetch", "x509", "-o", "json").stdout)
             assert rec["spiffe_id"] in [s["spiffe_id"] for s in x509]
+        # an action with node 1's token on node 2: recorded at once, unknown, saying why
+        cut_off = _action(n2.daemon, GID_A, offline)
+        assert (cut_off["attribution"], cut_off["agent_id"]) == ("unknown", "")
+        assert cut_off["reason"].startswith("issued by node node-1 of this trust domain (its "
+                                            "key), but its issuance record of jti "), cut_off
+        assert "the fleet database cannot be asked (" in cut_off["reason"], cut_off
         refused = n2.cli("agent", "suspend", str(rec["id"]), "--reason", "x", check=False)
         assert refused.returncode == 69
         [line] = refused.stderr.strip().splitlines()
@@ -327,6 +352,11 @@ def test_database_down_nodes_keep_issuing_refuse_writes_and_catch_up(
         pg.start()
     for n in trio.nodes:  # back by themselves
         wait_until(lambda n=n: not n.health()["notice"], timeout=30)
+    # node 1 ships its backlog: the same token is now attributed on node 2
+    _shipped(trio.db, "node-1", pyjwt.decode(offline, options={"verify_signature": False})["jti"])
+    back = _action(n2.daemon, GID_A, offline)
+    assert (back["attribution"], back["agent_id"], back["spiffe_id"]) == (
+        "issued", rec["id"], rec["spiffe_id"])
     n2.cli("agent", "suspend", str(rec["id"]), "--reason", "after the outage")
     for n in trio.nodes:
         wait_until(lambda n=n: n.agents()[str(rec["id"])] == "suspended")

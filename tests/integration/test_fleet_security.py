@@ -8,16 +8,19 @@ import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from ensign.daemon.audit import PUBLIC_KEY, AuditEvent, AuditLog
+from ensign.daemon.actions import FleetIssuances, Remote
+from ensign.daemon.audit import PUBLIC_KEY, AuditEvent, AuditLog, Process
 from ensign.daemon.config import AuditConfig
 from ensign.daemon.errors import ConfigError, Conflict
-from ensign.daemon.fleet import SCHEMA_VERSION, Shipper, schema
+from ensign.daemon.fleet import SCHEMA_VERSION, Shipper, issuance, schema
 from ensign.daemon.registry import Entry, PgStore
 from ensign.daemon.registry.store import PutEntry, RecordState
 from tests.support.daemon import ENSIGN, Daemon
@@ -280,3 +283,177 @@ def test_audit_verify_fleet_names_the_node_and_record_where_a_shipped_chain_brea
     [verdict] = json.loads(forged.stdout)
     assert any(p.startswith("node node-8 checkpoint 1 (seq ")
                and p.endswith("signature does not verify") for p in verdict["problems"])
+
+
+# -- action attribution across nodes: by jti, through one function, nothing else --------------
+
+A = "spiffe://example.org/agent/agt_A"
+B = "spiffe://example.org/agent/agt_B"
+
+
+def _exchanged(jti: str, agent: str = "agt_B") -> AuditEvent:
+    """A token.exchanged record as a node writes it, with what is not attribution beside it."""
+    return AuditEvent(type="token.exchanged", agent_id=agent, spiffe_id=B, entry_id=agent,
+                      roles=("docs",), delegator="alice", audience=("https://docs",),
+                      scopes=("docs.read",), reason="not attribution",
+                      process=Process(pid=4242, uid=1000, gid=1000, exe_sha256="cd" * 32),
+                      details={"jti": jti, "act": [B, A], "grant": "grt_1",
+                               "consent": {"grant": "grt_1", "other": "x"}, "expires_in": 300,
+                               "client": {"cert_sha256": "ab" * 16}})
+
+
+async def _write_and_ship(fdb: FleetDb, node: str, where: Path, events: list[AuditEvent],
+                          ship: bool = True) -> AuditLog:
+    """`events` in a real audit log of `node`, shipped with the node's own credentials."""
+    log = AuditLog(AuditConfig(), where)
+    log.open()
+    for event in events:
+        await log.record(event)
+    await log.close()
+    fdb.sql(f"INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ('{node}', now(), now()) "
+            "ON CONFLICT DO NOTHING")
+    if ship:
+        await _ship(fdb, node, log)
+    return log
+
+
+async def _ship(fdb: FleetDb, node: str, log: AuditLog) -> None:
+    store = PgStore(fdb.url(node), "", node)
+    await store.pool.open()
+    try:
+        await Shipper(log.dir, node, lambda: log.seq, store.connection).ship_once()
+    finally:
+        await store.close()
+
+
+def _attribution(fdb: FleetDb, role: str, node: str, jti: str) -> dict[str, Any] | None:
+    async def ask() -> dict[str, Any] | None:
+        async with await psycopg.AsyncConnection.connect(fdb.url(role)) as conn:
+            return await issuance(conn, node, jti)
+
+    return asyncio.run(ask())
+
+
+def test_a_node_reads_another_nodes_issuance_attribution_by_jti_and_nothing_else(
+        pg: Cluster, tmp_path: Path) -> None:
+    fdb = FleetDb.create(pg, NODES)
+    asyncio.run(_write_and_ship(fdb, "node-1", tmp_path / "n1", [_exchanged("jti-1")]))
+    # node-2 ships a record of its own claiming node-1's jti for another agent
+    asyncio.run(_write_and_ship(fdb, "node-2", tmp_path / "n2",
+                                [_exchanged("jti-1", agent="agt_EVIL")]))
+    got = _attribution(fdb, "node-2", "node-1", "jti-1")
+    assert got is not None
+    assert {k: v for k, v in got.items() if k != "time"} == {  # attribution fields only
+        "type": "token.exchanged", "result": "success", "agent_id": "agt_B", "spiffe_id": B,
+        "entry_id": "agt_B", "roles": ["docs"], "delegator": "alice",
+        "audience": ["https://docs"], "scopes": ["docs.read"],
+        "details": {"jti": "jti-1", "act": [B, A], "grant": "grt_1", "expires_in": 300,
+                    "consent": {"grant": "grt_1"}}}
+    assert _attribution(fdb, "node-2", "node-1", "jti-2") is None
+    assert _attribution(fdb, "node-1", "node-2", "jti-1")["agent_id"] == "agt_EVIL"  # type: ignore[index]
+    with psycopg.connect(fdb.url("node-2"), autocommit=True) as conn:
+        # still none of node-1's raw records, by table or by a temporary table standing in
+        assert conn.execute("SELECT count(*) FROM audit_records WHERE node = 'node-1'"
+                            ).fetchall() == [(0,)]
+        conn.execute("CREATE TEMP TABLE audit_records (LIKE public.audit_records)")
+        conn.execute("INSERT INTO pg_temp.audit_records (node, seq, line, record, type, result) "
+                     "VALUES ('node-1', 0, '{}', '{\"agent_id\": \"agt_EVIL\", \"details\": "
+                     "{\"jti\": \"jti-1\"}}', 'token.exchanged', 'success')")
+        [(shadowed,)] = conn.execute("SELECT issuance_attribution('node-1', 'jti-1')").fetchall()
+        assert shadowed["agent_id"] == "agt_B"
+    # the admin role reads trails, but this function is the nodes' (EXECUTE to ensign_node only)
+    with pytest.raises(pg_errors.InsufficientPrivilege):
+        _attribution(fdb, ADMIN, "node-1", "jti-1")
+    # the planner can find a record by node and jti without reading the table
+    with psycopg.connect(fdb.owner_url, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = " ".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT seq FROM audit_records WHERE node = 'node-1' AND "
+            "record #>> '{details,jti}' = 'jti-1' AND type IN ('token.exchanged', "
+            "'svid.issued')").fetchall())
+        assert "audit_records_issuance" in plan, plan
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO audit_records (node, seq, line, record) VALUES ('node-1', 2, '{\"seq\":2}', "
+    "'{\"seq\":2,\"type\":\"token.exchanged\",\"agent_id\":\"agt_EVIL\","
+    "\"details\":{\"jti\":\"jti-x\"}}')",
+    "UPDATE audit_records SET record = jsonb_set(record, '{agent_id}', '\"agt_EVIL\"') "
+    "WHERE node = 'node-1'",
+    "CREATE OR REPLACE FUNCTION issuance_attribution(issuer text, token_jti text) "
+    "RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$",
+    "DROP FUNCTION issuance_attribution(text, text)",
+    "ALTER FUNCTION issuance_attribution(text, text) SECURITY INVOKER",
+    "DROP INDEX audit_records_issuance",
+])
+def test_a_node_cannot_write_or_alter_attribution_as_another_node(
+        db: FleetDb, statement: str) -> None:
+    with pytest.raises(pg_errors.InsufficientPrivilege):
+        _as(db, "node-2", statement)
+
+
+def test_an_issuance_shipped_moments_after_the_report_is_attributed_on_another_node(
+        pg: Cluster, tmp_path: Path) -> None:
+    """Shipping lag: node-2 is asked about node-1's token before node-1 has shipped its record;
+    the bounded wait finds it once shipped. A record that never ships is `unknown`, saying so."""
+    fdb = FleetDb.create(pg, NODES)
+    now = datetime.now(UTC)
+
+    async def scenario() -> tuple[Remote, Remote, int]:
+        log = await _write_and_ship(fdb, "node-1", tmp_path / "n1", [_exchanged("late")],
+                                    ship=False)
+        asked = asyncio.Event()
+        store = PgStore(fdb.url("node-2"), "", "node-2")
+        await store.pool.open()
+        calls = 0
+
+        async def lookup(node: str, jti: str) -> dict[str, Any] | None:
+            nonlocal calls
+            calls += 1
+            async with store.connection() as conn:
+                found = await issuance(conn, node, jti)
+            asked.set()
+            return found
+
+        try:
+            # a generous wait: the answer comes as soon as the record is there
+            fleet = FleetIssuances(lookup, down=lambda: None, clock=lambda: now, wait=60)
+            finding = asyncio.ensure_future(fleet.find("node-1", "late", int(now.timestamp())))
+            await asyncio.wait_for(asked.wait(), 30)
+            missed_first = calls
+            await _ship(fdb, "node-1", log)
+            found = await asyncio.wait_for(finding, 60)
+            never = await FleetIssuances(lookup, down=lambda: None, clock=lambda: now,
+                                         wait=0.3).find("node-1", "never", int(now.timestamp()))
+            return found, never, missed_first
+        finally:
+            await store.close()
+
+    found, never, missed_first = asyncio.run(scenario())
+    assert missed_first == 1  # asked once before the record was shipped
+    assert found.reason == "" and found.found is not None
+    assert (found.found[0].agent_id, found.found[0].chain) == ("agt_B", (B, A))
+    assert found.found[0].grant == "grt_1"
+    assert never.found is None
+    assert never.reason == ("not in the fleet database yet (node node-1 ships its trail in the "
+                            "background; waited 0.3 s)")
+
+
+def test_fleet_init_upgrades_a_version_1_fleet_and_attributes_what_was_shipped_before(
+        pg: Cluster, tmp_path: Path) -> None:
+    """A fleet created by the previous release (schema version 1) with a trail already shipped:
+    `ensign fleet init` applies version 2 only, and the records shipped before are found."""
+    fdb = FleetDb(pg, "fleetv1")
+    pg.sql(f"CREATE DATABASE {fdb.name}", db="postgres")
+    assert asyncio.run(schema.init(fdb.owner_url, NODES, (ADMIN,),
+                                   migrations=schema.MIGRATIONS[:1])) == (0, 1)
+    asyncio.run(_write_and_ship(fdb, "node-1", tmp_path / "n1", [_exchanged("before")]))
+    with pytest.raises(pg_errors.UndefinedFunction):
+        _attribution(fdb, "node-2", "node-1", "before")
+    out = ensign("fleet", "init", "--database-url", fdb.owner_url)
+    assert out.returncode == 0, out.stderr
+    assert fdb.rows("SELECT version FROM ensign_schema") == [(SCHEMA_VERSION,)] == [(2,)]
+    got = _attribution(fdb, "node-2", "node-1", "before")
+    assert got is not None and (got["agent_id"], got["delegator"]) == ("agt_B", "alice")
+    again = ensign("fleet", "init", "--database-url", fdb.owner_url)
+    assert "already current" in again.stdout, again.stdout
