@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, segments
+from ensign.daemon.audit.segment import CHECKPOINTS, PUBLIC_KEY, segments
 from ensign.daemon.errors import UsageError
 
 
