@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MAX_LOOKS = 4
 MAX_SEALERS = 256
 MAX_RETAINED = 10_000  # unwritten records nobody waits for, kept across failed writes
-DEFER_MAX = 256  # deferred() queues no more than this: the most a crash can lose of them
+DEFER_MAX = 512  # records not yet durable beyond which deferred() waits: a crash's worst loss
 
 # One caller's records, sealed together, and who waits for them (None: nobody).
 _Unit = tuple[tuple[Sealer, ...], "asyncio.Future[int] | None"]
@@ -61,6 +61,7 @@ class AuditLog:
         self._dropped = 0  # records nobody waited for, dropped after MAX_RETAINED
         self._sealers: dict[int, tuple[AuditEvent, Sealer]] = {}  # by id() of the event
         self._busy = False  # a batch is with the writer thread
+        self._writing = 0  # how many records it holds
         self._flush_soon = False
         self._seen = 0  # records in the next batch when _flush last looked
         self._looks = 0
@@ -162,11 +163,13 @@ class AuditLog:
         """Append the records of a credential delivered again, whose first record is already
         durable, without waiting for them: a crash can lose them only while they are queued or
         in the batch being written. Returns False, appending nothing, while the log is failing
-        or already holds DEFER_MAX records not yet handed to the writer: the caller waits with
-        `durable()` then, so that window stays bounded and a failing log still refuses.
-        Raises AuditRecordRejected (nothing appended) as `durable()` would.
+        or when it would then hold more than DEFER_MAX records not yet durable (queued or being
+        written, of any kind): the caller waits with `durable()` instead. So a crash never loses
+        more than DEFER_MAX deferred records, and a failing log still refuses. Raises
+        AuditRecordRejected (nothing appended) as `durable()` would.
         """
-        if self.problem is not None or self._pending_records >= DEFER_MAX or not events:
+        if (self.problem is not None or not events
+                or self._pending_records + self._writing + len(events) > DEFER_MAX):
             return False
         try:
             sealers = tuple(self._sealer(e) for e in events)
@@ -268,7 +271,7 @@ class AuditLog:
                 done.append((unit[1], seq))
         if not written:
             return
-        self._busy = True
+        self._busy, self._writing = True, seq - self._file.seq
         self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
                                          (self._file.seq, self._file.head), (seq, head), done,
                                          written))
@@ -301,7 +304,7 @@ class AuditLog:
 
     def _batch_done(self, done: list[tuple[asyncio.Future[int], int]], written: list[_Unit],
                     problem: str | None) -> None:
-        self._busy = False
+        self._busy, self._writing = False, 0
         self._set_problem(problem)
         for future, seq in done:
             if future.done():
