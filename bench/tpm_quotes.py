@@ -10,8 +10,10 @@ same process, one after the other, rounds alternating:
   a verifier polling a node), which saves about a tenth of each check.
 - Baseline: Keylime's own `keylime.tpm.tpm_util.checkquote()` (`pip install keylime`) on the
   same quotes, with its inputs prepared beforehand in its formats (AK as PEM, PCR values as
-  a tpm2-tools pcrs blob). Without keylime, the baseline is a bare `cryptography` ECDSA verify
-  of each quote (the signature check alone, the floor of any verifier); the note says which.
+  a tpm2-tools pcrs blob); `make bench` installs keylime from PyPI (the `bench` extra). Run
+  without it (`python -m bench` in a venv without the extra), the baseline is a bare
+  `cryptography` ECDSA verify of each quote (the signature check alone, the floor of any
+  verifier), and the figure is reported missed: it is not the comparison the target names.
 
 Target: >= 1.0x the baseline and >= 2,500 verifications/s.
 """
@@ -45,6 +47,8 @@ NAME = "tpm_quote_verifications"
 TARGET = ">= 1.0"
 FLOOR = 2500.0
 QUOTES = 256
+NO_KEYLIME = ("bare cryptography ECDSA verify (keylime not installed: `make bench` installs it;"
+              " this row is not the Keylime comparison)")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def _baseline(ak_public: bytes) -> tuple[str, Callable[[Sample], object]]:
             sig = ts.parse_signature(s.signature)
             key.verify(sig.value, s.attest, ec.ECDSA(hashes.SHA256()))
 
-        return "bare cryptography ECDSA verify (keylime not installed)", ecdsa
+        return NO_KEYLIME, ecdsa
     pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
     def keylime(s: Sample) -> object:
@@ -169,7 +173,7 @@ def run(quick: bool) -> dict[str, dict[str, Any]]:
         "baseline": base,
         "ratio": value,
         "target": TARGET,
-        "met": meets(value, TARGET) and ens["median"] >= FLOOR,
+        "met": meets(value, TARGET) and ens["median"] >= FLOOR and label != NO_KEYLIME,
         "note": f"baseline: {label}; {QUOTES} swtpm quotes (ECC P-256 AK, {len(pcrs)} PCRs), "
                 f"same AK throughout (Ensign caches its parse; without the cache "
                 f"{uncached['median']:.0f}/s, "

@@ -98,6 +98,12 @@ class WorkloadApi:
         # entry id -> (svid, bundle, hint, message): serializing the key and chain once per SVID.
         # Served only while the cache still hands out that very SVID; bounded like _issued.
         self._x509_messages: dict[str, tuple[X509Svid, bytes, str, pb.X509SVID]] = {}
+        # Cached JWT-SVIDs whose first `svid.issued` record is durable (by id, held so the id
+        # stays theirs): delivering one again need not hold the reply for its record.
+        self._recorded: dict[int, JwtSvid] = {}
+        # The reply for the same tokens and hints, built once (and serialized by grpclib).
+        self._jwt_replies: dict[tuple[tuple[int, str], ...],
+                                tuple[tuple[JwtSvid, ...], pb.JWTSVIDResponse]] = {}
 
     def _jwt_issued(self, attested: AttestedCaller, entry: Entry, svid: JwtSvid) -> AuditEvent:
         """The same event object for the same caller, entry and cached token: the audit log
@@ -211,7 +217,7 @@ class WorkloadApi:
             entries = [e for e in entries if e.spiffe_id == str(wanted)]
             if not entries:
                 raise NoIdentity(f"caller is not entitled to {wanted}")
-        svids = []
+        tokens: list[tuple[JwtSvid, str]] = []
         records: list[AuditEvent] = []
         denied: AudienceDenied | None = None
         hints: set[str] = set()  # unique within a response (Workload API 6.2.1): first keeps it
@@ -227,11 +233,30 @@ class WorkloadApi:
             records.append(self._jwt_issued(attested, e, jwt_svid))
             hint = e.hint if e.hint not in hints else ""
             hints.add(hint)
-            svids.append(pb.JWTSVID(spiffe_id=jwt_svid.spiffe_id, svid=jwt_svid.token, hint=hint))
-        if not svids and denied is not None:
+            tokens.append((jwt_svid, hint))
+        if not tokens and denied is not None:
             raise denied
-        await self._audit.durable(records)  # on disk before the tokens leave: fail closed
-        await stream.send_message(pb.JWTSVIDResponse(svids=svids))
+        recorded = self._recorded
+        if not (all(recorded.get(id(t)) is t for t, _ in tokens) and self._audit.deferred(records)):
+            # A token's first release: its record is on disk before it leaves (fail closed).
+            await self._audit.durable(records)
+            if len(recorded) + len(tokens) > MAX_ISSUED_EVENTS:
+                recorded.clear()
+            for t, _ in tokens:
+                recorded[id(t)] = t
+        await stream.send_message(self._jwt_reply(tokens))
+
+    def _jwt_reply(self, tokens: list[tuple[JwtSvid, str]]) -> pb.JWTSVIDResponse:
+        key = tuple((id(t), hint) for t, hint in tokens)
+        hit = self._jwt_replies.get(key)
+        if hit is not None and all(a is b for a, (b, _) in zip(hit[0], tokens, strict=True)):
+            return hit[1]
+        if len(self._jwt_replies) >= MAX_ISSUED_EVENTS:
+            self._jwt_replies.clear()
+        reply = pb.JWTSVIDResponse(svids=[
+            pb.JWTSVID(spiffe_id=t.spiffe_id, svid=t.token, hint=hint) for t, hint in tokens])
+        self._jwt_replies[key] = (tuple(t for t, _ in tokens), reply)  # held: ids stay theirs
+        return reply
 
     async def FetchJWTBundles(
         self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse], call: Call

@@ -1,10 +1,10 @@
 """The audit trail: typed records, the hash-chained log with group commit and signed checkpoints,
 and offline verify, query, export and archive.
 
-`AuditLog` (log.py) is the only writer; `verify` and `query` read the files and work with the
-daemon stopped; `to_ocsf` (export.py) maps a record to an OCSF event. `archive` copies old
-segments out and removes them (through the AuditLog's writer thread while the daemon runs).
-Record builders for registry changes are in records.py.
+`AuditLog` (log.py: group commit; its files: segment.py) is the only writer; `verify` and
+`query` read the files and work with the daemon stopped; `to_ocsf` (export.py) maps a record to
+an OCSF event. `archive` copies old segments out and removes them (through the AuditLog's
+writer thread while the daemon runs). Record builders for registry changes are in records.py.
 """
 
 from ensign.daemon.audit.archive import (
@@ -19,9 +19,10 @@ from ensign.daemon.audit.archive import (
 )
 from ensign.daemon.audit.event import GENESIS, AuditEvent, EventType, Process, canonical
 from ensign.daemon.audit.export import OCSF_VERSION, to_ocsf
-from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, AuditLog, chain_id, segments
+from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.audit.query import AuditFilter, query, read_records
 from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm_event
+from ensign.daemon.audit.segment import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
 from ensign.daemon.audit.verify import ChainCheck, Report, checked_checkpoints, verify
 
 __all__ = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, SEGMENT, segments
+from ensign.daemon.audit.segment import CHECKPOINTS, PUBLIC_KEY, SEGMENT, segments
 from ensign.daemon.errors import InvalidRequest, UsageError
 from ensign.daemon.files import ensure_private_dir, write_private
 

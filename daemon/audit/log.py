@@ -2,106 +2,49 @@
 
 Records are written by one long-lived writer thread with group commit: every record queued
 while the previous batch was on its way to disk is sealed into the next write and shares its
-sync (segments are opened O_DSYNC). `record()` returns only once its record is on disk, so
-callers release a credential after that and never before. If the log cannot be written,
-`record()` raises AuditUnavailable and the daemon stops issuing (fail closed) until a write
-succeeds again.
+sync (segments are opened O_DSYNC; the files are segment.py's). `record()` returns only once its
+record is on disk, so callers release a credential after that and never before. If the log
+cannot be written, `record()` raises AuditUnavailable and the daemon stops issuing (fail
+closed) until a write succeeds again. `deferred()` takes the records of a credential delivered
+again whose first record is already durable, without holding the reply (README *Audit trail*:
+what a crash may then lose).
 
 One caller's record never costs another's: each waiter's records are sealed on their own, so a
 record that cannot be encoded (text that is not UTF-8) fails only its own waiter (its request
 is refused with AuditRecordRejected) and a record nobody waits for is written with its text
 escaped instead. Records nobody waits for that a failed write could not take are kept and
 written with the next batch (up to MAX_RETAINED; beyond it, how many were dropped is recorded).
-
-Layout under `data_dir/audit/`: `segment-00000001.jsonl ...`, `checkpoints.jsonl`, and
-`audit-key.pub.pem`; the signing key lives apart from the CA's, in `data_dir/audit-key/` (0600).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
-import hashlib
-import json
 import logging
-import os
 import queue
-import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from ensign.daemon import keys
-from ensign.daemon.audit.event import (
-    GENESIS,
-    AuditEvent,
-    Sealer,
-    Unencodable,
-    canonical,
-    record_time,
-)
+from ensign.daemon.audit.event import AuditEvent, Sealer, Unencodable, record_time
+from ensign.daemon.audit.segment import SegmentFile
 from ensign.daemon.config import AuditConfig
 from ensign.daemon.errors import AuditRecordRejected, AuditUnavailable
-from ensign.daemon.files import ensure_private_dir, write_private
 from ensign.daemon.text import escape_tree
 
 log = logging.getLogger(__name__)
 
-SEGMENT = re.compile(r"^segment-(\d{8})\.jsonl$")
-CHECKPOINTS = "checkpoints.jsonl"
-PUBLIC_KEY = "audit-key.pub.pem"
 MAX_LOOKS = 4
 MAX_SEALERS = 256
 T = TypeVar("T")
 MAX_RETAINED = 10_000  # unwritten records nobody waits for, kept across failed writes
+DEFER_MAX = 512  # records not yet durable beyond which deferred() waits: a crash's worst loss
 
 # One caller's records, sealed together, and who waits for them (None: nobody).
 _Unit = tuple[tuple[Sealer, ...], "asyncio.Future[int] | None"]
-
-
-def segment_name(n: int) -> str:
-    return f"segment-{n:08d}.jsonl"
-
-
-def segments(audit_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in audit_dir.iterdir() if audit_dir.exists() else []:
-        m = SEGMENT.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def chain_id(public_key: ec.EllipticCurvePublicKey) -> str:
-    der = public_key.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()[:32]
-
-
-def sign_checkpoint(key: ec.EllipticCurvePrivateKey, body: dict[str, Any]) -> str:
-    return base64.b64encode(key.sign(canonical(body), ec.ECDSA(hashes.SHA256()))).decode()
-
-
-def _complete_lines(data: bytes) -> tuple[bytes, int]:
-    """The prefix of `data` made of whole, parseable JSON lines, and how many bytes follow it."""
-    good = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            json.loads(line)
-        except ValueError:
-            break
-        good += len(line)
-    return data[:good], len(data) - good
 
 
 class AuditLog:
@@ -109,26 +52,17 @@ class AuditLog:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._cfg = config
         self.dir = data_dir / "audit"
-        self._key_dir = data_dir / "audit-key"
         self._clock = clock
-        self._key: ec.EllipticCurvePrivateKey | None = None
-        self._public_pem = b""
-        self.chain = ""
         # The file and the head of the chain belong to the writer thread while a batch is out;
         # the loop reads the head only between batches.
-        self._fd = -1
-        self._segment = 0
-        self._size = 0
-        self._seq = 0
-        self._head = GENESIS
-        self._cp_seq = 0
-        self._cp_due = 0.0  # time.monotonic() when a checkpoint is due however few records
+        self._file = SegmentFile(config, data_dir, clock)
         # Event loop: the next batch, unit by unit, and how many records it holds.
         self._pending: list[_Unit] = []
         self._pending_records = 0
         self._dropped = 0  # records nobody waited for, dropped after MAX_RETAINED
         self._sealers: dict[int, tuple[AuditEvent, Sealer]] = {}  # by id() of the event
         self._busy = False  # a batch is with the writer thread
+        self._writing = 0  # how many records it holds
         self._flush_soon = False
         self._seen = 0  # records in the next batch when _flush last looked
         self._looks = 0
@@ -138,9 +72,20 @@ class AuditLog:
         self._timer: asyncio.TimerHandle | None = None
         self.problem: str | None = None
         self.observers: list[Callable[[dict[str, Any]], None]] = []
-        # Called from the writer thread with the seconds each durable write took (metrics).
-        self.write_timer: Callable[[float], None] | None = None
         self.on_health_change: Callable[[], None] = lambda: None
+
+    @property
+    def chain(self) -> str:
+        return self._file.chain
+
+    @property
+    def write_timer(self) -> Callable[[float], None] | None:
+        """Called from the writer thread with the seconds each durable write took (metrics)."""
+        return self._file.write_timer
+
+    @write_timer.setter
+    def write_timer(self, timer: Callable[[float], None] | None) -> None:
+        self._file.write_timer = timer
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -148,25 +93,15 @@ class AuditLog:
         """Load the key and find the chain's head. An unwritable log does not stop the daemon:
         it serves health and refuses to issue until the log can be written."""
         self._loop = asyncio.get_running_loop()
-        self._load_key()
+        self._file.load_key()
         try:
-            self._note_recovered(self._prepare_sync())
+            self._note_recovered(self._file.prepare())
         except OSError as e:
             self._set_problem(f"audit log not writable: {e.strerror or e}")
         # One long-lived thread does every write, checkpoint and rotation, in order.
         self._thread = threading.Thread(target=self._serve, name="audit-writer", daemon=True)
         self._thread.start()
         self._tick()
-
-    def _prepare_sync(self) -> int:
-        """Open the current segment; returns how many bytes of a torn record were set aside."""
-        ensure_private_dir(self.dir)
-        pub_path = self.dir / PUBLIC_KEY
-        if not pub_path.exists() or pub_path.read_bytes() != self._public_pem:
-            write_private(pub_path, self._public_pem)
-        discarded = self._recover_tail()
-        self._open_segment(self._segment)
-        return discarded
 
     def _note_recovered(self, discarded: int) -> None:
         if discarded:
@@ -185,7 +120,7 @@ class AuditLog:
         with contextlib.suppress(AuditUnavailable):
             await self.record(stop)
             try:
-                await self._in_writer(self._checkpoint_sync)
+                await self._in_writer(self._file.checkpoint)
             except OSError as e:
                 log.warning("final audit checkpoint failed", extra={"error": str(e)})
         if self._timer is not None:
@@ -193,9 +128,7 @@ class AuditLog:
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
     @property
     def queue_depth(self) -> int:
@@ -204,7 +137,8 @@ class AuditLog:
 
     @property
     def seq(self) -> int:
-        return self._seq
+        """The last durable record's sequence number."""
+        return self._file.seq
 
     # -- appending (event loop) ------------------------------------------------------------
 
@@ -218,7 +152,7 @@ class AuditLog:
         assert self._loop is not None, "open() first"
         future = self._loop.create_future()
         if not events:
-            future.set_result(self._seq)
+            future.set_result(self._file.seq)
             return future
         try:
             sealers = tuple(self._sealer(e) for e in events)
@@ -229,6 +163,27 @@ class AuditLog:
             return future
         self._accept(sealers, future)
         return future
+
+    def deferred(self, events: Sequence[AuditEvent]) -> bool:
+        """Append the records of a credential delivered again, whose first record is already
+        durable, without waiting for them: a crash can lose them only while they are queued or
+        in the batch being written. Returns False, appending nothing, while the log is failing
+        or when it would then hold more than DEFER_MAX records not yet durable (queued or being
+        written, of any kind): the caller waits with `durable()` instead. So a crash never loses
+        more than DEFER_MAX deferred records, and a failing log still refuses. Raises
+        AuditRecordRejected (nothing appended) as `durable()` would.
+        """
+        if (self.problem is not None or not events
+                or self._pending_records + self._writing + len(events) > DEFER_MAX):
+            return False
+        try:
+            sealers = tuple(self._sealer(e) for e in events)
+        except Unencodable as e:
+            log.error("audit record cannot be encoded: request refused",
+                      extra={"type": events[0].type, "error": str(e)})
+            raise AuditRecordRejected(f"audit record cannot be encoded: {e}") from None
+        self._accept(sealers, None)
+        return True
 
     async def record(self, event: AuditEvent) -> int:
         """Append and wait until the record is durable; return its sequence number."""
@@ -269,11 +224,11 @@ class AuditLog:
         hit = self._sealers.get(id(event))
         if hit is not None and hit[0] is event:  # held here, so its id() is not reused
             return hit[1]
-        if not self.chain:  # sealers carry the chain id: none before the key is loaded
+        if not self._file.chain:  # sealers carry the chain id: none before the key is loaded
             raise RuntimeError("the audit log is not open")
         if len(self._sealers) >= MAX_SEALERS:
             self._sealers.clear()
-        sealer = Sealer(event.body(), self.chain)
+        sealer = Sealer(event.body(), self._file.chain)
         self._sealers[id(event)] = (event, sealer)
         return sealer
 
@@ -298,7 +253,7 @@ class AuditLog:
             return
         units, at = self._pending, self._clock()
         self._pending, self._pending_records, self._seen, self._looks = [], 0, 0, 0
-        seq, head, lines, stamp = self._seq, self._head, [], record_time(at)
+        seq, head, lines, stamp = self._file.seq, self._file.head, [], record_time(at)
         written: list[_Unit] = []
         done: list[tuple[asyncio.Future[int], int]] = []
         for unit in units:
@@ -321,9 +276,10 @@ class AuditLog:
                 done.append((unit[1], seq))
         if not written:
             return
-        self._busy = True
+        self._busy, self._writing = True, seq - self._file.seq
         self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
-                                         (self._seq, self._head), (seq, head), done, written))
+                                         (self._file.seq, self._file.head), (seq, head), done,
+                                         written))
 
     @staticmethod
     def _seal(sealers: tuple[Sealer, ...], seq: int, head: str, at: datetime,
@@ -353,7 +309,7 @@ class AuditLog:
 
     def _batch_done(self, done: list[tuple[asyncio.Future[int], int]], written: list[_Unit],
                     problem: str | None) -> None:
-        self._busy = False
+        self._busy, self._writing = False, 0
         self._set_problem(problem)
         for future, seq in done:
             if future.done():
@@ -416,7 +372,7 @@ class AuditLog:
         """Run `job(name of the open segment)` on the writer thread between batches: the one
         place that may remove closed segments (archive), since the writer reads them when it
         reopens the log."""
-        return self._in_writer(lambda: job(segment_name(self._segment)))
+        return self._in_writer(lambda: job(self._file.open_segment_name))
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -433,14 +389,14 @@ class AuditLog:
         """Append records sealed onto `base` (seq, hash), ending at `end`; report back."""
         assert self._loop is not None
         problem: str | None = None
+        f = self._file
         try:
-            if self._fd < 0:
-                discarded = self._prepare_sync()  # also sets aside what a failed write left
+            if f.fd < 0:
+                discarded = f.prepare()  # also sets aside what a failed write left
                 self._loop.call_soon_threadsafe(self._note_recovered, discarded)
-                if (self._seq, self._head) != base:
+                if (f.seq, f.head) != base:
                     raise _Moved
-            self._append_sync(data)
-            self._seq, self._head = end
+            f.append(data, end)
         except _Moved:
             problem = "audit log reopened at another record; retry"
         except OSError as e:
@@ -452,147 +408,13 @@ class AuditLog:
         if problem is None:
             self._checkpoint_if_due_sync()  # while the next batch gathers
 
-    def _append_sync(self, data: bytes) -> None:
-        started = time.perf_counter()
-        try:  # O_DSYNC: each write returns once its data is on disk
-            written = os.write(self._fd, data)
-            if written < len(data):
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(self._fd, view):]
-        except OSError:
-            # Take back a partial write so the segment still ends on a whole record.
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                os.close(self._fd)
-                self._fd = -1  # reopened (and its tail recovered) on the next attempt
-            raise
-        self._size += len(data)
-        if self.write_timer is not None:
-            self.write_timer(time.perf_counter() - started)
-
-    # -- checkpoints and rotation (writer thread) ------------------------------------------
-
     def _checkpoint_if_due_sync(self) -> None:
-        if self._seq == self._cp_seq or self._fd < 0:
-            return
-        rotate = self._size >= self._cfg.segment_size
-        if (self._seq - self._cp_seq >= self._cfg.checkpoint_every or rotate
-                or time.monotonic() >= self._cp_due):
-            try:
-                self._checkpoint_sync()
-                if rotate:
-                    self._rotate_sync()
-            except OSError as e:
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(
-                    self._set_problem, f"audit checkpoint not writable: {e.strerror or e}")
-
-    def _checkpoint_sync(self) -> None:
-        if self._seq == self._cp_seq or self._key is None:
-            return
-        now = self._clock()
-        body = {"seq": self._seq, "hash": self._head, "chain": self.chain,
-                "segment": segment_name(self._segment),
-                "time": now.isoformat(timespec="microseconds")}
-        line = canonical({**body, "sig": sign_checkpoint(self._key, body)}) + b"\n"
-        fd = os.open(self.dir / CHECKPOINTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._cp_seq = self._seq
-        self._cp_due = time.monotonic() + self._cfg.checkpoint_interval.total_seconds()
-
-    def _rotate_sync(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
-        self._segment += 1
-        self._open_segment(self._segment)
-
-    # -- startup ---------------------------------------------------------------------------
-
-    def _load_key(self) -> None:
-        ensure_private_dir(self._key_dir)
-        path = self._key_dir / "key.pem"
-        if path.exists():
-            key = keys.from_pem(path.read_bytes())
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise AuditUnavailable(f"{path}: the audit key must be an EC key")
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
-            write_private(path, keys.to_pem(key))
-        self._key = key
-        self.chain = chain_id(key.public_key())
-        self._public_pem = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-    def _recover_tail(self) -> int:
-        """Find the head of the chain; set aside an incomplete last record. Returns bytes cut.
-
-        When no segment holds a record (everything before was archived), the chain resumes
-        after the last signed checkpoint, never from the start: a new chain would reuse
-        sequence numbers and names the archive already holds."""
-        found = segments(self.dir)
-        last_cp = self._last_checkpoint()
-        if last_cp is not None:
-            self._cp_seq = int(last_cp["seq"])
-        if not found:
-            self._segment = 1
-            if last_cp is not None:
-                self._seq, self._head = int(last_cp["seq"]), str(last_cp["hash"])
-                m = SEGMENT.match(str(last_cp.get("segment", "")))
-                self._segment = int(m.group(1)) + 1 if m else 1
-            return 0
-        self._segment, last = found[-1]
-        data = last.read_bytes()
-        good, cut = _complete_lines(data)
-        if cut:
-            (self.dir / f"{last.name}.incomplete-{len(good)}").write_bytes(data[len(good):])
-            with open(last, "r+b") as f:
-                f.truncate(len(good))
-                f.flush()
-                os.fsync(f.fileno())
-        lines = good.splitlines()
-        if lines:
-            tail = json.loads(lines[-1])
-            self._seq, self._head = int(tail["seq"]), str(tail["hash"])
-        else:
-            self._seq, self._head = self._head_before(found[:-1])
-            if self._seq == 0 and last_cp is not None:
-                self._seq, self._head = int(last_cp["seq"]), str(last_cp["hash"])
-        return cut
-
-    def _last_checkpoint(self) -> dict[str, Any] | None:
-        cp = self.dir / CHECKPOINTS
-        if not cp.exists():
-            return None
-        lines = [x for x in cp.read_bytes().splitlines() if x.strip()]
-        return dict(json.loads(lines[-1])) if lines else None
-
-    def _head_before(self, earlier: list[tuple[int, Path]]) -> tuple[int, str]:
-        for _, path in reversed(earlier):
-            lines = path.read_bytes().splitlines()
-            if lines:
-                tail = json.loads(lines[-1])
-                return int(tail["seq"]), str(tail["hash"])
-        return 0, GENESIS
-
-    def _open_segment(self, n: int) -> None:
-        path = self.dir / segment_name(n)
-        # O_DSYNC makes write() also flush the data and the new size (what fdatasync would do):
-        # one blocking call per batch, so the writer thread takes the GIL back once, not twice.
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_DSYNC
-        self._fd = os.open(path, flags, 0o600)
-        self._size = os.fstat(self._fd).st_size
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            self._file.checkpoint_if_due()
+        except OSError as e:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(
+                self._set_problem, f"audit checkpoint not writable: {e.strerror or e}")
 
     def _set_problem(self, problem: str | None) -> None:
         if problem != self.problem:

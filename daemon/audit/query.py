@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ensign.daemon.audit.log import segments
+from ensign.daemon.audit.segment import segments
 
 
 @dataclass(frozen=True, slots=True)

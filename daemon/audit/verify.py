@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ensign.daemon.audit.event import GENESIS, canonical, record_hash
-from ensign.daemon.audit.log import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
+from ensign.daemon.audit.segment import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
 
 
 @dataclass

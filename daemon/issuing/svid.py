@@ -6,12 +6,14 @@ BasicConstraints CA=false and KeyUsage digitalSignature, both critical; EKU serv
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ensign.daemon import keys
 from ensign.daemon.spiffe_id import SpiffeId
@@ -86,6 +88,9 @@ class _AuthorityParts:
 
 _AUTHORITY_CACHE: dict[int, _AuthorityParts] = {}
 _SAN_CACHE: dict[tuple[str, tuple[str, ...]], x509.UnrecognizedExtension] = {}
+# What every leaf of one entry under one authority repeats, as a builder (builders are
+# immutable: each step returns a new one). Saves most of a mint's Python work.
+_BUILDER_CACHE: dict[tuple[int, str, tuple[str, ...]], x509.CertificateBuilder] = {}
 
 
 def _authority_parts(authority: SigningAuthority) -> _AuthorityParts:
@@ -127,27 +132,52 @@ def mint_x509_svid(
     if not spiffe_id.is_workload:
         raise ValueError("an X509-SVID needs a SPIFFE ID with a path")
     parts = _authority_parts(authority)
-    subject = _SUBJECT
-    if dns_names:
-        subject = x509.Name([*_SUBJECT, x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
     public_key = key.public_key()
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(parts.issuer)
+        _leaf_builder(authority, parts, str(spiffe_id), dns_names)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(max(now - NOT_BEFORE_CUSHION, parts.not_before))
         .not_valid_after(min(now + ttl, parts.not_after))
-        .add_extension(_LEAF_CONSTRAINTS, critical=True)
-        .add_extension(_LEAF_USAGE, critical=True)
-        .add_extension(_LEAF_EKU, critical=False)
-        .add_extension(_san(str(spiffe_id), dns_names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(parts.aki, critical=False)
+        .add_extension(_ski(public_key), critical=False)
     )
     cert = builder.sign(authority.key, keys.signature_hash(authority.key))
     return X509Svid(spiffe_id=str(spiffe_id), cert=cert, chain=authority.chain, key=key)
+
+
+def _leaf_builder(authority: SigningAuthority, parts: _AuthorityParts, spiffe_id: str,
+                  dns_names: tuple[str, ...]) -> x509.CertificateBuilder:
+    key = (authority.cert.serial_number, spiffe_id, dns_names)
+    hit = _BUILDER_CACHE.get(key)
+    if hit is None:
+        if len(_BUILDER_CACHE) >= _CACHE_MAX:
+            _BUILDER_CACHE.clear()
+        subject = _SUBJECT
+        if dns_names:
+            subject = x509.Name([*_SUBJECT,
+                                 x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
+        hit = _BUILDER_CACHE[key] = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(parts.issuer)
+            .add_extension(_LEAF_CONSTRAINTS, critical=True)
+            .add_extension(_LEAF_USAGE, critical=True)
+            .add_extension(_LEAF_EKU, critical=False)
+            .add_extension(_san(spiffe_id, dns_names), critical=False)
+            .add_extension(parts.aki, critical=False)
+        )
+    return hit
+
+
+def _ski(public_key: keys.PublicKey) -> x509.UnrecognizedExtension:
+    """SubjectKeyIdentifier (RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits),
+    encoded here: for an EC key those bits are the uncompressed point."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        point = public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        digest = hashlib.sha1(point, usedforsecurity=False).digest()  # an identifier, not a MAC
+        return x509.UnrecognizedExtension(ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+                                          b"\x04\x14" + digest)
+    return _encoded(x509.SubjectKeyIdentifier.from_public_key(public_key))
 
 
 def split_der(data: bytes) -> list[bytes]:

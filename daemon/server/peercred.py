@@ -26,6 +26,7 @@ from grpclib.server import Server, Stream
 
 from ensign.daemon import procfs as _procfs
 from ensign.daemon.models import Caller
+from ensign.daemon.server.cork import CorkedTransport
 from ensign.daemon.server.limits import UidLimits
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -205,6 +206,8 @@ class TrackingServer(Server):
         seen: list[asyncio.BaseTransport] = []
 
         def connection_made(transport: asyncio.BaseTransport) -> None:
+            if isinstance(transport, asyncio.Transport):  # one send per reply (cork.py)
+                transport = CorkedTransport(transport, asyncio.get_running_loop())
             seen.append(transport)
             tracker.connected(transport)
             made(transport)

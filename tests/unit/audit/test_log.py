@@ -162,3 +162,31 @@ def test_observers_see_every_record_and_a_failing_one_loses_nothing(tmp_path: Pa
     seqs = _run(tmp_path, body)
     assert seen[:3] == ["r0", "r1", "r2"]
     assert [r["reason"] for r in _records(tmp_path) if r["seq"] in seqs] == ["r0", "r1", "r2"]
+
+
+def test_deferred_records_are_written_and_bounded_and_refused_while_failing(
+        tmp_path: Path) -> None:
+    from ensign.daemon.audit.log import DEFER_MAX
+
+    async def body(log: AuditLog) -> tuple[list[bool], int]:
+        # All in one pass of the loop: nothing reaches the disk meanwhile, so the window fills.
+        taken = [log.deferred([_event(i)]) for i in range(DEFER_MAX + 3)]
+        last = await log.record(_event(9999))  # in order: every deferred record is before it
+        return taken, last
+
+    taken, last = _run(tmp_path, body)
+    assert taken == [True] * DEFER_MAX + [False] * 3  # the caller then waits for durability
+    reasons = [r.get("reason") for r in _records(tmp_path) if r["type"] == "svid.issued"]
+    assert reasons == [f"r{i}" for i in range(DEFER_MAX)] + ["r9999"]
+    assert last == DEFER_MAX + 1
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "audit").write_text("not a directory")
+
+    async def failing(log: AuditLog) -> bool:
+        with pytest.raises(AuditUnavailable):
+            await log.record(_event(0))
+        return log.deferred([_event(1)])
+
+    assert _run(broken, failing) is False  # a failing log never lets a delivery go unheld
