@@ -54,7 +54,7 @@ rmdir "$OUT_DIR/hostopt" 2>/dev/null || true
 mkdir -p "$STAGE/opt/ensign" "$SRC" "$OUT_DIR/hostopt"
 
 # -- the project source, copied so that pip's in-tree build leaves the checkout alone ----------
-cp -a pyproject.toml README.md daemon attestors proto "$SRC/"
+cp -a pyproject.toml README.md daemon attestors proto sdk "$SRC/"
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 
 # -- the venv, built at its final path (see the comment at the top) ----------------------------
