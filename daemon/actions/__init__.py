@@ -7,6 +7,8 @@ start), and `ActionRecorder` builds the `action` audit record from both, with th
 words kept apart from the attribution. `checked` validates what the reporter sent.
 """
 
+from typing import TYPE_CHECKING
+
 from ensign.daemon.actions.detail import (
     MAX_DETAIL_BYTES,
     OUTCOMES,
@@ -15,9 +17,24 @@ from ensign.daemon.actions.detail import (
     checked,
     parse_detail,
 )
-from ensign.daemon.actions.index import KEEP_AFTER_EXPIRY, Attribution, IssuanceIndex, entry_of
-from ensign.daemon.actions.recorder import ActionRecorder, Reporter
-from ensign.daemon.actions.tokens import Checked, TokenCheck
+
+if TYPE_CHECKING:
+    from ensign.daemon.actions.index import (
+        KEEP_AFTER_EXPIRY,
+        Attribution,
+        IssuanceIndex,
+        entry_of,
+    )
+    from ensign.daemon.actions.recorder import ActionRecorder, Reporter
+    from ensign.daemon.actions.tokens import Checked, TokenCheck
+else:  # the daemon's parts on first use (ensign.daemon.lazy): `ensign action` needs `detail`
+    from ensign.daemon.lazy import lazy
+
+    __getattr__ = lazy(__name__, {
+        ".index": ("KEEP_AFTER_EXPIRY", "Attribution", "IssuanceIndex", "entry_of"),
+        ".recorder": ("ActionRecorder", "Reporter"),
+        ".tokens": ("Checked", "TokenCheck"),
+    })
 
 __all__ = [
     "KEEP_AFTER_EXPIRY", "MAX_DETAIL_BYTES", "OUTCOMES", "ActionRecorder", "Attribution",
