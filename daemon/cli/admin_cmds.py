@@ -10,7 +10,7 @@ from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
 from ensign.proto.admin_grpc import AdminStub
 
-from . import anomaly_cmds, apply_file, audit_cmds, ops_cmds, role_cmds, token_cmds
+from . import anomaly_cmds, audit_cmds, ops_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
     add_output,
@@ -238,6 +238,8 @@ async def agent_lifecycle(args: argparse.Namespace) -> int:
 
 
 async def agent_apply(args: argparse.Namespace) -> int:
+    from . import apply_file  # its pydantic models: this command's alone
+
     req = apply_file.to_request(apply_file.load(args.file), dry_run=args.dry_run,
                                 prune=args.prune)
     async with channel(admin_socket(args)) as ch:

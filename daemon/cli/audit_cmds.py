@@ -9,13 +9,8 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ensign.daemon import config as config_mod
-from ensign.daemon.audit import AuditFilter
-from ensign.daemon.audit.archive import archive
-from ensign.daemon.audit.export import to_ocsf
-from ensign.daemon.audit.verify import verify
 from ensign.daemon.errors import EnsignError
 from ensign.daemon.units import parse_duration
 from ensign.proto import admin_pb2 as pb
@@ -23,6 +18,9 @@ from ensign.proto.admin_grpc import AdminStub
 
 from . import fleet_cmds
 from .common import admin_socket, channel, count, print_json
+
+if TYPE_CHECKING:  # the audit package and the config: imported by the commands using them
+    from ensign.daemon.audit import AuditFilter
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -134,6 +132,8 @@ async def audit_list(args: argparse.Namespace) -> int:
 
 
 async def audit_export(args: argparse.Namespace) -> int:
+    from ensign.daemon.audit.export import to_ocsf  # each command imports its own part
+
     for r in await _query(args):
         doc = to_ocsf(r) if args.format == "ocsf" else r
         sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
@@ -141,6 +141,8 @@ async def audit_export(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> AuditFilter:
+    from ensign.daemon.audit import AuditFilter
+
     return AuditFilter(agent=args.agent, subject=args.subject, delegator=args.delegator,
                        type=args.type, result=args.result, since=args.since or "",
                        until=args.until or "")
@@ -149,6 +151,9 @@ def _filter(args: argparse.Namespace) -> AuditFilter:
 def audit_verify(args: argparse.Namespace) -> int:
     if args.fleet:
         return asyncio.run(fleet_cmds.audit_verify_fleet(args))
+    from ensign.daemon import config as config_mod
+    from ensign.daemon.audit.verify import verify
+
     data_dir = args.data_dir or config_mod.load(args.config).data_dir
     report = verify(data_dir / "audit", args.from_checkpoint)
     if args.output == "json":
@@ -166,6 +171,9 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 
 def audit_archive(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
+    from ensign.daemon.audit.archive import archive
+
     data_dir = args.data_dir or config_mod.load(args.config).data_dir
     moved = archive(data_dir / "audit", args.to, args.keep)
     print(f"archived {len(moved)} segment(s) to {args.to}" if moved else "nothing to archive")

@@ -15,7 +15,6 @@ from typing import Any, NoReturn
 from grpclib.client import Channel
 from grpclib.events import RecvTrailingMetadata, listen
 
-from ensign.daemon import config as config_mod
 from ensign.daemon.errors import ERROR_KEY, ConfigError, UsageError
 from ensign.daemon.units import parse_duration
 
@@ -133,6 +132,8 @@ def admin_socket(args: argparse.Namespace) -> str:
     if not args.admin_socket and not os.environ.get("ENSIGN_ADMIN_SOCKET"):
         path = args.config or (Path(os.environ["ENSIGN_CONFIG"])
                                if os.environ.get("ENSIGN_CONFIG") else None)
+        from ensign.daemon import config as config_mod  # pydantic models: only if needed
+
         if path is not None or config_mod.DEFAULT_CONFIG_PATH.exists():
             try:
                 default = str(config_mod.load(path).admin_socket_path)

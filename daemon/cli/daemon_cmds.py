@@ -8,11 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ensign.daemon import config as config_mod
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
-
-from . import dev
 
 
 def register(sub: Any) -> None:
@@ -49,6 +46,11 @@ def register(sub: Any) -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    # the config's pydantic models and the registry: imported by the commands that use them
+    from ensign.daemon import config as config_mod
+
+    from . import dev
+
     if args.dev and args.config:
         print("ensign: error: --dev and --config exclude each other", file=sys.stderr)
         return 64
@@ -78,17 +80,22 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def config_check(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
+
     cfg = config_mod.load(args.config)
     print(f"config ok: trust domain {cfg.trust_domain}, socket {cfg.socket_path}")
     return 0
 
 
 def config_defaults(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
+
     sys.stdout.write(config_mod.to_toml(config_mod.Config()))
     return 0
 
 
 def ca_request_csr(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
     from ensign.daemon.issuing.ca_offline import request_csr
 
     cfg = config_mod.load(args.config)
@@ -99,6 +106,7 @@ def ca_request_csr(args: argparse.Namespace) -> int:
 
 
 def ca_install_signed(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
     from ensign.daemon.issuing.ca_offline import install_signed
 
     cfg = config_mod.load(args.config)

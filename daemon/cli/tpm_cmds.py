@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from google.protobuf.json_format import MessageToDict
 
-from ensign.daemon.api.attestation import evidence_from_pb
 from ensign.daemon.errors import UsageError
 from ensign.daemon.files import write_private
 from ensign.daemon.tpm import structs as ts
@@ -161,6 +160,8 @@ async def tpm_status(args: argparse.Namespace) -> int:
 
 async def _evidence(args: argparse.Namespace, nonce: bytes,
                     challenge: pb.CredentialChallenge | None) -> Evidence:
+    from ensign.daemon.api.attestation import evidence_from_pb  # the api layer: this one call
+
     path, timeout = _stub_call(args)
     async with channel(path) as ch:
         msg = await AttestationStub(ch).GetEvidence(
