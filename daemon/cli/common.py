@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -26,9 +27,28 @@ TIMEOUT = 10.0
 #: A plain global, not a ContextVar: it is set in asyncio.run's tasks and read after it.
 _remote_error = [""]
 
+#: Where the error classes the daemon may name live when not in ensign.daemon.errors. A command
+#: imports only what it uses, so the class may not be loaded (EnsignError._by_name) when a call
+#: is refused with it. tests/unit/test_imports.py checks that every class is here or there.
+_ERROR_HOMES = {
+    "AudienceDenied": "ensign.daemon.registry.policy",
+    "AudienceMismatch": "ensign.daemon.issuing.jwt_svid",
+    "ChallengeRefused": "ensign.daemon.tpm._service_ops",
+    "DelegationDenied": "ensign.daemon.delegation.rules",
+    "HolderInactive": "ensign.daemon.issuing.jwt_svid",
+    "NoTpm": "ensign.daemon.api.attestation",
+    "RateLimited": "ensign.daemon.server.limits",
+    "SubjectTokenInvalid": "ensign.daemon.delegation.idp",
+}
+
 
 def remote_error() -> str:
-    return _remote_error[0]
+    """The class the daemon named for the last refused call, loaded for exit_code_for."""
+    name = _remote_error[0]
+    if name in _ERROR_HOMES:
+        with contextlib.suppress(ImportError, OSError):  # no TSS libraries: the status's code
+            importlib.import_module(_ERROR_HOMES[name])
+    return name
 
 
 class Unreachable(Exception):
