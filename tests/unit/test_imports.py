@@ -55,6 +55,46 @@ def test_cli_start_imports_no_heavy_library_or_daemon_part() -> None:
     assert heavy == [], "import these in the command that needs them: " + ", ".join(heavy)
 
 
+EVERY_ERROR = """
+import importlib, json, pkgutil
+import ensign.attestors, ensign.daemon
+from ensign.daemon.errors import EnsignError
+for pkg in (ensign.daemon, ensign.attestors):
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+print(json.dumps({n: [c.grpc_status.name, c.exit_code] for n, c in EnsignError._by_name.items()}))
+"""
+
+CLI_EXIT_CODES = """
+import json, sys
+from grpclib.const import Status
+import ensign.daemon.cli
+from ensign.daemon.cli import common
+from ensign.daemon.errors import exit_code_for
+ensign.daemon.cli.build_parser()
+out = {}
+for name, (status, _) in json.loads(sys.stdin.read()).items():
+    common._remote_error[0] = name
+    out[name] = exit_code_for(Status[status], common.remote_error())
+print(json.dumps(out))
+"""
+
+
+def test_cli_exits_with_the_code_of_every_error_class_the_daemon_can_name() -> None:
+    """A refusal names its class (trailing `ensign-error`); the CLI exits with that class's
+    code even when the command never imported the module defining it."""
+    r = subprocess.run([sys.executable, "-c", EVERY_ERROR], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    classes = json.loads(r.stdout)
+    assert {"AudienceMismatch", "RateLimited", "NoTpm", "InvalidRequest"} <= set(classes)
+    r = subprocess.run([sys.executable, "-c", CLI_EXIT_CODES], input=r.stdout,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {name: code for name, (_, code) in classes.items()}
+
+
 SURFACES = """
 import importlib, json, pkgutil, types
 PACKAGES = ["ensign.attestors", "ensign.daemon.actions", "ensign.daemon.anomaly",
