@@ -12,27 +12,45 @@ verify-artifact` uses it): `load_sigstore_trust`, `verify_sigstore_bundle`, `ide
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._sigstore_verify import (
-    DEFAULT_PREDICATE_TYPES,
-    MAX_BUNDLE_BYTES,
-    CheckFailed,
-    Verified,
-    identity_policy,
-    load_public_key,
-)
-from ._sigstore_verify import load_verifier as load_sigstore_trust
-from ._sigstore_verify import verify as verify_sigstore_bundle
 from .base import Attestor, AttestorError
-from .sigstore import SigstoreAttestor
+from .sigstore_config import DEFAULT_PREDICATE_TYPES
 from .systemd import SystemdAttestor
 from .tpm import TpmAttestor
 from .unix import UnixAttestor
 
+if TYPE_CHECKING:
+    from ._sigstore_verify import (
+        MAX_BUNDLE_BYTES,
+        CheckFailed,
+        Verified,
+        identity_policy,
+        load_public_key,
+    )
+    from ._sigstore_verify import load_verifier as load_sigstore_trust
+    from ._sigstore_verify import verify as verify_sigstore_bundle
+    from .sigstore import SigstoreAttestor
+else:  # Sigstore verification and its cryptography on first use (ensign.daemon.lazy)
+    from ensign.daemon.lazy import lazy
+
+    __getattr__ = lazy(__name__, {
+        "._sigstore_verify": ("MAX_BUNDLE_BYTES", "CheckFailed", "Verified", "identity_policy",
+                              "load_public_key", "load_sigstore_trust=load_verifier",
+                              "verify_sigstore_bundle=verify"),
+        ".sigstore": ("SigstoreAttestor",),
+    })
+
+
+def _sigstore(config: Any) -> Attestor:
+    from .sigstore import SigstoreAttestor
+
+    return SigstoreAttestor(config)
+
+
 #: name -> factory taking the attestor's config section (config.attestors.<name>)
 BUILTIN: dict[str, Callable[[Any], Attestor]] = {
-    "unix": UnixAttestor, "systemd": SystemdAttestor, "sigstore": SigstoreAttestor,
+    "unix": UnixAttestor, "systemd": SystemdAttestor, "sigstore": _sigstore,
     "tpm": TpmAttestor,  # needs service=TpmService(...) to report anything
 }
 

@@ -34,6 +34,7 @@ from ._sigstore_body import (
     verify_signature,
 )
 from ._sigstore_key import signed_times, verify_with_key
+from .sigstore_config import DEFAULT_PREDICATE_TYPES
 
 __all__ = [
     "DEFAULT_PREDICATE_TYPES", "INTOTO_STATEMENT_TYPES", "MAX_BUNDLE_BYTES", "CheckFailed",
@@ -48,10 +49,6 @@ OID_SELECTORS = {
     x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.14"): "ref",
     x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.18"): "workflow",
 }
-DEFAULT_PREDICATE_TYPES = (
-    "https://slsa.dev/provenance/v1",
-    "https://slsa.dev/provenance/v0.2",
-)
 #: Real bundles are a few KiB; a larger file is refused before any parsing.
 MAX_BUNDLE_BYTES = 4 << 20
 #: DSSE entry kinds sigstore-python checks itself; the others are checked in `_sigstore_body`.

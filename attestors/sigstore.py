@@ -27,17 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
-
-from ensign.daemon.config_types import Size, StrictModel
 from ensign.daemon.models import Attestation, Caller
 from ensign.daemon.text import escape
 
 from . import _files
 from ._bounded import Bounded
-from ._launcher import UNIT_DIRS, ScriptRefused, launched_script
+from ._launcher import ScriptRefused, launched_script
 from ._sigstore_verify import (
-    DEFAULT_PREDICATE_TYPES,
     MAX_BUNDLE_BYTES,
     CheckFailed,
     Verified,
@@ -45,25 +41,13 @@ from ._sigstore_verify import (
     verify,
 )
 from .base import value
+from .sigstore_config import SigstoreConfig  # its public name here too
 
 CACHE_SIZE = 1024
 THREADS, THREADS_PER_UID = 4, 2
 RETRY = 30.0  # seconds between attempts to load a trusted root that failed
 
 _Key = tuple[int, int, int, int, int]
-
-
-class SigstoreConfig(StrictModel):
-    enabled: bool = False
-    trusted_root: Path = Path("/etc/ensign/sigstore/trusted_root.json")
-    bundle_dirs: list[Path] = Field(default_factory=lambda: [Path("/etc/ensign/sigstore/bundles")])
-    interpreters: list[Path] = Field(default_factory=lambda: [
-        Path("/usr/bin/python3"), Path("/usr/bin/node"), Path("/usr/bin/nodejs")])
-    predicate_types: list[str] = Field(default_factory=lambda: list(DEFAULT_PREDICATE_TYPES))
-    #: Where unit definitions are looked up for scripts (systemd's search path, in its order).
-    unit_dirs: list[Path] = Field(default_factory=lambda: [Path(d) for d in UNIT_DIRS])
-    #: Larger executables and scripts are not hashed (no sigstore selectors), like `unix`.
-    max_hash_bytes: Size = Field(default=1 << 30, ge=0)
 
 
 def _key(st: os.stat_result) -> _Key:

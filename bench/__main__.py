@@ -25,6 +25,7 @@ from . import (
     actions_middleware,
     anomaly_overhead,
     audit_append,
+    cli_start,
     first_secret,
     first_svid,
     fleet,
@@ -44,7 +45,7 @@ Benchmark = Callable[[bool], dict[str, Figure]]
 BENCHMARKS: list[Benchmark] = [
     jwt_fetch.run, audit_append.run, registry_match.run, sigstore_attest.run, tpm_quotes.run,
     svid_mint.run, first_svid.run, first_secret.run, streams.run, anomaly_overhead.run,
-    https_exchange.run, actions_middleware.run, fleet.run, restart.run,
+    https_exchange.run, actions_middleware.run, fleet.run, restart.run, cli_start.run,
 ]
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ensign.attestors.sigstore import SigstoreConfig
+from ensign.attestors.sigstore_config import SigstoreConfig
 from ensign.attestors.systemd import SystemdConfig
 from ensign.attestors.tpm import TpmConfig
 from ensign.attestors.tpm import dev_config as tpm_dev_config

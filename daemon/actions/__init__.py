@@ -8,6 +8,8 @@ issued, and `ActionRecorder` builds the `action` audit record from them, with th
 words kept apart from the attribution. `checked` validates what the reporter sent.
 """
 
+from typing import TYPE_CHECKING
+
 from ensign.daemon.actions.detail import (
     MAX_DETAIL_BYTES,
     OUTCOMES,
@@ -16,10 +18,26 @@ from ensign.daemon.actions.detail import (
     checked,
     parse_detail,
 )
-from ensign.daemon.actions.index import KEEP_AFTER_EXPIRY, Attribution, IssuanceIndex, entry_of
-from ensign.daemon.actions.recorder import ActionRecorder, Reporter
-from ensign.daemon.actions.remote import FleetIssuances, Remote
-from ensign.daemon.actions.tokens import Checked, TokenCheck
+
+if TYPE_CHECKING:
+    from ensign.daemon.actions.index import (
+        KEEP_AFTER_EXPIRY,
+        Attribution,
+        IssuanceIndex,
+        entry_of,
+    )
+    from ensign.daemon.actions.recorder import ActionRecorder, Reporter
+    from ensign.daemon.actions.remote import FleetIssuances, Remote
+    from ensign.daemon.actions.tokens import Checked, TokenCheck
+else:  # the daemon's parts on first use (ensign.daemon.lazy): `ensign action` needs `detail`
+    from ensign.daemon.lazy import lazy
+
+    __getattr__ = lazy(__name__, {
+        ".index": ("KEEP_AFTER_EXPIRY", "Attribution", "IssuanceIndex", "entry_of"),
+        ".recorder": ("ActionRecorder", "Reporter"),
+        ".remote": ("FleetIssuances", "Remote"),
+        ".tokens": ("Checked", "TokenCheck"),
+    })
 
 __all__ = [
     "KEEP_AFTER_EXPIRY", "MAX_DETAIL_BYTES", "OUTCOMES", "ActionRecorder", "Attribution",

@@ -7,6 +7,9 @@ an OCSF event. `archive` copies old segments out and removes them (through the A
 writer thread while the daemon runs). Record builders for registry changes are in records.py.
 """
 
+from typing import TYPE_CHECKING
+
+# archive, query and verify are eager: a lazy name may not be a submodule's (ensign.daemon.lazy)
 from ensign.daemon.audit.archive import (
     Archive,
     Plan,
@@ -18,12 +21,21 @@ from ensign.daemon.audit.archive import (
     store_plan,
 )
 from ensign.daemon.audit.event import GENESIS, AuditEvent, EventType, Process, canonical
-from ensign.daemon.audit.export import OCSF_VERSION, to_ocsf
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.audit.query import AuditFilter, query, read_records
-from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm_event
 from ensign.daemon.audit.segment import CHECKPOINTS, PUBLIC_KEY, chain_id, segments
 from ensign.daemon.audit.verify import ChainCheck, Report, checked_checkpoints, verify
+
+if TYPE_CHECKING:
+    from ensign.daemon.audit.export import OCSF_VERSION, to_ocsf
+    from ensign.daemon.audit.records import change, evidence_digest, process_of, tpm_event
+else:  # OCSF export and the registry's record builders on first use (ensign.daemon.lazy)
+    from ensign.daemon.lazy import lazy
+
+    __getattr__ = lazy(__name__, {
+        ".export": ("OCSF_VERSION", "to_ocsf"),
+        ".records": ("change", "evidence_digest", "process_of", "tpm_event"),
+    })
 
 __all__ = [
     "CHECKPOINTS", "GENESIS", "OCSF_VERSION", "PUBLIC_KEY", "Archive", "AuditEvent",

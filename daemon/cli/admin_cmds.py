@@ -9,7 +9,7 @@ from typing import Any
 from ensign.daemon.errors import UsageError
 from ensign.proto import admin_pb2 as pb
 
-from . import anomaly_cmds, apply_file, audit_cmds, ops_cmds, role_cmds, token_cmds
+from . import anomaly_cmds, audit_cmds, ops_cmds, role_cmds, token_cmds
 from .common import (
     TIMEOUT,
     add_admin_flags,
@@ -276,6 +276,8 @@ async def agent_lifecycle(args: argparse.Namespace) -> int:
 
 
 async def agent_apply(args: argparse.Namespace) -> int:
+    from . import apply_file  # its pydantic models: this command's alone
+
     req = apply_file.to_request(apply_file.load(args.file), dry_run=args.dry_run,
                                 prune=args.prune)
     resp = await admin_call(args, lambda s: s.Apply(req, timeout=120))

@@ -17,21 +17,8 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ensign.daemon import config as config_mod
-from ensign.daemon.audit import (
-    PUBLIC_KEY,
-    Archive,
-    AuditFilter,
-    Report,
-    drop,
-    plan,
-    segments,
-    store_plan,
-    to_ocsf,
-    verify,
-)
 from ensign.daemon.errors import EnsignError, InvalidData, NotFound, UsageError
 from ensign.daemon.files import DirLock
 from ensign.daemon.units import parse_duration
@@ -49,6 +36,9 @@ from .common import (
     print_json,
     print_table,
 )
+
+if TYPE_CHECKING:  # the audit package and the config: imported by the commands using them
+    from ensign.daemon.audit import AuditFilter, Report
 
 Common = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -170,6 +160,8 @@ async def audit_list(args: argparse.Namespace) -> int:
 
 
 async def audit_export(args: argparse.Namespace) -> int:
+    from ensign.daemon.audit.export import to_ocsf  # each command imports its own part
+
     for r in await _query(args):
         doc = to_ocsf(r) if args.output == "ocsf" else r
         sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
@@ -178,6 +170,8 @@ async def audit_export(args: argparse.Namespace) -> int:
 
 def audit_dir_of(path: Path) -> Path:
     """A data directory holds the log in `audit/`; an archive directory is the log itself."""
+    from ensign.daemon.audit import PUBLIC_KEY, segments
+
     if (path / "audit").is_dir():
         return path / "audit"
     if (path / PUBLIC_KEY).exists() or segments(path):
@@ -192,6 +186,8 @@ def _report_json(report: Report) -> dict[str, Any]:
 
 
 def _filter(args: argparse.Namespace) -> AuditFilter:
+    from ensign.daemon.audit import AuditFilter
+
     return AuditFilter(agent=args.agent, subject=args.subject, delegator=args.delegator,
                        type=args.type, result=args.result, since=args.since or "",
                        until=args.until or "")
@@ -200,6 +196,9 @@ def _filter(args: argparse.Namespace) -> AuditFilter:
 def audit_verify(args: argparse.Namespace) -> int:
     if args.fleet:
         return asyncio.run(fleet_cmds.audit_verify_fleet(args))
+    from ensign.daemon import config as config_mod
+    from ensign.daemon.audit.verify import verify
+
     data_dir = args.data_dir or config_mod.load(args.config).data_dir
     report = verify(audit_dir_of(data_dir), args.from_checkpoint)
     if args.output == "json":
@@ -215,6 +214,8 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 
 def _check_archive(dest: Path) -> Report:
+    from ensign.daemon.audit import verify
+
     report = verify(dest)
     if not report.ok:
         raise AuditInvalid(f"the archive in {dest} does not verify, so nothing was removed from "
@@ -242,6 +243,8 @@ async def audit_archive(args: argparse.Namespace) -> int:
 
 
 def _archive_offline(data_dir: Path, dest: Path, keep: int) -> tuple[list[str], Report | None]:
+    from ensign.daemon.audit import drop, plan, store_plan
+
     if not (data_dir / "audit").is_dir():
         raise NotFound(f"{data_dir}: no audit log here (no audit/ directory)")
     lock = DirLock.take(data_dir, "data_dir", "archive through it instead: `ensign audit "
@@ -260,6 +263,8 @@ def _archive_offline(data_dir: Path, dest: Path, keep: int) -> tuple[list[str], 
 
 async def _archive_through_daemon(args: argparse.Namespace,
                                   dest: Path) -> tuple[list[str], Report | None]:
+    from ensign.daemon.audit import Archive
+
     out: Archive | None = None
     parts: dict[str, list[bytes]] = {}
     async with (

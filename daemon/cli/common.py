@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -49,7 +50,6 @@ from typing import Any, Literal, NoReturn, TypeVar
 from grpclib.client import Channel
 from grpclib.events import RecvTrailingMetadata, listen
 
-from ensign.daemon import config as config_mod
 from ensign.daemon.errors import ERROR_KEY, ConfigError, InvalidData, NotFound, UsageError
 from ensign.daemon.units import MAX_TIMESTAMP, format_duration, parse_duration
 from ensign.proto.admin_grpc import AdminStub
@@ -64,9 +64,28 @@ Api = Literal["admin", "workload"]
 #: A plain global, not a ContextVar: it is set in asyncio.run's tasks and read after it.
 _remote_error = [""]
 
+#: Where the error classes the daemon may name live when not in ensign.daemon.errors. A command
+#: imports only what it uses, so the class may not be loaded (EnsignError._by_name) when a call
+#: is refused with it. tests/unit/test_imports.py checks that every class is here or there.
+_ERROR_HOMES = {
+    "AudienceDenied": "ensign.daemon.registry.policy",
+    "AudienceMismatch": "ensign.daemon.issuing.jwt_svid",
+    "ChallengeRefused": "ensign.daemon.tpm._service_ops",
+    "DelegationDenied": "ensign.daemon.delegation.rules",
+    "HolderInactive": "ensign.daemon.issuing.jwt_svid",
+    "NoTpm": "ensign.daemon.api.attestation",
+    "RateLimited": "ensign.daemon.server.limits",
+    "SubjectTokenInvalid": "ensign.daemon.delegation.idp",
+}
+
 
 def remote_error() -> str:
-    return _remote_error[0]
+    """The class the daemon named for the last refused call, loaded for exit_code_for."""
+    name = _remote_error[0]
+    if name in _ERROR_HOMES:
+        with contextlib.suppress(ImportError, OSError):  # no TSS libraries: the status's code
+            importlib.import_module(_ERROR_HOMES[name])
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +167,8 @@ def admin_socket(args: argparse.Namespace) -> str:
     if not args.admin_socket and not os.environ.get("ENSIGN_ADMIN_SOCKET"):
         path = args.config or (Path(os.environ["ENSIGN_CONFIG"])
                                if os.environ.get("ENSIGN_CONFIG") else None)
+        from ensign.daemon import config as config_mod  # pydantic models: only if needed
+
         if path is not None or config_mod.DEFAULT_CONFIG_PATH.exists():
             try:
                 default = str(config_mod.load(path).admin_socket_path)

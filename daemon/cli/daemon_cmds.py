@@ -6,16 +6,17 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ensign.daemon import config as config_mod
 from ensign.daemon.errors import ConfigError, UsageError
 from ensign.daemon.files import DirLock
 from ensign.daemon.observe import logs
 from ensign.daemon.observe.sdnotify import notify
 
-from . import dev
 from .common import read_input
+
+if TYPE_CHECKING:  # the config's pydantic models: imported by the commands using them
+    from ensign.daemon import config as config_mod
 
 
 def register(sub: Any) -> None:
@@ -53,6 +54,11 @@ def register(sub: Any) -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    # the config's pydantic models and the registry: imported by the commands that use them
+    from ensign.daemon import config as config_mod
+
+    from . import dev
+
     if args.dev and args.config:
         raise UsageError("--dev and --config exclude each other")
     if args.state_dir is not None and not args.dev:
@@ -92,6 +98,8 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def config_check(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
+
     cfg = config_mod.load(args.config)
     problems = attestor_problems(cfg)
     if problems:
@@ -116,11 +124,14 @@ def attestor_problems(cfg: config_mod.Config) -> list[str]:
 
 
 def config_defaults(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
+
     sys.stdout.write(config_mod.to_toml(config_mod.Config()))
     return 0
 
 
 def ca_request_csr(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
     from ensign.daemon.issuing.ca_offline import request_csr
 
     cfg = config_mod.load(args.config)
@@ -135,6 +146,7 @@ def ca_request_csr(args: argparse.Namespace) -> int:
 
 
 def ca_install_signed(args: argparse.Namespace) -> int:
+    from ensign.daemon import config as config_mod
     from ensign.daemon.issuing.ca_offline import install_signed
 
     cfg = config_mod.load(args.config)

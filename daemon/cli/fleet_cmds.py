@@ -12,15 +12,14 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ensign.daemon import config as config_mod
-from ensign.daemon.audit import AuditFilter
 from ensign.daemon.errors import EnsignError, UsageError
-from ensign.daemon.fleet import SCHEMA_VERSION, init
-from ensign.daemon.fleet import report as fleet_report
 
 from .common import add_output, print_json, print_table
+
+if TYPE_CHECKING:  # psycopg, the audit package, the config: imported by the commands using them
+    from ensign.daemon.audit import AuditFilter
 
 ENV = "ENSIGN_DATABASE_URL"
 
@@ -40,6 +39,8 @@ def database_url(args: argparse.Namespace) -> str:
     url = getattr(args, "database_url", None) or os.environ.get(ENV, "")
     if url:
         return str(url)
+    from ensign.daemon import config as config_mod
+
     path = getattr(args, "config", None)
     if path is None and not os.environ.get("ENSIGN_CONFIG") \
             and not config_mod.DEFAULT_CONFIG_PATH.exists():
@@ -73,6 +74,8 @@ def register(sub: Any) -> None:
 
 
 async def fleet_init(args: argparse.Namespace) -> int:
+    from ensign.daemon.fleet import init
+
     before, after = await init(args.database_url, args.node, args.admin)
     if before == after:
         print(f"fleet schema at version {after} (already current)")
@@ -96,6 +99,9 @@ def _age(seconds: float) -> str:
 
 
 async def fleet_status(args: argparse.Namespace) -> int:
+    from ensign.daemon.fleet import SCHEMA_VERSION
+    from ensign.daemon.fleet import report as fleet_report
+
     st = await fleet_report.status(database_url(args))
     if args.output == "json":
         print_json({
@@ -132,6 +138,8 @@ async def fleet_status(args: argparse.Namespace) -> int:
 
 async def audit_list_fleet(args: argparse.Namespace, flt: AuditFilter, header: Sequence[str],
                            row: Callable[[dict[str, Any]], Sequence[str]]) -> int:
+    from ensign.daemon.fleet import report as fleet_report
+
     rows = await fleet_report.records(database_url(args), flt, args.limit)
     if args.output == "json":
         print_json([{"node": node, **json.loads(line)} for node, line in rows])
@@ -141,6 +149,8 @@ async def audit_list_fleet(args: argparse.Namespace, flt: AuditFilter, header: S
 
 
 async def audit_verify_fleet(args: argparse.Namespace) -> int:
+    from ensign.daemon.fleet import report as fleet_report
+
     verdicts = await fleet_report.verify(database_url(args))
     if args.output == "json":
         print_json([{"node": v.node, "ok": v.report.ok, "problems": v.report.problems,

@@ -21,9 +21,8 @@ import shlex
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -47,7 +46,10 @@ from .common import (
     progress,
     socket_path,
 )
-from .helper_files import CertDir, HelperSettings, load_settings, parse_signal, read_pid
+from .helper_files import CertDir, parse_signal, read_pid
+
+if TYPE_CHECKING:  # its pydantic models: imported when the helper runs (helper_settings)
+    from .helper_settings import HelperSettings
 
 HEADER = {"workload.spiffe.io": "true"}
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0  # seconds between reconnection attempts
@@ -73,6 +75,8 @@ def register(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> HelperSettings:
+    from .helper_settings import load_settings
+
     overrides: dict[str, Any] = {
         "agent_address": args.socket, "cert_dir": args.write, "renew_signal": args.signal,
         "pid_file_name": args.pid_file, "daemon_mode": False if args.once else None}
@@ -234,6 +238,8 @@ class Helper:
 
     async def _write_jwts(self, stub: SpiffeWorkloadAPIStub) -> float | None:
         """Fetch and write every JWT-SVID and the JWKS; when the next fetch is due."""
+        import jwt  # PyJWT: only a helper that writes JWT-SVIDs needs it
+
         s = self.s
         due: float | None = None
         for j in s.jwt_svids:

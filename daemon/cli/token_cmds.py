@@ -10,12 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ensign.daemon.delegation.idp import parse_jwks
-from ensign.daemon.delegation.tokens import verify_delegated
 from ensign.daemon.errors import InvalidData, TokenInvalid
 from ensign.proto import admin_pb2 as apb
 from ensign.proto import delegation_pb2 as dpb
@@ -116,6 +113,8 @@ async def token_exchange(args: argparse.Namespace) -> int:
 
 
 async def _jwks(args: argparse.Namespace) -> dict[str, Any]:
+    from ensign.daemon.delegation.idp import parse_jwks  # PyJWT: for the commands using it
+
     if args.bundle:
         data = read_input(args.bundle, "JWKS")
         try:
@@ -140,6 +139,8 @@ def _presenter(path: Path | None) -> bytes | None:
 
 
 async def token_verify(args: argparse.Namespace) -> int:
+    from ensign.daemon.delegation.tokens import verify_delegated
+
     token = _read_token(args.token)
     keys = await _jwks(args)
     t = verify_delegated(token, args.audience, keys, now=datetime.now(UTC), issuer=args.issuer,
@@ -155,6 +156,8 @@ async def token_verify(args: argparse.Namespace) -> int:
 
 
 def token_inspect(args: argparse.Namespace) -> int:
+    import jwt
+
     token = _read_token(args.token)
     try:
         header = jwt.get_unverified_header(token)

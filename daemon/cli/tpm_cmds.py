@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from ensign.daemon.api.attestation import evidence_from_pb
 from ensign.daemon.errors import ConfigError, InvalidData, UsageError
 from ensign.daemon.files import write_private
 from ensign.daemon.tpm import structs as ts
@@ -198,6 +197,8 @@ async def tpm_status(args: argparse.Namespace) -> int:
 
 async def _evidence(args: argparse.Namespace, nonce: bytes,
                     challenge: pb.CredentialChallenge | None) -> Evidence:
+    from ensign.daemon.api.attestation import evidence_from_pb  # the api layer: this one call
+
     async with workload_channel(args) as ch:
         msg = await AttestationStub(ch).GetEvidence(
             pb.GetEvidenceRequest(nonce=nonce, challenge=challenge), metadata=HEADER,

@@ -18,15 +18,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ensign.attestors import (
-    DEFAULT_PREDICATE_TYPES,
-    MAX_BUNDLE_BYTES,
-    CheckFailed,
-    identity_policy,
-    load_public_key,
-    load_sigstore_trust,
-    verify_sigstore_bundle,
-)
 from ensign.daemon.errors import EnsignError, NotFound, UsageError
 
 from .common import add_output, fmt_time, json_time, print_json, read_input, shown
@@ -83,6 +74,8 @@ def register(sub: Any) -> None:
 
 
 def _policy(args: argparse.Namespace) -> Any:
+    from ensign.attestors import identity_policy  # Sigstore verification: this command's alone
+
     identities = [x for x in (args.cert_identity, args.cert_identity_regexp) if x is not None]
     issuers = [x for x in (args.cert_oidc_issuer, args.cert_oidc_issuer_regexp) if x is not None]
     if args.key is not None:
@@ -150,6 +143,15 @@ def _default_bundle(file: Path | None) -> Path:
 
 
 def verify_artifact(args: argparse.Namespace) -> int:
+    from ensign.attestors import (
+        DEFAULT_PREDICATE_TYPES,
+        MAX_BUNDLE_BYTES,
+        CheckFailed,
+        load_public_key,
+        load_sigstore_trust,
+        verify_sigstore_bundle,
+    )
+
     # sigstore-python logs warnings of its own (a root CA in a bundle, ...): the verdict is
     # the one line this command prints.
     logging.getLogger("sigstore").addHandler(logging.NullHandler())

@@ -6,14 +6,8 @@ for a delegated token naming both (RFC 8693 `act`).
 signs them (never the CA's JWT-SVID keys); `TrustedIssuers` holds the IdPs' keys.
 """
 
-from ensign.daemon.delegation.exchange import (
-    ExchangeRequest,
-    Issued,
-    Presenter,
-    TokenExchange,
-    issuer_names,
-    our_issuer,
-)
+from typing import TYPE_CHECKING
+
 from ensign.daemon.delegation.idp import SubjectTokenInvalid, TrustedIssuers, parse_jwks
 from ensign.daemon.delegation.introspect import INACTIVE, Introspector, introspecting_roles
 from ensign.daemon.delegation.rules import (
@@ -36,6 +30,24 @@ from ensign.daemon.delegation.tokens import (
     verify_delegated,
     x5t_s256,
 )
+
+if TYPE_CHECKING:
+    from ensign.daemon.delegation.exchange import (
+        ExchangeRequest,
+        Issued,
+        Presenter,
+        TokenExchange,
+        issuer_names,
+        our_issuer,
+    )
+else:  # the exchange (audit log, CA, registry) on first use (ensign.daemon.lazy): `ensign token
+    # verify` needs only the tokens
+    from ensign.daemon.lazy import lazy
+
+    __getattr__ = lazy(__name__, {
+        ".exchange": ("ExchangeRequest", "Issued", "Presenter", "TokenExchange", "issuer_names",
+                      "our_issuer"),
+    })
 
 __all__ = [
     "ALGORITHMS",

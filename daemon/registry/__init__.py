@@ -6,6 +6,8 @@ Pure records and rules are in `model` (entries, grants) and `policy` (roles); th
 is the storage interface, `SqliteStore` its embedded backend and `PgStore` a fleet's shared one.
 """
 
+from typing import TYPE_CHECKING
+
 from ensign.daemon.registry.apply import Desired, Step, apply
 from ensign.daemon.registry.events import Action, ChangeEvent, EventHub
 from ensign.daemon.registry.grants import GrantBook
@@ -31,11 +33,17 @@ from ensign.daemon.registry.policy import (
     validate_role,
     x509_ttl_cap,
 )
-from ensign.daemon.registry.postgres import Changes, PgStore
 from ensign.daemon.registry.registry import Registry
 from ensign.daemon.registry.roles import RoleBook
 from ensign.daemon.registry.sqlite import SqliteStore
 from ensign.daemon.registry.store import RegistryStore, Write
+
+if TYPE_CHECKING:
+    from ensign.daemon.registry.postgres import Changes, PgStore
+else:  # psycopg is a fleet's alone: imported on first use (ensign.daemon.lazy)
+    from ensign.daemon.lazy import lazy
+
+    __getattr__ = lazy(__name__, {".postgres": ("Changes", "PgStore")})
 
 __all__ = [
     "DAEMON_ACTOR", "KINDS", "SELECTOR_TYPES", "STATES", "TRANSITIONS", "Action",
