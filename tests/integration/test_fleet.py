@@ -25,12 +25,13 @@ from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
 from tests.support.clients import fetch_jwt
 from tests.support.daemon import ENSIGN, Daemon, needs_root
-from tests.support.fleet import FleetDb, Node, Trio, X509Stream, fleet_config, wait_until
+from tests.support.fleet import FleetDb, Node, Trio, fleet_config, wait_until
 from tests.support.fleet import org_ca as _org_ca
 from tests.support.https import WebCa, http_config
 from tests.support.idp import CAL, Idp, exchange
 from tests.support.net import free_port
 from tests.support.postgres import Cluster
+from tests.support.streams import X509Stream
 
 NODES = ("node-1", "node-2", "node-3")
 # One issuer for the fleet (its load-balanced URL): a delegated token is the fleet's by its `iss`

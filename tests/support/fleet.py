@@ -7,7 +7,6 @@ import datetime as dt
 import itertools
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-from spiffe import WorkloadApiClient
 
 from ensign.proto import admin_pb2
 from tests.support.daemon import ENSIGN, Daemon
@@ -150,35 +148,6 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20, every: float = 0.1)
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {pred}")
         time.sleep(every)
-
-
-class X509Stream:
-    """A py-spiffe X.509 stream that records contexts and errors with their times."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.contexts: list[Any] = []
-        self.errors: list[tuple[float, Exception]] = []
-        self.cond = threading.Condition()
-        self.client = WorkloadApiClient(socket_path=endpoint)
-        self.handle = self.client.stream_x509_contexts(self._ok, self._err, retry_connect=False)
-
-    def _ok(self, ctx: Any) -> None:
-        with self.cond:
-            self.contexts.append(ctx)
-            self.cond.notify_all()
-
-    def _err(self, err: Exception) -> None:
-        with self.cond:
-            self.errors.append((time.monotonic(), err))
-            self.cond.notify_all()
-
-    def wait(self, pred: Callable[[], Any], timeout: float) -> bool:
-        with self.cond:
-            return bool(self.cond.wait_for(pred, timeout))
-
-    def close(self) -> None:
-        self.handle.cancel()
-        self.client.close()
 
 
 @dataclass
