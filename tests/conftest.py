@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# The suite forks helpers (run_as, extra_groups) from processes whose grpcio channels have
+# threads; grpcio's fork handlers then run in the child before exec and can abort it
+# ("pthread_create failed", seen once under xdist). Nothing here uses a channel across fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import shutil
 import tempfile
 from collections.abc import Iterator
