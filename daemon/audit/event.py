@@ -176,3 +176,14 @@ def _placed(body: dict[str, Any], seq: int, prev: str, chain: str, at: datetime)
 
 def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def seal_run(sealers: tuple[Sealer, ...], seq: int, head: str, at: datetime,
+             stamp: str) -> tuple[list[bytes], tuple[int, str]]:
+    """Seal records one after another onto (seq, head): their lines, and the new head."""
+    lines = []
+    for sealer in sealers:
+        seq += 1
+        line, head = sealer.seal(seq=seq, prev=head, at=at, stamp=stamp)
+        lines.append(line)
+    return lines, (seq, head)

@@ -22,15 +22,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ensign.daemon.audit.event import AuditEvent, Sealer, Unencodable, record_time
+from ensign.daemon.audit.event import AuditEvent, Sealer, Unencodable, record_time, seal_run
 from ensign.daemon.audit.segment import SegmentFile
+from ensign.daemon.audit.writer import WriterThread
 from ensign.daemon.config import AuditConfig
 from ensign.daemon.errors import AuditRecordRejected, AuditUnavailable
 from ensign.daemon.text import escape_tree
@@ -67,8 +66,7 @@ class AuditLog:
         self._seen = 0  # records in the next batch when _flush last looked
         self._looks = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer = WriterThread()
         self._timer: asyncio.TimerHandle | None = None
         self.problem: str | None = None
         self.observers: list[Callable[[dict[str, Any]], None]] = []
@@ -99,8 +97,7 @@ class AuditLog:
         except OSError as e:
             self._set_problem(f"audit log not writable: {e.strerror or e}")
         # One long-lived thread does every write, checkpoint and rotation, in order.
-        self._thread = threading.Thread(target=self._serve, name="audit-writer", daemon=True)
-        self._thread.start()
+        self._writer.start()
         self._tick()
 
     def _note_recovered(self, discarded: int) -> None:
@@ -113,7 +110,7 @@ class AuditLog:
     async def close(self, failure: str | None = None) -> None:
         """Write what is pending, a `daemon.stop` record (a failure with its reason when the
         daemon could not start) and a checkpoint, then stop the writer thread."""
-        if self._thread is None:
+        if not self._writer.running:
             return
         stop = (AuditEvent(type="daemon.stop") if failure is None else
                 AuditEvent(type="daemon.stop", result="failure", reason=failure))
@@ -125,9 +122,7 @@ class AuditLog:
                 log.warning("final audit checkpoint failed", extra={"error": str(e)})
         if self._timer is not None:
             self._timer.cancel()
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        await self._writer.stop()
         self._file.close()
 
     @property
@@ -258,13 +253,13 @@ class AuditLog:
         done: list[tuple[asyncio.Future[int], int]] = []
         for unit in units:
             try:  # each unit on its own: one that cannot be sealed costs no other
-                sealed, end = self._seal(unit[0], seq, head, at, stamp)
+                sealed, end = seal_run(unit[0], seq, head, at, stamp)
             except Exception as e:
                 fixed = self._unsealable(unit, e)
                 if fixed is None:
                     continue
                 try:
-                    sealed, end = self._seal(fixed[0], seq, head, at, stamp)
+                    sealed, end = seal_run(fixed[0], seq, head, at, stamp)
                 except Exception:
                     log.exception("audit record cannot be written, even escaped")
                     continue
@@ -277,19 +272,9 @@ class AuditLog:
         if not written:
             return
         self._busy, self._writing = True, seq - self._file.seq
-        self._jobs.put(functools.partial(self._write_batch_sync, b"".join(lines),
+        self._writer.put(functools.partial(self._write_batch_sync, b"".join(lines),
                                          (self._file.seq, self._file.head), (seq, head), done,
                                          written))
-
-    @staticmethod
-    def _seal(sealers: tuple[Sealer, ...], seq: int, head: str, at: datetime,
-              stamp: str) -> tuple[list[bytes], tuple[int, str]]:
-        lines = []
-        for sealer in sealers:
-            seq += 1
-            line, head = sealer.seal(seq=seq, prev=head, at=at, stamp=stamp)
-            lines.append(line)
-        return lines, (seq, head)
 
     def _unsealable(self, unit: _Unit, error: Exception) -> _Unit | None:
         """A unit that could not be sealed: its waiter is refused (none of its records is
@@ -347,7 +332,7 @@ class AuditLog:
     def _tick(self) -> None:
         """Checkpoint an idle log now and then."""
         assert self._loop is not None
-        self._jobs.put(self._checkpoint_if_due_sync)
+        self._writer.put(self._checkpoint_if_due_sync)
         if self._pending:  # records kept from a failed write
             self._schedule_flush()
         self._timer = self._loop.call_later(self._cfg.checkpoint_interval.total_seconds(),
@@ -355,18 +340,7 @@ class AuditLog:
 
     def _in_writer(self, job: Callable[[], T]) -> asyncio.Future[T]:
         assert self._loop is not None
-        loop, future = self._loop, self._loop.create_future()
-
-        def run() -> None:
-            try:
-                result = job()
-            except Exception as e:  # handed to the waiting coroutine
-                loop.call_soon_threadsafe(_fail, future, e)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result)
-
-        self._jobs.put(run)
-        return future
+        return self._writer.submit(self._loop, job)
 
     def with_segments(self, job: Callable[[str], T]) -> asyncio.Future[T]:
         """Run `job(name of the open segment)` on the writer thread between batches: the one
@@ -375,13 +349,6 @@ class AuditLog:
         return self._in_writer(lambda: job(self._file.open_segment_name))
 
     # -- the writer thread -----------------------------------------------------------------
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception:
-                log.exception("audit writer job failed")
 
     def _write_batch_sync(self, data: bytes, base: tuple[int, str], end: tuple[int, str],
                           done: list[tuple[asyncio.Future[int], int]],
@@ -429,12 +396,3 @@ class AuditLog:
 class _Moved(Exception):
     """Reopening found the chain's tail elsewhere than where the batch was sealed onto."""
 
-
-def _settle(future: asyncio.Future[T], result: T) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[T], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)

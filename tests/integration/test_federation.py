@@ -102,7 +102,7 @@ def pair() -> Iterator[tuple[Daemon, Daemon, WebCa]]:
 
 
 _WORKLOAD = """
-import sys, json
+import os, sys, json
 from spiffe import SpiffeId, TrustDomain, WorkloadApiClient, X509Source, JwtSvid
 from spiffetls import ListenOptions, listen, dial
 from spiffetls.tlsconfig.authorize import authorize_member_of
@@ -122,6 +122,8 @@ with X509Source(socket_path=endpoint, timeout_in_seconds=15) as source:
                     authorize_fn=authorize_member_of(TrustDomain(peer_td)))
         conn.sendall(b"ping")
         print("REPLY", conn.recv(64).decode(), json.dumps(tds), flush=True)
+    # Done: leave without waiting on the source's stream thread (grpcio's exit can hang there).
+    os._exit(0)
 """
 
 
