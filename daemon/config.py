@@ -30,9 +30,8 @@ from ensign.daemon.config_net import (
     HttpConfig,
     check_node_name,
 )
-from ensign.daemon.config_types import Duration, Size, StrictModel
-from ensign.daemon.errors import ConfigError, InvalidRequest
-from ensign.daemon.spiffe_id import validate_trust_domain
+from ensign.daemon.config_types import Duration, Size, StrictModel, TrustDomainName
+from ensign.daemon.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "NODE_NAME", "AnomalyConfig", "AttestorsConfig", "AuditConfig",
@@ -203,7 +202,7 @@ class MetricsConfig(StrictModel):
 
 
 class Config(StrictModel):
-    trust_domain: str = "example.org"
+    trust_domain: TrustDomainName = "example.org"
     socket_path: Path = Path("/run/ensign/agent.sock")
     admin_socket_path: Path = Path("/run/ensign/admin.sock")
     data_dir: Path = Path("/var/lib/ensign")
@@ -226,14 +225,6 @@ class Config(StrictModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _trust_domain(cls, v: str) -> str:
-        try:
-            return validate_trust_domain(v)
-        except InvalidRequest as e:
-            raise ValueError(str(e)) from None
 
     @field_validator("node_name")
     @classmethod

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from ensign.daemon.config_types import Duration, StrictModel
+from ensign.daemon.config_types import Duration, StrictModel, TrustDomainName
 from ensign.daemon.errors import InvalidRequest
-from ensign.daemon.spiffe_id import SpiffeId, validate_trust_domain
+from ensign.daemon.spiffe_id import SpiffeId
 
 #: A node name: a host name's characters, at most 63 (it is a SPIFFE ID path segment and, in a
 #: fleet, the node's PostgreSQL role name, which PostgreSQL cuts at 63 bytes).
@@ -80,7 +80,7 @@ class HttpConfig(StrictModel):
 class FederatedTrustDomain(StrictModel):
     """A trust domain whose bundle is fetched from its SPIFFE bundle endpoint."""
 
-    trust_domain: str
+    trust_domain: TrustDomainName
     bundle_endpoint_url: str
     profile: Literal["https_web", "https_spiffe"] = "https_web"
     endpoint_spiffe_id: str = ""  # https_spiffe: the endpoint server's SPIFFE ID
@@ -89,14 +89,6 @@ class FederatedTrustDomain(StrictModel):
     bundle_file: Path | None = None
     # https_web: CA certificates (PEM) that verify the endpoint; default: the system's
     ca_file: Path | None = None
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _td(cls, v: str) -> str:
-        try:
-            return validate_trust_domain(v)
-        except InvalidRequest as e:
-            raise ValueError(str(e)) from None
 
     @field_validator("bundle_endpoint_url")
     @classmethod

@@ -1,4 +1,5 @@
-"""Building blocks for config models: a strict frozen base and the Duration and Size types.
+"""Building blocks for config models: a strict frozen base and the Duration, Size and
+TrustDomainName types.
 
 Kept apart from config.py so attestor modules can define their own config section without
 importing the whole config (which imports them).
@@ -9,8 +10,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
+from ensign.daemon.errors import InvalidRequest
+from ensign.daemon.spiffe_id import validate_trust_domain
 from ensign.daemon.units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -42,3 +45,14 @@ Duration = Annotated[
     timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
 ]
 Size = Annotated[int, BeforeValidator(_size), PlainSerializer(format_size, return_type=str)]
+
+
+def _trust_domain(v: str) -> str:
+    try:
+        return validate_trust_domain(v)
+    except InvalidRequest as e:
+        raise ValueError(str(e)) from None
+
+
+# A trust domain name as SPIFFE allows it (lowercase letters, digits, `.-_`), normalised.
+TrustDomainName = Annotated[str, AfterValidator(_trust_domain)]

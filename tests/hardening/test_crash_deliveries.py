@@ -12,7 +12,6 @@ client received has its record, the log verifies, and per crash no more than the
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from ensign.daemon.audit.log import DEFER_MAX
 from ensign.daemon.audit.query import read_records
-from tests.support.daemon import make_daemon
+from tests.support.daemon import kill_and_restart, make_daemon
 from tests.support.scripts import JTI_HAMMER
 
 KILLS = 12
@@ -35,12 +34,7 @@ def test_a_crash_loses_only_repeated_deliveries_of_the_last_window(short_tmp: Pa
                for o in outs]
     rng = random.Random(22)
     try:
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.3, 0.8))
-            assert d.proc is not None
-            d.proc.send_signal(signal.SIGKILL)
-            d.proc.wait(timeout=10)
-            d.start()
+        kill_and_restart(d, KILLS, rng, 0.3, 0.8)
         time.sleep(0.5)
     finally:
         for c in clients:

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from ensign.daemon.issuing import split_der
 from ensign.daemon.text import unescape
 from ensign.proto import workload_pb2 as pb
 from tests.support.clients import channel, fetch_jwt, status_of, stream, unary
-from tests.support.daemon import Daemon, make_daemon
+from tests.support.daemon import Daemon, kill_and_restart, make_daemon
 from tests.support.ocsf import problems as ocsf_problems
 from tests.support.scripts import JTI_HAMMER
 
@@ -121,12 +120,7 @@ def test_kill_minus_9_never_loses_a_released_credential(short_tmp: Path) -> None
                for o in outs]
     rng = random.Random(7)
     try:
-        for _ in range(20):
-            time.sleep(rng.uniform(0.15, 0.45))
-            assert d.proc is not None
-            d.proc.send_signal(signal.SIGKILL)
-            d.proc.wait(timeout=10)
-            d.start()
+        kill_and_restart(d, 20, rng, 0.15, 0.45)
         time.sleep(0.5)
     finally:
         for c in clients:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -238,3 +239,13 @@ def spawn_as(uid: int, code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [_system_python(), "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True, user=uid, group=uid, extra_groups=[], env=nobody_env(), cwd="/")
+
+
+def kill_and_restart(d: Daemon, times: int, rng: random.Random, low: float, high: float) -> None:
+    """kill -9 the daemon `times` times, `low`..`high` s apart, starting it again each time."""
+    for _ in range(times):
+        time.sleep(rng.uniform(low, high))
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        d.start()
