@@ -164,6 +164,63 @@ def test_observers_see_every_record_and_a_failing_one_loses_nothing(tmp_path: Pa
     assert [r["reason"] for r in _records(tmp_path) if r["seq"] in seqs] == ["r0", "r1", "r2"]
 
 
+def _lingering(data: Path, linger: float,
+               body: Callable[[AuditLog], Awaitable[T]]) -> T:
+    async def main() -> T:
+        log = AuditLog(AuditConfig(), data, defer_linger=linger)
+        log.open()
+        try:
+            return await body(log)
+        finally:
+            await log.close()
+    return asyncio.run(main())
+
+
+async def _until_durable(log: AuditLog, seq: int) -> int:
+    deadline = asyncio.get_running_loop().time() + 30
+    while log.seq < seq and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return log.seq
+
+
+def test_deferred_records_ride_with_the_next_write_not_a_sync_of_their_own(
+        tmp_path: Path) -> None:
+    async def body(log: AuditLog) -> tuple[int, int, int]:
+        start = log.seq
+        assert log.deferred([_event(1)]) is True
+        for _ in range(50):  # many passes of the loop: a prompt record would be written now
+            await asyncio.sleep(0)
+        held = log.seq
+        return start, held, await log.record(_event(2))
+
+    start, held, last = _lingering(tmp_path, 3600, body)
+    assert held == start  # no write of its own within the linger
+    assert last == start + 2  # it went with the next record, before it
+    reasons = [r.get("reason") for r in _records(tmp_path) if r["type"] == "svid.issued"]
+    assert reasons == ["r1", "r2"]
+
+
+def test_deferred_records_go_after_the_linger_or_once_a_batch_of_them_waits(
+        tmp_path: Path) -> None:
+    from ensign.daemon.audit.log import DEFER_BATCH
+
+    async def alone(log: AuditLog) -> tuple[int, int]:
+        start = log.seq
+        assert log.deferred([_event(1)]) is True
+        return start, await _until_durable(log, start + 1)
+
+    start, reached = _lingering(tmp_path / "a", 0.05, alone)
+    assert reached == start + 1  # nobody else wrote: the linger sent it on its own
+
+    async def many(log: AuditLog) -> tuple[int, int]:
+        start = log.seq
+        assert all(log.deferred([_event(i)]) for i in range(DEFER_BATCH))
+        return start, await _until_durable(log, start + DEFER_BATCH)
+
+    start, reached = _lingering(tmp_path / "b", 3600, many)
+    assert reached == start + DEFER_BATCH  # a full batch does not wait out the linger
+
+
 def test_deferred_records_are_written_and_bounded_and_refused_while_failing(
         tmp_path: Path) -> None:
     from ensign.daemon.audit.log import DEFER_MAX
