@@ -104,6 +104,10 @@ class IssuanceIndex:
         """The audit observer: every record as it is appended (cheap for all other types)."""
         if body.get("type") not in ("token.exchanged", "svid.issued"):
             return
+        details = body.get("details")
+        jti = details.get("jti") if isinstance(details, dict) else None
+        if isinstance(jti, str) and jti in self._entries:
+            return  # the same token handed out again (the hot path): one issuance, known
         found = entry_of(body, self._clock().timestamp())
         if found is not None:
             self._add(*found)
