@@ -9,6 +9,7 @@ Every change goes through `EventHub` with the actor, the before and the after. N
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ from ensign.daemon.registry.store import DeleteEntry, PutEntry, RecordState, Reg
 
 log = logging.getLogger(__name__)
 
+MAX_MATCHED = 4096  # selector sets whose match() is kept
 
 class Registry:
     """Entries of one trust domain. Use from one thread (the event loop)."""
@@ -49,12 +51,17 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._index: dict[str, set[str]] = defaultdict(set)
         self._by_spiffe_id: dict[str, set[str]] = defaultdict(set)
+        # match() by selector set, until the earliest expiry among what it found: every request
+        # asks it, with the same selectors as the last request from that process. Emptied on
+        # every change of an entry.
+        self._matched: dict[frozenset[str], tuple[float, tuple[Entry, ...]]] = {}
         roles.holders = self.holders
 
     async def load(self) -> None:
         self._entries.clear()
         self._index.clear()
         self._by_spiffe_id.clear()
+        self._matched.clear()
         for e in await self._store.entries():
             self._remember(e)
         log.info("registry loaded", extra={"entries": len(self._entries)})
@@ -104,13 +111,22 @@ class Registry:
         """Live entries whose selectors are all among `selectors`, in id order."""
         have = frozenset(selectors)
         now = self._clock()
+        hit = self._matched.get(have)
+        if hit is not None and now < hit[0]:
+            return list(hit[1])
         found: dict[str, Entry] = {}
         for s in have:
             for entry_id in self._index.get(s, ()):
                 e = self._entries[entry_id]
                 if e.is_live(now) and have.issuperset(e.selectors):
                     found[entry_id] = e
-        return [found[k] for k in sorted(found)]
+        matched = tuple(found[k] for k in sorted(found))
+        # Only time passing changes the answer between changes: a live entry's expiry.
+        until = min((e.expires_at for e in matched if e.expires_at), default=math.inf)
+        if len(self._matched) >= MAX_MATCHED:
+            self._matched.clear()
+        self._matched[have] = (until, matched)
+        return list(matched)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -269,11 +285,13 @@ class Registry:
         self._remember(new)
 
     def _remember(self, e: Entry) -> None:
+        self._matched.clear()
         self._entries[e.id] = e
         self._index[e.selectors[0]].add(e.id)
         self._by_spiffe_id[e.spiffe_id].add(e.id)
 
     def _forget(self, e: Entry) -> None:
+        self._matched.clear()
         self._entries.pop(e.id, None)
         ids = self._index.get(e.selectors[0])
         if ids is not None:

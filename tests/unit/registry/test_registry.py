@@ -71,6 +71,25 @@ def test_expired_and_suspended_entries_do_not_match(tmp_path: Path) -> None:
     assert [e.name for e in r.entries(ListFilter(state="suspended"))] == ["sus"]
 
 
+def test_a_repeated_match_drops_an_entry_once_it_expires_or_changes(tmp_path: Path) -> None:
+    """match() keeps its answer per selector set, but only until the earliest expiry among
+    what it found or the next change, and what it returns is the caller's to edit."""
+    now = [1_800_000_000.0]
+    r = open_registry(tmp_path, clock=lambda: now[0])
+    short = run(r.register(new_entry("short", "unix:uid:1", expires_at=int(now[0]) + 10), 0))
+    long = run(r.register(new_entry("long", "unix:uid:1"), 0))
+    have = frozenset({"unix:uid:1", "unix:gid:1"})
+    assert {e.name for e in r.match(have)} == {"short", "long"}
+    r.match(have).clear()  # a caller's copy
+    now[0] += 9
+    assert {e.name for e in r.match(have)} == {"short", "long"}
+    now[0] += 1  # expires_at is the first second it no longer holds
+    assert [e.id for e in r.match(have)] == [long.id]
+    assert short.id not in {e.id for e in r.match({"unix:uid:1"})}
+    run(r.transition(long.id, "suspend", "uid:0", "test"))
+    assert r.match(have) == []
+
+
 def test_the_daemons_own_spiffe_ids_cannot_be_registered(tmp_path: Path) -> None:
     """spiffe://<td>/ensign/... names the daemon itself (its HTTPS endpoint's node SVID): no
     entry may hold it, so no workload can pose as the node to a federating peer."""
