@@ -51,13 +51,13 @@ def translated(mapping: Mapping[str, Handler], *,
 
 def _translating(path: str, func: HandlerFunc, limit: int | None) -> HandlerFunc:
     name = path.rsplit("/", 1)[-1]
-    inflight = metrics.INFLIGHT.labels(name)
+    inflight = metrics.inflight(name)
     seconds = metrics.RPC_SECONDS.labels(name)
 
     async def handler(stream: Any) -> None:
         status = "OK"
         started = time.perf_counter()
-        inflight.inc()
+        inflight.n += 1
         if limit is not None:
             bounds.request_limit.set(limit)  # this request's task only
         try:
@@ -79,7 +79,7 @@ def _translating(path: str, func: HandlerFunc, limit: int | None) -> HandlerFunc
             log.exception("internal error", extra={"method": name})
             raise GRPCError(Status.INTERNAL, "internal error") from None
         finally:
-            inflight.dec()
+            inflight.n -= 1
             metrics.rpc_counter(name, status).inc()
             seconds.observe(time.perf_counter() - started)
 

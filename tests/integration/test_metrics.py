@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.clients import fetch_jwt
 from tests.support.daemon import make_daemon
 from tests.support.net import free_port
+from tests.support.streams import X509Stream
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -48,5 +49,19 @@ def test_metrics_parse_and_move(short_tmp: Path) -> None:
         d.cli("fetch", "x509")
         expiry = _scrape(port)[("ensign_svid_x509_earliest_expiry_timestamp", ())]
         assert expiry > time.time()
+        # in flight: the unary calls ended, an open X.509 stream counts until it closes
+        jwt_inflight = ("ensign_rpc_inflight", (("method", "FetchJWTSVID"),))
+        x509_inflight = ("ensign_rpc_inflight", (("method", "FetchX509SVID"),))
+        assert after[jwt_inflight] == 0
+        stream = X509Stream(d.endpoint)
+        try:
+            assert stream.wait(lambda: stream.contexts, 30)
+            assert _scrape(port)[x509_inflight] == 1
+        finally:
+            stream.close()
+        deadline = time.monotonic() + 30
+        while _scrape(port)[x509_inflight] != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _scrape(port)[x509_inflight] == 0
     finally:
         d.stop()
