@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -116,6 +117,9 @@ class Daemon:
             await n.admin_server.start()
             if self.config.metrics.listen:
                 self._metrics_server = metrics.serve(self.config.metrics.listen, n.state.gauges)
+            # What start built (modules, registry, keys) lives as long as the daemon: kept out of
+            # the cyclic collector's scans, which otherwise walk it again and again under load.
+            gc.freeze()
             log.info("serving", extra={
                 "socket": str(self.config.socket_path),
                 "admin_socket": str(self.config.admin_socket_path),

@@ -15,7 +15,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality, Handler
 
 from ensign.daemon.errors import ConfigError, WrongSocket
-from ensign.daemon.server import bounds
+from ensign.daemon.server import bounds, quiet
 from ensign.daemon.server.peercred import PeerTracker, TrackingServer
 from ensign.daemon.server.translate import Service, translated
 
@@ -128,6 +128,7 @@ class UnixServer:
 
     async def start(self) -> None:
         bounds.install()  # before the first connection: request messages, h2 memory
+        quiet.install()  # and the log text h2 and hpack would build for nobody
         sock = bind_unix(self.path, self._mode, self._gid)
         self._bound = self.path.lstat()
         await self._server.start(sock=sock)
