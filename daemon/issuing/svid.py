@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
@@ -75,49 +76,79 @@ _LEAF_EKU = _encoded(x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]))
 _SUBJECT = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ensign")])
 _CACHE_MAX = 4096
+_SKI_OID = ExtensionOID.SUBJECT_KEY_IDENTIFIER
 
 
 @dataclass(frozen=True, slots=True)
 class _AuthorityParts:
     """What every leaf of one authority repeats: parsed from its certificate once."""
+
     issuer: x509.Name
-    not_before: datetime
+    not_before: datetime  # naive UTC, as the certificate builder holds times
     not_after: datetime
-    aki: x509.UnrecognizedExtension
+    aki: x509.Extension[x509.ExtensionType]
+    hash: hashes.SHA256 | hashes.SHA384
 
 
-_AUTHORITY_CACHE: dict[int, _AuthorityParts] = {}
-_SAN_CACHE: dict[tuple[str, tuple[str, ...]], x509.UnrecognizedExtension] = {}
-# What every leaf of one entry under one authority repeats, as a builder (builders are
-# immutable: each step returns a new one). Saves most of a mint's Python work.
-_BUILDER_CACHE: dict[tuple[int, str, tuple[str, ...]], x509.CertificateBuilder] = {}
+@dataclass(frozen=True, slots=True)
+class _LeafTemplate:
+    """What every leaf of one entry under one authority repeats."""
+
+    subject: x509.Name
+    extensions: tuple[x509.Extension[x509.ExtensionType], ...]
+
+
+# By id() of the authority's certificate, which is held in the value so the id stays its own
+# (a CA generation's certificate object lives as long as the generation).
+_AUTHORITY_CACHE: dict[int, tuple[x509.Certificate, _AuthorityParts]] = {}
+_LEAF_CACHE: dict[tuple[int, str, tuple[str, ...]], tuple[x509.Certificate, _LeafTemplate]] = {}
 
 
 def _authority_parts(authority: SigningAuthority) -> _AuthorityParts:
-    key = authority.cert.serial_number  # random 159 bits: one per authority
-    hit = _AUTHORITY_CACHE.get(key)
-    if hit is None:
-        if len(_AUTHORITY_CACHE) > 64:
-            _AUTHORITY_CACHE.clear()
-        cert = authority.cert
-        hit = _AUTHORITY_CACHE[key] = _AuthorityParts(
-            cert.subject, cert.not_valid_before_utc, cert.not_valid_after_utc,
-            _encoded(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                authority.key.public_key())))
-    return hit
+    cert = authority.cert
+    hit = _AUTHORITY_CACHE.get(id(cert))
+    if hit is not None and hit[0] is cert:
+        return hit[1]
+    if len(_AUTHORITY_CACHE) > 64:
+        _AUTHORITY_CACHE.clear()
+    aki = _encoded(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()))
+    parts = _AuthorityParts(
+        cert.subject, _naive_utc(cert.not_valid_before_utc), _naive_utc(cert.not_valid_after_utc),
+        x509.Extension(aki.oid, False, aki), keys.signature_hash(authority.key))
+    _AUTHORITY_CACHE[id(cert)] = (cert, parts)
+    return parts
 
 
-def _san(spiffe_id: str, dns_names: tuple[str, ...]) -> x509.UnrecognizedExtension:
-    """An entry's SAN is the same on every leaf it gets."""
-    key = (spiffe_id, dns_names)
-    hit = _SAN_CACHE.get(key)
-    if hit is None:
-        if len(_SAN_CACHE) >= _CACHE_MAX:
-            _SAN_CACHE.clear()
-        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
-        names.extend(x509.DNSName(d) for d in dns_names)
-        hit = _SAN_CACHE[key] = _encoded(x509.SubjectAlternativeName(names))
-    return hit
+def _leaf_template(cert: x509.Certificate, spiffe_id: str,
+                   dns_names: tuple[str, ...], aki: x509.Extension[x509.ExtensionType]
+                   ) -> _LeafTemplate:
+    key = (id(cert), spiffe_id, dns_names)
+    hit = _LEAF_CACHE.get(key)
+    if hit is not None and hit[0] is cert:
+        return hit[1]
+    if len(_LEAF_CACHE) >= _CACHE_MAX:
+        _LEAF_CACHE.clear()
+    subject = _SUBJECT
+    if dns_names:
+        subject = x509.Name([*_SUBJECT, x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    names.extend(x509.DNSName(d) for d in dns_names)
+    san = _encoded(x509.SubjectAlternativeName(names))
+    template = _LeafTemplate(subject, (
+        x509.Extension(_LEAF_CONSTRAINTS.oid, True, _LEAF_CONSTRAINTS),
+        x509.Extension(_LEAF_USAGE.oid, True, _LEAF_USAGE),
+        x509.Extension(_LEAF_EKU.oid, False, _LEAF_EKU),
+        x509.Extension(san.oid, False, san),
+        aki,
+    ))
+    _LEAF_CACHE[key] = (cert, template)
+    return template
+
+
+def _naive_utc(t: datetime) -> datetime:
+    """The builder's form of a time (what its setters make of an aware datetime)."""
+    offset = t.utcoffset()
+    return t.replace(tzinfo=None) - offset if offset else t.replace(tzinfo=None)
 
 
 def mint_x509_svid(
@@ -132,52 +163,33 @@ def mint_x509_svid(
     if not spiffe_id.is_workload:
         raise ValueError("an X509-SVID needs a SPIFFE ID with a path")
     parts = _authority_parts(authority)
+    template = _leaf_template(authority.cert, str(spiffe_id), dns_names, parts.aki)
     public_key = key.public_key()
-    builder = (
-        _leaf_builder(authority, parts, str(spiffe_id), dns_names)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(max(now - NOT_BEFORE_CUSHION, parts.not_before))
-        .not_valid_after(min(now + ttl, parts.not_after))
-        .add_extension(_ski(public_key), critical=False)
-    )
-    cert = builder.sign(authority.key, keys.signature_hash(authority.key))
+    at = _naive_utc(now)
+    not_before = max(at - NOT_BEFORE_CUSHION, parts.not_before)
+    not_after = min(at + ttl, parts.not_after)
+    if not_before >= not_after:
+        raise ValueError("the signing authority is not valid at this time")
+    # The builder's constructor with every field at once: the chained setters each copy the
+    # builder and check what is checked here or is ours already (about a sixth of a mint).
+    cert = x509.CertificateBuilder(
+        issuer_name=parts.issuer, subject_name=template.subject, public_key=public_key,
+        serial_number=x509.random_serial_number(), not_valid_before=not_before,
+        not_valid_after=not_after, extensions=[*template.extensions, _ski(public_key)],
+    ).sign(authority.key, parts.hash)
     return X509Svid(spiffe_id=str(spiffe_id), cert=cert, chain=authority.chain, key=key)
 
 
-def _leaf_builder(authority: SigningAuthority, parts: _AuthorityParts, spiffe_id: str,
-                  dns_names: tuple[str, ...]) -> x509.CertificateBuilder:
-    key = (authority.cert.serial_number, spiffe_id, dns_names)
-    hit = _BUILDER_CACHE.get(key)
-    if hit is None:
-        if len(_BUILDER_CACHE) >= _CACHE_MAX:
-            _BUILDER_CACHE.clear()
-        subject = _SUBJECT
-        if dns_names:
-            subject = x509.Name([*_SUBJECT,
-                                 x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
-        hit = _BUILDER_CACHE[key] = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(parts.issuer)
-            .add_extension(_LEAF_CONSTRAINTS, critical=True)
-            .add_extension(_LEAF_USAGE, critical=True)
-            .add_extension(_LEAF_EKU, critical=False)
-            .add_extension(_san(spiffe_id, dns_names), critical=False)
-            .add_extension(parts.aki, critical=False)
-        )
-    return hit
-
-
-def _ski(public_key: keys.PublicKey) -> x509.UnrecognizedExtension:
+def _ski(public_key: keys.PublicKey) -> x509.Extension[x509.ExtensionType]:
     """SubjectKeyIdentifier (RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits),
     encoded here: for an EC key those bits are the uncompressed point."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         point = public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
         digest = hashlib.sha1(point, usedforsecurity=False).digest()  # an identifier, not a MAC
-        return x509.UnrecognizedExtension(ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-                                          b"\x04\x14" + digest)
-    return _encoded(x509.SubjectKeyIdentifier.from_public_key(public_key))
+        value = x509.UnrecognizedExtension(_SKI_OID, b"\x04\x14" + digest)
+    else:
+        value = _encoded(x509.SubjectKeyIdentifier.from_public_key(public_key))
+    return x509.Extension(_SKI_OID, False, value)
 
 
 def split_der(data: bytes) -> list[bytes]:
