@@ -1,8 +1,9 @@
 """The Unix-socket gRPC servers: listeners, peer credentials, limits, bounds, error translation.
 
 The only package that reaches into grpclib's and h2's internals (the connection's socket, the
-message reader, h2's closed-stream memory, the log text h2 and hpack build). Services on a socket are `Service`s made by
-`translated()` (or by the api front, which uses it): errors become statuses in one place.
+message reader, h2's closed-stream memory, the log text h2 and hpack build). Services on a
+socket are `Service`s made by `translated()` (or by the api front, which uses it): errors become
+statuses in one place.
 """
 
 from ensign.daemon.server import bounds

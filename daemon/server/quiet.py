@@ -31,6 +31,6 @@ def _frame_repr(frame: hyperframe.frame.Frame) -> str:
 
 def install() -> None:
     """Idempotent."""
-    hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign,assignment]
+    hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign]
     if not logging.getLogger(hpack.hpack.__name__).isEnabledFor(logging.DEBUG):
         hpack.hpack.log = _Dropped()  # type: ignore[assignment]
