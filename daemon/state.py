@@ -8,19 +8,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ensign.attestors import TpmAttestor
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config
 from ensign.daemon.errors import EnsignError
 from ensign.daemon.federation import FederatedBundles
-from ensign.daemon.fleet import Fleet
 from ensign.daemon.identity.pipeline import AttestationPipeline
 from ensign.daemon.issuing import CertificateAuthority, SvidCache
 from ensign.daemon.registry import GrantBook, Registry, RoleBook
 from ensign.daemon.server import PeerTracker, bounds
-from ensign.daemon.tpm.service import TpmService
 from ensign.proto.admin_pb2 import StatusResponse
+
+if TYPE_CHECKING:  # a fleet's psycopg and the TPM's tpm2-pytss load only where configured
+    from ensign.daemon.fleet import Fleet
+    from ensign.daemon.tpm.service import TpmService
 
 
 @dataclass

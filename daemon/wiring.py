@@ -1,7 +1,9 @@
 """The daemon's object graph, built in one place: which component gets which.
 
 Nothing here starts or opens anything (the lifecycle in app.py does); `build()` only constructs,
-so the graph can be read top to bottom and tested without a socket.
+so the graph can be read top to bottom and tested without a socket. What only some nodes use is
+imported where it is built, so a node without it starts without loading it: a fleet's psycopg,
+the HTTPS endpoint's aiohttp, the TPM's tpm2-pytss.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ensign.attestors import BUILTIN
 from ensign.attestors.base import Attestor
-from ensign.daemon.actions import ActionRecorder, FleetIssuances, IssuanceIndex, TokenCheck
+from ensign.daemon.actions import ActionRecorder, IssuanceIndex, TokenCheck
 from ensign.daemon.anomaly import Responder
 from ensign.daemon.api import (
     ActionsApi,
@@ -29,7 +32,6 @@ from ensign.daemon.api import (
     SecretDiscoveryApi,
     WorkloadApi,
 )
-from ensign.daemon.api.http import HttpApi, HttpsListener, ServerTls
 from ensign.daemon.audit import change, tpm_event
 from ensign.daemon.audit.log import AuditLog
 from ensign.daemon.config import Config, node_name
@@ -41,14 +43,12 @@ from ensign.daemon.delegation import (
     issuer_names,
 )
 from ensign.daemon.federation import FederatedBundles, ServedBundle
-from ensign.daemon.fleet import Fleet
 from ensign.daemon.identity import AttestationPipeline, Resolver
 from ensign.daemon.issuing import Broadcast, CertificateAuthority, SvidCache
 from ensign.daemon.registry import (
     ChangeEvent,
     EventHub,
     GrantBook,
-    PgStore,
     Registry,
     RegistryStore,
     RoleBook,
@@ -66,13 +66,18 @@ from ensign.daemon.server import (
     with_reflection,
 )
 from ensign.daemon.state import NodeState
-from ensign.daemon.tpm.service import TpmEvent, TpmService
 from ensign.proto.actions_grpc import ActionsBase
 from ensign.proto.admin_grpc import AdminBase
 from ensign.proto.attestation_grpc import AttestationBase
 from ensign.proto.delegation_grpc import DelegationBase
 from ensign.proto.sds_grpc import SecretDiscoveryServiceBase
 from ensign.proto.workload_grpc import SpiffeWorkloadAPIBase
+
+if TYPE_CHECKING:
+    from ensign.daemon.actions import FleetIssuances
+    from ensign.daemon.api.http import HttpsListener, ServerTls
+    from ensign.daemon.fleet import Fleet
+    from ensign.daemon.tpm.service import TpmService
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +117,12 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     data = config.data_dir
     events = EventHub()
     fc = config.fleet
-    pg = (PgStore(fc.database_url, fc.admin_database_url, node_name(config),
-                  fc.connect_timeout.total_seconds()) if fc.database_url else None)
+    pg = None
+    if fc.database_url:
+        from ensign.daemon.registry import PgStore
+
+        pg = PgStore(fc.database_url, fc.admin_database_url, node_name(config),
+                     fc.connect_timeout.total_seconds())
     store: RegistryStore = pg if pg is not None else SqliteStore(data / "registry.db")
     roles = RoleBook(store, events)
     registry = Registry(store, roles, events, config.trust_domain)
@@ -142,8 +151,12 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     responder = (Responder(config.anomaly, registry, audit, data / "anomaly.json")
                  if config.anomaly.enabled else None)
     issuers = TrustedIssuers(config.delegation)
-    fleet = (Fleet(config, pg, registry, roles, grants, ca, delegation_keys, audit, clock,
-                   broadcast.publish) if pg is not None else None)
+    fleet: Fleet | None = None
+    if pg is not None:
+        from ensign.daemon.fleet import Fleet
+
+        fleet = Fleet(config, pg, registry, roles, grants, ca, delegation_keys, audit, clock,
+                      broadcast.publish)
     federation = FederatedBundles(config.federation, data, on_change=broadcast.publish)
     state = NodeState(config=config, registry=registry, roles=roles, grants=grants, ca=ca,
                       cache=cache, audit=audit, pipeline=pipeline, tracker=tracker, tpm=tpm,
@@ -167,8 +180,7 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
         jwt_keys=fleet.keys.jwt_keys if fleet else ca.jwt_keys, clock=clock,
         key_owner=fleet.key_owner if fleet else None),
         index=issuances, clock=clock,
-        fleet=(FleetIssuances(fleet.issuance, down=lambda: fleet.down if fleet else None,
-                              clock=clock) if fleet else None))
+        fleet=_fleet_issuances(fleet, clock))
     # reflection lists what this socket serves: add services above it, never after
     workload_server = UnixServer(config.socket_path, WORKLOAD_SOCKET_MODE, with_reflection([
         front.serve(SpiffeWorkloadAPIBase, workload),
@@ -204,8 +216,19 @@ def build(config: Config, clock: Callable[[], datetime]) -> Node:
     return node
 
 
+def _fleet_issuances(fleet: Fleet | None,
+                     clock: Callable[[], datetime]) -> FleetIssuances | None:
+    if fleet is None:
+        return None
+    from ensign.daemon.actions import FleetIssuances
+
+    return FleetIssuances(fleet.issuance, down=lambda: fleet.down, clock=clock)
+
+
 def _https(node: Node, exchange: TokenExchange) -> None:
     """The HTTPS endpoint: its own per-address limits, the same [limits] values."""
+    from ensign.daemon.api.http import HttpApi, HttpsListener, ServerTls
+
     config, lim = node.config, node.config.limits
     limits = UidLimits(lim.max_connections_per_uid, lim.requests_per_second_per_uid,
                        lim.burst_per_uid)
@@ -229,6 +252,8 @@ def _https(node: Node, exchange: TokenExchange) -> None:
 
 
 def _tpm(config: Config, data: object, broadcast: Broadcast, audit: AuditLog) -> TpmService:
+    from ensign.daemon.tpm.service import TpmEvent, TpmService
+
     def on_event(e: TpmEvent) -> None:
         audit.record_nowait(tpm_event(e.type, e.result, e.reason, e.details))
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from ensign.daemon.config import FederatedTrustDomain, FederationConfig
 from ensign.daemon.federation.bundle import BundleError, TrustBundle, parse, parse_any
-from ensign.daemon.federation.fetch import FetchError, fetch
 from ensign.daemon.files import ensure_private_dir, write_private
 from ensign.daemon.observe import metrics
 
@@ -140,6 +139,10 @@ class FederatedBundles:
 
     async def refresh(self, name: str) -> float:
         """Fetch once; return the seconds until the next fetch."""
+        # aiohttp only once a trust domain is federated with: a node without federation starts
+        # without it.
+        from ensign.daemon.federation.fetch import FetchError, fetch
+
         td, state = self._domains[name], self._state[name]
         timeout = self._cfg.fetch_timeout.total_seconds()
         try:
