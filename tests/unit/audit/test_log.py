@@ -14,17 +14,19 @@ from typing import TypeVar
 import pytest
 
 from ensign.daemon.audit import AuditEvent, AuditLog, read_records, verify
+from ensign.daemon.audit.log import DEFER_BATCH, DEFER_LINGER, DEFER_MAX
 from ensign.daemon.config import AuditConfig
 from ensign.daemon.errors import AuditUnavailable
 
 T = TypeVar("T")
 
 
-def _run(data: Path, body: Callable[[AuditLog], Awaitable[T]], **cfg: object) -> T:
+def _run(data: Path, body: Callable[[AuditLog], Awaitable[T]], *,
+         defer_linger: float = DEFER_LINGER, **cfg: object) -> T:
     """Open a log on `data`, run `body`, close it (a clean stop writes daemon.stop and a
     checkpoint)."""
     async def main() -> T:
-        log = AuditLog(AuditConfig(**cfg), data)
+        log = AuditLog(AuditConfig(**cfg), data, defer_linger=defer_linger)
         log.open()
         try:
             return await body(log)
@@ -164,18 +166,6 @@ def test_observers_see_every_record_and_a_failing_one_loses_nothing(tmp_path: Pa
     assert [r["reason"] for r in _records(tmp_path) if r["seq"] in seqs] == ["r0", "r1", "r2"]
 
 
-def _lingering(data: Path, linger: float,
-               body: Callable[[AuditLog], Awaitable[T]]) -> T:
-    async def main() -> T:
-        log = AuditLog(AuditConfig(), data, defer_linger=linger)
-        log.open()
-        try:
-            return await body(log)
-        finally:
-            await log.close()
-    return asyncio.run(main())
-
-
 async def _until_durable(log: AuditLog, seq: int) -> int:
     deadline = asyncio.get_running_loop().time() + 30
     while log.seq < seq and asyncio.get_running_loop().time() < deadline:
@@ -193,7 +183,7 @@ def test_deferred_records_ride_with_the_next_write_not_a_sync_of_their_own(
         held = log.seq
         return start, held, await log.record(_event(2))
 
-    start, held, last = _lingering(tmp_path, 3600, body)
+    start, held, last = _run(tmp_path, body, defer_linger=3600)
     assert held == start  # no write of its own within the linger
     assert last == start + 2  # it went with the next record, before it
     reasons = [r.get("reason") for r in _records(tmp_path) if r["type"] == "svid.issued"]
@@ -202,14 +192,12 @@ def test_deferred_records_ride_with_the_next_write_not_a_sync_of_their_own(
 
 def test_deferred_records_go_after_the_linger_or_once_a_batch_of_them_waits(
         tmp_path: Path) -> None:
-    from ensign.daemon.audit.log import DEFER_BATCH
-
     async def alone(log: AuditLog) -> tuple[int, int]:
         start = log.seq
         assert log.deferred([_event(1)]) is True
         return start, await _until_durable(log, start + 1)
 
-    start, reached = _lingering(tmp_path / "a", 0.05, alone)
+    start, reached = _run(tmp_path / "a", alone, defer_linger=0.05)
     assert reached == start + 1  # nobody else wrote: the linger sent it on its own
 
     async def many(log: AuditLog) -> tuple[int, int]:
@@ -217,14 +205,12 @@ def test_deferred_records_go_after_the_linger_or_once_a_batch_of_them_waits(
         assert all(log.deferred([_event(i)]) for i in range(DEFER_BATCH))
         return start, await _until_durable(log, start + DEFER_BATCH)
 
-    start, reached = _lingering(tmp_path / "b", 3600, many)
+    start, reached = _run(tmp_path / "b", many, defer_linger=3600)
     assert reached == start + DEFER_BATCH  # a full batch does not wait out the linger
 
 
 def test_deferred_records_are_written_and_bounded_and_refused_while_failing(
         tmp_path: Path) -> None:
-    from ensign.daemon.audit.log import DEFER_MAX
-
     async def body(log: AuditLog) -> tuple[list[bool], int]:
         # All in one pass of the loop: nothing reaches the disk meanwhile, so the window fills.
         taken = [log.deferred([_event(i)]) for i in range(DEFER_MAX + 3)]
