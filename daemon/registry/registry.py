@@ -36,7 +36,11 @@ from ensign.daemon.registry.store import DeleteEntry, PutEntry, RecordState, Reg
 
 log = logging.getLogger(__name__)
 
-MAX_MATCHED = 4096  # selector sets whose match() is kept
+#: Selector sets whose match() is kept: as many as the attestation cache holds callers. Their
+#: strings are the caller's (paths, units), so only sets that hold an entry are kept: a caller
+#: that matches nothing cannot fill it.
+MAX_MATCHED = 4096
+
 
 class Registry:
     """Entries of one trust domain. Use from one thread (the event loop)."""
@@ -121,11 +125,12 @@ class Registry:
                 if e.is_live(now) and have.issuperset(e.selectors):
                     found[entry_id] = e
         matched = tuple(found[k] for k in sorted(found))
-        # Only time passing changes the answer between changes: a live entry's expiry.
-        until = min((e.expires_at for e in matched if e.expires_at), default=math.inf)
-        if len(self._matched) >= MAX_MATCHED:
-            self._matched.clear()
-        self._matched[have] = (until, matched)
+        if matched:
+            # Only time passing changes the answer between changes: a live entry's expiry.
+            until = min((e.expires_at for e in matched if e.expires_at), default=math.inf)
+            if len(self._matched) >= MAX_MATCHED:
+                self._matched.clear()
+            self._matched[have] = (until, matched)
         return list(matched)
 
     # -- changes ---------------------------------------------------------------------------

@@ -55,6 +55,35 @@ def test_cli_start_imports_no_heavy_library_or_daemon_part() -> None:
     assert heavy == [], "import these in the command that needs them: " + ", ".join(heavy)
 
 
+DAEMON_START = """
+import asyncio, json, signal, sys
+from pathlib import Path
+from ensign.daemon.app import Daemon
+from ensign.daemon.config import parse
+tmp = Path(sys.argv[1])
+config = parse({"trust_domain": "example.org", "socket_path": str(tmp / "a.sock"),
+                "admin_socket_path": str(tmp / "adm.sock"), "data_dir": str(tmp / "data")})
+daemon = Daemon(config)
+async def ready():
+    daemon._on_signal(signal.SIGTERM)
+assert asyncio.run(daemon.run(ready)) == 0
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_a_node_without_fleet_https_federation_or_tpm_starts_without_their_libraries(
+        tmp_path: Path) -> None:
+    """PostgreSQL's driver, aiohttp and tpm2-pytss load only on the nodes configured to use
+    them (wiring.py imports them where it builds them): a plain node serves without them."""
+    r = subprocess.run([sys.executable, "-c", DAEMON_START, str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded = set(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert "ensign.daemon.wiring" in loaded and "grpclib.server" in loaded  # it did start
+    assert sorted({m.split(".")[0] for m in loaded}
+                  & {"psycopg", "psycopg_pool", "aiohttp", "tpm2_pytss"}) == []
+
+
 EVERY_ERROR = """
 import importlib, json, pkgutil
 import ensign.attestors, ensign.daemon

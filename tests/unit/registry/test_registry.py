@@ -88,6 +88,10 @@ def test_a_repeated_match_drops_an_entry_once_it_expires_or_changes(tmp_path: Pa
     assert short.id not in {e.id for e in r.match({"unix:uid:1"})}
     run(r.transition(long.id, "suspend", "uid:0", "test"))
     assert r.match(have) == []
+    # what matched nothing is not kept: callers that hold no entry cannot fill the memo
+    for i in range(50):
+        assert r.match({f"unix:path:/tmp/x{i}", "unix:uid:9"}) == []
+    assert len(r._matched) == 0
 
 
 def test_the_daemons_own_spiffe_ids_cannot_be_registered(tmp_path: Path) -> None:
